@@ -1,0 +1,186 @@
+package device
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/outpost-iot/outpost/protocol"
+)
+
+// Option configures a Client.
+type Option func(*options) error
+
+type options struct {
+	id, secret     string
+	tls            *tls.Config
+	keepAlive      time.Duration
+	sessionExpiry  time.Duration
+	connectTimeout time.Duration
+	minBackoff     time.Duration
+	maxBackoff     time.Duration
+	concurrency    int
+	maxBatch       int
+	reset          func(ctx context.Context) error
+	onError        func(protocol.ErrorReply)
+	onUp, onDown   func()
+	log            *slog.Logger
+}
+
+func defaultOptions() options {
+	return options{
+		keepAlive:      30 * time.Second,
+		sessionExpiry:  5 * time.Minute,
+		connectTimeout: 10 * time.Second,
+		minBackoff:     250 * time.Millisecond,
+		maxBackoff:     30 * time.Second,
+		concurrency:    8,
+		maxBatch:       1000,
+		log:            slog.New(slog.DiscardHandler),
+	}
+}
+
+// WithCredentials sets the device id and password when the endpoint URL
+// does not carry them.
+func WithCredentials(id, password string) Option {
+	return func(o *options) error {
+		if err := protocol.ValidID(id); err != nil {
+			return err
+		}
+		o.id, o.secret = id, password
+		return nil
+	}
+}
+
+// WithCAFile trusts the PEM certificates in path for mqtts:// endpoints
+// (for a platform with a self-signed or private CA).
+func WithCAFile(path string) Option {
+	return func(o *options) error {
+		pem, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("read CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("CA file %s holds no PEM certificate", path)
+		}
+		if o.tls == nil {
+			o.tls = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		o.tls.RootCAs = pool
+		return nil
+	}
+}
+
+// WithTLSConfig sets the TLS configuration for mqtts:// endpoints.
+func WithTLSConfig(c *tls.Config) Option {
+	return func(o *options) error {
+		if c == nil {
+			return errors.New("nil TLS config")
+		}
+		o.tls = c.Clone()
+		return nil
+	}
+}
+
+// WithKeepAlive sets the MQTT keep-alive interval (default 30s).
+func WithKeepAlive(d time.Duration) Option {
+	return func(o *options) error {
+		if d < time.Second || d > 18*time.Hour {
+			return errors.New("keep-alive must be between 1s and 18h")
+		}
+		o.keepAlive = d
+		return nil
+	}
+}
+
+// WithReconnectBackoff bounds the wait between reconnection attempts; the
+// wait grows exponentially from min to max, with jitter (default 250ms to
+// 30s).
+func WithReconnectBackoff(min, max time.Duration) Option {
+	return func(o *options) error {
+		if min <= 0 || max <= min {
+			return errors.New("reconnect backoff needs 0 < min < max")
+		}
+		o.minBackoff, o.maxBackoff = min, max
+		return nil
+	}
+}
+
+// WithConnectTimeout bounds one connection attempt (default 10s).
+func WithConnectTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return errors.New("connect timeout must be positive")
+		}
+		o.connectTimeout = d
+		return nil
+	}
+}
+
+// WithConcurrency sets how many RPC handlers may run at once (default 8).
+// Further requests wait for a free slot.
+func WithConcurrency(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return errors.New("concurrency must be at least 1")
+		}
+		o.concurrency = n
+		return nil
+	}
+}
+
+// WithMaxBatch sets how many readings Publish packs into one message
+// (default 1000, at most protocol.MaxReadingsPerMessage).
+func WithMaxBatch(n int) Option {
+	return func(o *options) error {
+		if n < 1 || n > protocol.MaxReadingsPerMessage {
+			return fmt.Errorf("max batch must be between 1 and %d", protocol.MaxReadingsPerMessage)
+		}
+		o.maxBatch = n
+		return nil
+	}
+}
+
+// WithReset sets the function behind the built-in "reset" RPC. It runs
+// after the caller has been answered. Without it, "reset" answers with a
+// not_supported error.
+func WithReset(fn func(ctx context.Context) error) Option {
+	return func(o *options) error {
+		o.reset = fn
+		return nil
+	}
+}
+
+// WithErrorHandler receives the platform's error replies (for example a
+// reading it rejected). They are also logged.
+func WithErrorHandler(fn func(protocol.ErrorReply)) Option {
+	return func(o *options) error {
+		o.onError = fn
+		return nil
+	}
+}
+
+// WithConnectionHandlers sets functions called when the connection comes
+// up and goes down. They must not block.
+func WithConnectionHandlers(up, down func()) Option {
+	return func(o *options) error {
+		o.onUp, o.onDown = up, down
+		return nil
+	}
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error {
+		if l != nil {
+			o.log = l
+		}
+		return nil
+	}
+}

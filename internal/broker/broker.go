@@ -1,0 +1,300 @@
+// Package broker runs the embedded MQTT broker (mochi-mqtt) that devices
+// connect to, and connects it to the platform through three hooks with one
+// concern each: authentication and per-device ACL, presence, and routing of
+// device messages into the platform.
+//
+// Routing happens inside mochi's OnPublish hook, which runs before the
+// broker writes the PUBACK. A message is therefore acknowledged only after
+// the platform has handled it (for telemetry: committed it), and a message
+// the platform could not handle is not acknowledged, so the device resends
+// it.
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/outpost-iot/outpost/protocol"
+)
+
+// Authenticator checks device credentials.
+type Authenticator interface {
+	// AuthenticateDevice returns nil if secret is the device's secret.
+	AuthenticateDevice(ctx context.Context, deviceID, secret string) error
+}
+
+// Handler receives what devices do.
+type Handler interface {
+	// DeviceConnected is called when conn becomes the live session of a
+	// device.
+	DeviceConnected(deviceID string, conn any)
+	// DeviceDisconnected is called when conn ends.
+	DeviceDisconnected(deviceID string, conn any, reason string)
+	// HandleMessage processes a message a device published on its
+	// up/{kind} topic. Return nil to acknowledge it. Return a
+	// *protocol.Error to reject it for good: the device gets an error reply
+	// (and, on MQTT 5, a failure reason code) and must not resend. Any
+	// other error means "not handled, try again": the message is not
+	// acknowledged.
+	HandleMessage(ctx context.Context, deviceID, kind string, payload []byte) error
+}
+
+// Config configures the broker.
+type Config struct {
+	// Addr is the plain TCP listen address, e.g. ":1883" or
+	// "127.0.0.1:0". Empty disables the plain listener.
+	Addr string
+	// TLSAddr and TLS enable a TLS listener.
+	TLSAddr string
+	TLS     *tls.Config
+	// MaxSessionExpiry caps how long the broker keeps a disconnected
+	// device's session (default 1 hour).
+	MaxSessionExpiry time.Duration
+	Logger           *slog.Logger
+}
+
+// Broker is the embedded MQTT broker.
+type Broker struct {
+	srv     *mqtt.Server
+	log     *slog.Logger
+	h       Handler
+	lns     []*netListener
+	closing atomic.Bool
+	once    sync.Once
+	stats   Stats
+}
+
+// Stats are broker counters.
+type Stats struct {
+	AuthFailures   atomic.Int64
+	ACLDenied      atomic.Int64
+	Rejected       atomic.Int64 // messages rejected for good
+	Retried        atomic.Int64 // messages not acknowledged (transient error)
+	MessagesRouted atomic.Int64
+}
+
+// New creates the broker and binds its listeners, so that a port in use is
+// reported here, before anything starts. Call Start to accept connections.
+func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxSessionExpiry <= 0 {
+		cfg.MaxSessionExpiry = time.Hour
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
+	caps.MaximumPacketSize = protocol.MaxMessageBytes + 4096
+	caps.MaximumInflight = 4096
+	caps.MaximumMessageExpiryInterval = 24 * 3600
+	srv := mqtt.New(&mqtt.Options{
+		InlineClient:           true,
+		Capabilities:           caps,
+		Logger:                 cfg.Logger,
+		SysTopicResendInterval: 0,
+	})
+	b := &Broker{srv: srv, log: cfg.Logger, h: h}
+	if err := srv.AddHook(&authHook{auth: auth, b: b}, nil); err != nil {
+		return nil, err
+	}
+	if err := srv.AddHook(&presenceHook{b: b}, nil); err != nil {
+		return nil, err
+	}
+	if err := srv.AddHook(&routeHook{b: b}, nil); err != nil {
+		return nil, err
+	}
+	bind := func(id, addr string, tc *tls.Config) error {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		nl := &netListener{id: id, l: l, tls: tc, log: cfg.Logger}
+		b.lns = append(b.lns, nl)
+		return srv.AddListener(nl)
+	}
+	if cfg.Addr != "" {
+		if err := bind("mqtt", cfg.Addr, nil); err != nil {
+			b.closeListeners()
+			return nil, fmt.Errorf("mqtt listener %s: %w", cfg.Addr, err)
+		}
+	}
+	if cfg.TLSAddr != "" {
+		if cfg.TLS == nil {
+			b.closeListeners()
+			return nil, errors.New("mqtt tls listener: no certificate configured")
+		}
+		if err := bind("mqtts", cfg.TLSAddr, cfg.TLS); err != nil {
+			b.closeListeners()
+			return nil, fmt.Errorf("mqtt tls listener %s: %w", cfg.TLSAddr, err)
+		}
+	}
+	return b, nil
+}
+
+// Start begins accepting connections.
+func (b *Broker) Start() error {
+	return b.srv.Serve()
+}
+
+// Addr returns the bound address of the plain listener, nil if none.
+func (b *Broker) Addr() net.Addr { return b.addr("mqtt") }
+
+// TLSAddr returns the bound address of the TLS listener, nil if none.
+func (b *Broker) TLSAddr() net.Addr { return b.addr("mqtts") }
+
+func (b *Broker) addr(id string) net.Addr {
+	for _, l := range b.lns {
+		if l.id == id {
+			return l.l.Addr()
+		}
+	}
+	return nil
+}
+
+// Stats returns the broker's counters.
+func (b *Broker) Stats() *Stats { return &b.stats }
+
+// Clients returns the number of connected clients.
+func (b *Broker) Clients() int64 { return atomic.LoadInt64(&b.srv.Info.ClientsConnected) }
+
+// PublishToDevice publishes payload on the device's down/{kind} topic with
+// QoS 1.
+func (b *Broker) PublishToDevice(deviceID, kind string, payload []byte) error {
+	if b.closing.Load() {
+		return errors.New("broker is shutting down")
+	}
+	return b.srv.Publish(protocol.DownTopic(deviceID, kind), payload, false, 1)
+}
+
+// DisconnectDevice closes a device's live session, if any (used when a
+// device is deleted or its secret rotated).
+func (b *Broker) DisconnectDevice(deviceID string) {
+	if cl, ok := b.srv.Clients.Get(deviceID); ok && !cl.Net.Inline && !cl.Closed() {
+		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+	}
+}
+
+// Close stops the listeners, disconnects every client and waits until no
+// hook is running any more, so the stores behind the handler can be closed
+// next.
+func (b *Broker) Close() error {
+	var err error
+	b.once.Do(func() {
+		b.closing.Store(true)
+		b.closeListeners()
+		err = b.srv.Close()
+		for _, l := range b.lns {
+			l.closeConns()
+		}
+	})
+	return err
+}
+
+func (b *Broker) closeListeners() {
+	for _, l := range b.lns {
+		l.stop()
+	}
+}
+
+// netListener serves mochi from a listener we bound ourselves, which gives
+// us port 0 and a clear error for a port in use before anything starts.
+type netListener struct {
+	id   string
+	l    net.Listener
+	tls  *tls.Config
+	log  *slog.Logger
+	done atomic.Bool
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup // one per connection being served
+}
+
+var _ listeners.Listener = (*netListener)(nil)
+
+func (n *netListener) Init(*slog.Logger) error { return nil }
+func (n *netListener) ID() string              { return n.id }
+func (n *netListener) Address() string         { return n.l.Addr().String() }
+func (n *netListener) Protocol() string {
+	if n.tls != nil {
+		return "tls"
+	}
+	return "tcp"
+}
+
+func (n *netListener) Serve(establish listeners.EstablishFn) {
+	for {
+		conn, err := n.l.Accept()
+		if err != nil {
+			if n.done.Load() {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			n.log.Error("mqtt accept", "listener", n.id, "error", err)
+			return
+		}
+		if n.tls != nil {
+			conn = tls.Server(conn, n.tls)
+		}
+		n.mu.Lock()
+		if n.done.Load() {
+			n.mu.Unlock()
+			conn.Close()
+			return
+		}
+		if n.conns == nil {
+			n.conns = map[net.Conn]struct{}{}
+		}
+		n.conns[conn] = struct{}{}
+		n.wg.Add(1)
+		n.mu.Unlock()
+		go func() {
+			defer n.wg.Done()
+			if err := establish(n.id, conn); err != nil && !n.done.Load() {
+				n.log.Debug("mqtt connection ended", "listener", n.id, "remote", conn.RemoteAddr().String(), "error", err)
+			}
+			n.mu.Lock()
+			delete(n.conns, conn)
+			n.mu.Unlock()
+			conn.Close()
+		}()
+	}
+}
+
+func (n *netListener) stop() {
+	if n.done.CompareAndSwap(false, true) {
+		n.l.Close()
+	}
+}
+
+// closeConns closes every connection still open (including ones still
+// authenticating, which the broker does not know yet) and waits until the
+// broker has finished with each.
+func (n *netListener) closeConns() {
+	n.mu.Lock()
+	for c := range n.conns {
+		c.Close()
+	}
+	n.mu.Unlock()
+	n.wg.Wait()
+}
+
+func (n *netListener) Close(closeClients listeners.CloseFn) {
+	n.stop()
+	closeClients(n.id)
+}

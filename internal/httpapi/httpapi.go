@@ -1,0 +1,460 @@
+// Package httpapi serves the platform's REST API under /api/v1, the live
+// event stream (server-sent events), /healthz and /metrics.
+//
+// Errors are JSON bodies {"error":{"code":"…","message":"…"}}; the code is
+// the outpost error code and decides the HTTP status (see statusOf).
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/internal/rpc"
+	"github.com/outpost-iot/outpost/internal/stream"
+)
+
+// Service is what the API needs from the platform.
+type Service interface {
+	CreateDevice(ctx context.Context, name string) (*outpost.Device, string, error)
+	Device(ctx context.Context, id string) (*outpost.Device, error)
+	Devices(ctx context.Context, f outpost.DeviceFilter) ([]*outpost.Device, error)
+	DeleteDevice(ctx context.Context, id string) error
+	RotateSecret(ctx context.Context, id string) (string, error)
+	Call(ctx context.Context, id, method string, args json.RawMessage, timeout time.Duration) (*rpc.Result, error)
+	Readings(ctx context.Context, f outpost.ReadingFilter) ([]outpost.Reading, error)
+	Feeds(ctx context.Context, id string) ([]string, error)
+	Subscribe(f stream.Filter, afterID uint64) (*stream.Subscription, uint64)
+	Health(ctx context.Context) error
+}
+
+// Options configure the API.
+type Options struct {
+	// Token is the bearer token every /api/v1 request must carry.
+	Token string
+	// Metrics serves /metrics; nil disables it.
+	Metrics http.Handler
+	// MQTTHostPort, when set, lets device creation return a ready-made
+	// mqtt://ID:PASSWORD@HOST:PORT url.
+	MQTTHostPort func() string
+	// Heartbeat is the interval of keep-alive comments on the event stream
+	// (default 15s).
+	Heartbeat time.Duration
+	Logger    *slog.Logger
+}
+
+// Limits on requests.
+const (
+	maxBodyBytes     = 1 << 20
+	maxReadingsLimit = 100_000
+)
+
+type api struct {
+	svc Service
+	opt Options
+	log *slog.Logger
+}
+
+// New returns the API handler.
+func New(svc Service, o Options) http.Handler {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = 15 * time.Second
+	}
+	a := &api{svc: svc, opt: o, log: o.Logger}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", a.health)
+	if o.Metrics != nil {
+		mux.Handle("GET /metrics", o.Metrics)
+	}
+	mux.HandleFunc("POST /api/v1/devices", a.auth(a.createDevice))
+	mux.HandleFunc("GET /api/v1/devices", a.auth(a.listDevices))
+	mux.HandleFunc("GET /api/v1/devices/{id}", a.auth(a.getDevice))
+	mux.HandleFunc("DELETE /api/v1/devices/{id}", a.auth(a.deleteDevice))
+	mux.HandleFunc("POST /api/v1/devices/{id}/secret", a.auth(a.rotateSecret))
+	mux.HandleFunc("POST /api/v1/devices/{id}/rpc/{method}", a.auth(a.callRPC))
+	mux.HandleFunc("GET /api/v1/devices/{id}/telemetry", a.auth(a.telemetry))
+	mux.HandleFunc("GET /api/v1/devices/{id}/feeds", a.auth(a.feeds))
+	mux.HandleFunc("GET /api/v1/stream", a.auth(a.stream))
+	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))
+	}))
+	return mux
+}
+
+func (a *api) auth(next http.HandlerFunc) http.HandlerFunc {
+	want := []byte("Bearer " + a.opt.Token)
+	return func(w http.ResponseWriter, r *http.Request) {
+		got := r.Header.Get("Authorization")
+		if got == "" && r.URL.Query().Get("access_token") != "" {
+			// EventSource in browsers cannot set headers.
+			got = "Bearer " + r.URL.Query().Get("access_token")
+		}
+		if a.opt.Token == "" || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="outpost"`)
+			writeError(w, outpost.Errorf(outpost.EUNAUTHORIZED, "missing or wrong bearer token"))
+			return
+		}
+		next(w, r)
+	}
+}
+
+func (a *api) health(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := a.svc.Health(ctx); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// createdDevice is a device with the credentials shown once, at creation.
+type createdDevice struct {
+	*outpost.Device
+	Password string `json:"password"`
+	URL      string `json:"url,omitempty"`
+}
+
+func (a *api) withURL(d *outpost.Device, secret string) createdDevice {
+	c := createdDevice{Device: d, Password: secret}
+	if a.opt.MQTTHostPort != nil {
+		if hp := a.opt.MQTTHostPort(); hp != "" {
+			c.URL = "mqtt://" + d.ID + ":" + secret + "@" + hp
+		}
+	}
+	return c
+}
+
+func (a *api) createDevice(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name string `json:"name"`
+	}
+	if err := decodeBody(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	d, secret, err := a.svc.CreateDevice(r.Context(), req.Name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, a.withURL(d, secret))
+}
+
+func (a *api) listDevices(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var f outpost.DeviceFilter
+	if v := q.Get("name"); v != "" {
+		f.Name = &v
+	}
+	if v := q.Get("online"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			writeError(w, outpost.Errorf(outpost.EINVALID, "online must be true or false"))
+			return
+		}
+		f.Online = &b
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			writeError(w, outpost.Errorf(outpost.EINVALID, "limit must be a non-negative integer"))
+			return
+		}
+		f.Limit = n
+	}
+	ds, err := a.svc.Devices(r.Context(), f)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"devices": ds})
+}
+
+func (a *api) getDevice(w http.ResponseWriter, r *http.Request) {
+	d, err := a.svc.Device(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (a *api) deleteDevice(w http.ResponseWriter, r *http.Request) {
+	if err := a.svc.DeleteDevice(r.Context(), r.PathValue("id")); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *api) rotateSecret(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	secret, err := a.svc.RotateSecret(r.Context(), id)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	d, err := a.svc.Device(r.Context(), id)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.withURL(d, secret))
+}
+
+type rpcResponse struct {
+	ID         string          `json:"id"`
+	DeviceID   string          `json:"device_id"`
+	Method     string          `json:"method"`
+	Result     json.RawMessage `json:"result"`
+	DurationMS float64         `json:"duration_ms"`
+}
+
+func (a *api) callRPC(w http.ResponseWriter, r *http.Request) {
+	timeout, err := parseTimeout(r.URL.Query().Get("timeout"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		writeError(w, outpost.Errorf(outpost.EINVALID, "read arguments: %v", err))
+		return
+	}
+	var args json.RawMessage
+	if len(strings.TrimSpace(string(body))) > 0 {
+		if !json.Valid(body) {
+			writeError(w, outpost.Errorf(outpost.EINVALID, "arguments must be JSON"))
+			return
+		}
+		args = body
+	}
+	id, method := r.PathValue("id"), r.PathValue("method")
+	res, err := a.svc.Call(r.Context(), id, method, args, timeout)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rpcResponse{ID: res.ID, DeviceID: id, Method: method, Result: res.Result,
+		DurationMS: float64(res.Duration.Microseconds()) / 1000})
+}
+
+// parseTimeout accepts a Go duration ("1.5s", "250ms") or a number of
+// seconds.
+func parseTimeout(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if f, err := strconv.ParseFloat(s, 64); err == nil {
+		if f <= 0 {
+			return 0, outpost.Errorf(outpost.EINVALID, "timeout must be positive")
+		}
+		return time.Duration(f * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, outpost.Errorf(outpost.EINVALID, "timeout must be a positive duration such as 5s or 1500ms")
+	}
+	return d, nil
+}
+
+func (a *api) telemetry(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := outpost.ReadingFilter{DeviceID: r.PathValue("id"), Feed: q.Get("feed"), Limit: 1000}
+	var err error
+	if v := q.Get("limit"); v != "" {
+		if f.Limit, err = strconv.Atoi(v); err != nil || f.Limit < 1 || f.Limit > maxReadingsLimit {
+			writeError(w, outpost.Errorf(outpost.EINVALID, "limit must be between 1 and %d", maxReadingsLimit))
+			return
+		}
+	}
+	if f.Since, err = parseTime(q.Get("since")); err != nil {
+		writeError(w, err)
+		return
+	}
+	if f.Until, err = parseTime(q.Get("until")); err != nil {
+		writeError(w, err)
+		return
+	}
+	rs, err := a.svc.Readings(r.Context(), f)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if rs == nil {
+		rs = []outpost.Reading{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"device_id": f.DeviceID, "readings": rs})
+}
+
+// parseTime accepts milliseconds since the epoch or RFC 3339.
+func parseTime(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil && n >= 0 {
+		return n, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return 0, outpost.Errorf(outpost.EINVALID, "time %q must be milliseconds since 1970 or RFC 3339", s)
+	}
+	return t.UnixMilli(), nil
+}
+
+func (a *api) feeds(w http.ResponseWriter, r *http.Request) {
+	fs, err := a.svc.Feeds(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"feeds": fs})
+}
+
+// stream serves live events as server-sent events. Filters: device=ID[,ID…]
+// and kind=KIND[,KIND…]. A client that reconnects with Last-Event-ID gets
+// the events it missed, if the server still holds them; otherwise it first
+// receives a "gap" event saying how many were lost.
+func (a *api) stream(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, errors.New("streaming unsupported"))
+		return
+	}
+	q := r.URL.Query()
+	f := stream.Filter{DeviceIDs: set(q["device"]), Kinds: set(q["kind"])}
+	var after uint64
+	if v := r.Header.Get("Last-Event-ID"); v != "" {
+		after, _ = strconv.ParseUint(v, 10, 64)
+	} else if v := q.Get("last_event_id"); v != "" {
+		after, _ = strconv.ParseUint(v, 10, 64)
+	}
+	sub, missed := a.svc.Subscribe(f, after)
+	defer sub.Close()
+
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, "retry: 1000\n\n")
+	if missed > 0 {
+		fmt.Fprintf(w, "event: gap\ndata: {\"missed\":%d}\n\n", missed)
+	}
+	fl.Flush()
+
+	tick := time.NewTicker(a.opt.Heartbeat)
+	defer tick.Stop()
+	var dropped uint64
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-tick.C:
+			if d := sub.Dropped(); d > dropped {
+				fmt.Fprintf(w, "event: gap\ndata: {\"missed\":%d}\n\n", d-dropped)
+				dropped = d
+			}
+			if _, err := fmt.Fprintf(w, ": ping\n\n"); err != nil {
+				return
+			}
+			fl.Flush()
+		case e, ok := <-sub.C:
+			if !ok {
+				return
+			}
+			if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.ID, e.Kind, e.Data); err != nil {
+				return
+			}
+			// Flush when the burst is over, not per event.
+			if len(sub.C) == 0 {
+				fl.Flush()
+			}
+		}
+	}
+}
+
+func set(vals []string) map[string]bool {
+	var m map[string]bool
+	for _, v := range vals {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				if m == nil {
+					m = map[string]bool{}
+				}
+				m[p] = true
+			}
+		}
+	}
+	return m
+}
+
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return outpost.Errorf(outpost.EINVALID, "request body: %v", err)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	_ = enc.Encode(v)
+}
+
+// statusOf maps an outpost error code to an HTTP status.
+func statusOf(code string) int {
+	switch code {
+	case outpost.EINVALID:
+		return http.StatusBadRequest
+	case outpost.EUNAUTHORIZED:
+		return http.StatusUnauthorized
+	case outpost.ENOTFOUND:
+		return http.StatusNotFound
+	case outpost.ECONFLICT, outpost.EOFFLINE:
+		return http.StatusConflict
+	case outpost.EUNKNOWNMETHOD, outpost.ENOTSUPPORTED:
+		return http.StatusNotImplemented
+	case outpost.EREMOTE:
+		return http.StatusBadGateway
+	case outpost.EUNAVAILABLE:
+		return http.StatusServiceUnavailable
+	case outpost.ETIMEOUT:
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusInternalServerError
+}
+
+// ErrorBody is the JSON shape of every API error.
+type ErrorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	code := outpost.ErrorCode(err)
+	if errors.Is(err, context.Canceled) {
+		code = outpost.EUNAVAILABLE
+	}
+	var b ErrorBody
+	b.Error.Code, b.Error.Message = code, outpost.ErrorMessage(err)
+	writeJSON(w, statusOf(code), b)
+}

@@ -1,0 +1,60 @@
+package outpost
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Error codes. The HTTP API maps each to a status and a snake_case code in
+// its JSON error body; the CLI and fleet SDK map them back.
+const (
+	ECONFLICT      = "conflict"
+	EINTERNAL      = "internal"
+	EINVALID       = "invalid"
+	ENOTFOUND      = "not_found"
+	EUNAUTHORIZED  = "unauthorized"
+	EOFFLINE       = "device_offline"
+	ETIMEOUT       = "timeout"
+	EUNKNOWNMETHOD = "unknown_method"
+	EREMOTE        = "handler_error"
+	ENOTSUPPORTED  = "not_supported"
+	EUNAVAILABLE   = "unavailable"
+)
+
+// Error is a domain error with a code the edges branch on and a message
+// safe to show to the caller.
+type Error struct {
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Errorf returns an *Error with the given code and formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrorCode returns the code of the first *Error in err's chain, EINTERNAL
+// for any other non-nil error, and "" for nil.
+func ErrorCode(err error) string {
+	var e *Error
+	if err == nil {
+		return ""
+	} else if errors.As(err, &e) {
+		return e.Code
+	}
+	return EINTERNAL
+}
+
+// ErrorMessage returns the message of the first *Error in err's chain, or a
+// generic text for other errors so internal details do not leak.
+func ErrorMessage(err error) string {
+	var e *Error
+	if err == nil {
+		return ""
+	} else if errors.As(err, &e) {
+		return e.Message
+	}
+	return "internal error"
+}

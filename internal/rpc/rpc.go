@@ -1,0 +1,175 @@
+// Package rpc relays remote procedure calls from applications to devices and
+// carries the answers back.
+//
+// A call publishes an RPCRequest on the device's down/rpc topic and waits
+// for the RPCResponse with the same id on up/rpc, or for its timeout. Every
+// failure maps to a distinct outpost error code so callers can tell "the
+// device is not there" from "the device did not answer in time" from "the
+// device has no such method" from "the method failed".
+package rpc
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/protocol"
+)
+
+// Publisher sends a message to a device.
+type Publisher interface {
+	PublishToDevice(deviceID, kind string, payload []byte) error
+}
+
+// Presence tells whether a device holds a live session.
+type Presence interface {
+	Online(deviceID string) bool
+}
+
+// Limits on timeouts callers may ask for.
+const (
+	DefaultTimeout = 5 * time.Second
+	MaxTimeout     = 5 * time.Minute
+)
+
+// Relay matches requests with responses. It is safe for concurrent use.
+type Relay struct {
+	pub      Publisher
+	presence Presence
+
+	mu      sync.Mutex
+	pending map[string]*call
+}
+
+type call struct {
+	deviceID string
+	ch       chan protocol.RPCResponse
+}
+
+// NewRelay returns a relay that publishes through pub.
+func NewRelay(pub Publisher, presence Presence) *Relay {
+	return &Relay{pub: pub, presence: presence, pending: map[string]*call{}}
+}
+
+// Result is the outcome of a successful call.
+type Result struct {
+	ID       string          `json:"id"`
+	Result   json.RawMessage `json:"result"`
+	Duration time.Duration   `json:"-"`
+}
+
+// Call invokes method on a device with JSON args and waits up to timeout
+// (DefaultTimeout if 0) for its answer.
+//
+// Errors carry these outpost codes: EOFFLINE (no live session), ETIMEOUT
+// (no answer in time), EUNKNOWNMETHOD (no such handler), EREMOTE (the
+// handler failed; the message is its text), ENOTSUPPORTED, EINVALID.
+func (r *Relay) Call(ctx context.Context, deviceID, method string, args json.RawMessage, timeout time.Duration) (*Result, error) {
+	if err := protocol.ValidMethod(method); err != nil {
+		return nil, outpost.Errorf(outpost.EINVALID, "%v", err)
+	}
+	if len(args) > 0 && !json.Valid(args) {
+		return nil, outpost.Errorf(outpost.EINVALID, "arguments are not valid JSON")
+	}
+	if len(args) > protocol.MaxMessageBytes-1024 {
+		return nil, outpost.Errorf(outpost.EINVALID, "arguments exceed %d bytes", protocol.MaxMessageBytes-1024)
+	}
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	if timeout > MaxTimeout {
+		return nil, outpost.Errorf(outpost.EINVALID, "timeout %s exceeds the maximum of %s", timeout, MaxTimeout)
+	}
+	if !r.presence.Online(deviceID) {
+		return nil, outpost.Errorf(outpost.EOFFLINE, "device %s is offline", deviceID)
+	}
+	start := time.Now()
+	deadline := start.Add(timeout)
+	req := protocol.RPCRequest{ID: newID(), Method: method, Args: args, Deadline: deadline.UnixMilli()}
+	payload, err := json.Marshal(req)
+	if err != nil {
+		return nil, outpost.Errorf(outpost.EINVALID, "encode request: %v", err)
+	}
+	c := &call{deviceID: deviceID, ch: make(chan protocol.RPCResponse, 1)}
+	r.mu.Lock()
+	r.pending[req.ID] = c
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.pending, req.ID)
+		r.mu.Unlock()
+	}()
+
+	if err := r.pub.PublishToDevice(deviceID, protocol.KindRPC, payload); err != nil {
+		return nil, fmt.Errorf("publish rpc request: %w", err)
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case resp := <-c.ch:
+		if resp.Error != nil {
+			return nil, remoteError(deviceID, method, resp.Error)
+		}
+		return &Result{ID: req.ID, Result: resp.Result, Duration: time.Since(start)}, nil
+	case <-timer.C:
+		if !r.presence.Online(deviceID) {
+			return nil, outpost.Errorf(outpost.ETIMEOUT, "device %s went offline and did not answer %s within %s", deviceID, method, timeout)
+		}
+		return nil, outpost.Errorf(outpost.ETIMEOUT, "device %s did not answer %s within %s", deviceID, method, timeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func remoteError(deviceID, method string, e *protocol.Error) error {
+	switch e.Code {
+	case protocol.CodeUnknownMethod:
+		return outpost.Errorf(outpost.EUNKNOWNMETHOD, "device %s has no method %q", deviceID, method)
+	case protocol.CodeNotSupported:
+		return outpost.Errorf(outpost.ENOTSUPPORTED, "%s", e.Message)
+	case protocol.CodeInvalid:
+		return outpost.Errorf(outpost.EINVALID, "device %s rejected the request: %s", deviceID, e.Message)
+	default:
+		return outpost.Errorf(outpost.EREMOTE, "%s", e.Message)
+	}
+}
+
+// ErrUnmatched is returned by Deliver for a response nobody waits for (late,
+// duplicate, or not addressed to this device's calls).
+var ErrUnmatched = errors.New("rpc: no pending call with this id for this device")
+
+// Deliver hands a device's response to the waiting caller.
+func (r *Relay) Deliver(deviceID string, resp protocol.RPCResponse) error {
+	r.mu.Lock()
+	c, ok := r.pending[resp.ID]
+	if ok && c.deviceID == deviceID {
+		delete(r.pending, resp.ID)
+	} else {
+		ok = false
+	}
+	r.mu.Unlock()
+	if !ok {
+		return ErrUnmatched
+	}
+	c.ch <- resp
+	return nil
+}
+
+// Pending returns the number of calls waiting for an answer.
+func (r *Relay) Pending() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pending)
+}
+
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,155 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/ingest"
+	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/internal/presence"
+	"github.com/outpost-iot/outpost/internal/stream"
+	"github.com/outpost-iot/outpost/protocol"
+)
+
+var (
+	_ broker.Authenticator = (*Server)(nil)
+	_ broker.Handler       = (*Server)(nil)
+	_ ingest.Observer      = (*Server)(nil)
+)
+
+// AuthenticateDevice implements broker.Authenticator.
+func (s *Server) AuthenticateDevice(ctx context.Context, deviceID, secret string) error {
+	hash, err := s.db.SecretHash(ctx, deviceID)
+	if err != nil {
+		return err
+	}
+	if !outpost.CheckSecret(hash, secret) {
+		return errors.New("wrong secret")
+	}
+	return nil
+}
+
+// DeviceConnected implements broker.Handler.
+func (s *Server) DeviceConnected(deviceID string, conn any) {
+	s.presence.Connected(deviceID, conn)
+}
+
+// DeviceDisconnected implements broker.Handler.
+func (s *Server) DeviceDisconnected(deviceID string, conn any, reason string) {
+	s.presence.Disconnected(deviceID, conn, reason)
+}
+
+func (s *Server) presenceChanged(c presence.Change) {
+	s.hub.Publish(stream.KindPresence, c.DeviceID, c)
+}
+
+// HandleMessage implements broker.Handler: it routes a device message by
+// kind.
+func (s *Server) HandleMessage(ctx context.Context, deviceID, kind string, payload []byte) error {
+	s.presence.Seen(deviceID)
+	switch kind {
+	case protocol.KindTelemetry:
+		return s.handleTelemetry(ctx, deviceID, payload)
+	case protocol.KindRPC:
+		resp, err := protocol.DecodeRPCResponse(payload)
+		if err != nil {
+			return s.reject(deviceID, kind, "", err)
+		}
+		if err := s.relay.Deliver(deviceID, resp); err != nil {
+			// A late answer to a call that timed out: nothing to do.
+			s.metrics.rpcLate.Inc()
+		}
+		return nil
+	default:
+		return s.reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeUnknownKind, Message: fmt.Sprintf("unknown message kind %q", kind)})
+	}
+}
+
+func (s *Server) handleTelemetry(ctx context.Context, deviceID string, payload []byte) error {
+	t, err := protocol.DecodeTelemetry(payload)
+	if err != nil {
+		s.metrics.readingsRejected.Inc()
+		return s.reject(deviceID, protocol.KindTelemetry, "", err)
+	}
+	now := time.Now().UnixMilli()
+	b := &outpost.Batch{DeviceID: deviceID, ID: t.ID, Readings: make([]outpost.Reading, 0, len(t.Readings))}
+	var bad int
+	var firstErr error
+	for _, r := range t.Readings {
+		if err := protocol.ValidateReading(r); err != nil {
+			bad++
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		ts := r.TS
+		if ts == 0 {
+			ts = now
+		}
+		b.Readings = append(b.Readings, outpost.Reading{Feed: r.Feed, TS: ts, Value: r.Value})
+	}
+	if bad > 0 {
+		s.metrics.readingsRejected.Add(float64(bad))
+		var pe *protocol.Error
+		errors.As(firstErr, &pe)
+		s.sendError(deviceID, protocol.ErrorReply{Kind: protocol.KindTelemetry, ID: t.ID, Code: pe.Code, Message: pe.Message, Rejected: bad})
+		if len(b.Readings) == 0 {
+			return pe
+		}
+	}
+	if len(b.Readings) == 0 {
+		return nil
+	}
+	if _, err := s.writer.Write(ctx, b); err != nil {
+		return err // transient: not acknowledged, the device resends
+	}
+	return nil
+}
+
+// Committed implements ingest.Observer: it counts what was stored and
+// streams it to live subscribers.
+func (s *Server) Committed(batches []*outpost.Batch, results []outpost.AppendResult, took time.Duration) {
+	s.metrics.commitSeconds.Observe(took.Seconds())
+	for i, b := range batches {
+		switch results[i] {
+		case outpost.AppendStored:
+			s.metrics.readingsStored.Add(float64(len(b.Readings)))
+			s.metrics.batchesStored.Inc()
+			s.hub.Publish(stream.KindTelemetry, b.DeviceID, telemetryEvent{DeviceID: b.DeviceID, BatchID: b.ID, Readings: b.Readings})
+		case outpost.AppendDuplicate:
+			s.metrics.batchesDuplicate.Inc()
+		case outpost.AppendUnknownDevice:
+			s.metrics.readingsRejected.Add(float64(len(b.Readings)))
+		}
+	}
+}
+
+type telemetryEvent struct {
+	DeviceID string            `json:"device_id"`
+	BatchID  string            `json:"batch_id,omitempty"`
+	Readings []outpost.Reading `json:"readings"`
+}
+
+// reject sends an error reply for a message rejected for good and returns
+// the error for the broker to map to a reason code.
+func (s *Server) reject(deviceID, kind, id string, err error) error {
+	var pe *protocol.Error
+	if !errors.As(err, &pe) {
+		pe = &protocol.Error{Code: protocol.CodeInvalid, Message: err.Error()}
+	}
+	s.sendError(deviceID, protocol.ErrorReply{Kind: kind, ID: id, Code: pe.Code, Message: pe.Message})
+	return pe
+}
+
+func (s *Server) sendError(deviceID string, e protocol.ErrorReply) {
+	s.metrics.deviceErrors.WithLabelValues(e.Code).Inc()
+	b, _ := json.Marshal(e)
+	if err := s.broker.PublishToDevice(deviceID, protocol.KindError, b); err != nil {
+		s.log.Debug("send error reply", "device_id", deviceID, "error", err)
+	}
+}

@@ -1,0 +1,81 @@
+package server
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/internal/rpc"
+)
+
+// metrics holds every Prometheus metric of the platform, registered in one
+// place on a registry of our own (no global state).
+type metrics struct {
+	reg *prometheus.Registry
+
+	readingsStored   prometheus.Counter
+	readingsRejected prometheus.Counter
+	batchesStored    prometheus.Counter
+	batchesDuplicate prometheus.Counter
+	commitSeconds    prometheus.Histogram
+	deviceErrors     *prometheus.CounterVec
+	devicesCreated   prometheus.Counter
+	rpcCalls         *prometheus.CounterVec
+	rpcSeconds       prometheus.Histogram
+	rpcLate          prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.readingsStored = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_readings_stored_total", Help: "Readings committed to the store."})
+	m.readingsRejected = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_readings_rejected_total", Help: "Readings rejected as invalid (the device got an error reply)."})
+	m.batchesStored = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_batches_stored_total", Help: "Telemetry batches committed."})
+	m.batchesDuplicate = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_batches_duplicate_total", Help: "Redelivered telemetry batches recognised by id and not stored again."})
+	m.commitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "outpost_ingest_commit_seconds", Help: "Duration of one group commit.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)})
+	m.deviceErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "outpost_device_error_replies_total", Help: "Error replies sent to devices, by code."}, []string{"code"})
+	m.devicesCreated = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_devices_created_total", Help: "Devices created."})
+	m.rpcCalls = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "outpost_rpc_calls_total", Help: "RPC calls by outcome."}, []string{"outcome"})
+	m.rpcSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "outpost_rpc_duration_seconds", Help: "Round trip of successful RPC calls.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
+	m.rpcLate = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_rpc_late_responses_total", Help: "RPC responses that arrived after their caller gave up."})
+	m.reg.MustRegister(m.readingsStored, m.readingsRejected, m.batchesStored, m.batchesDuplicate, m.commitSeconds,
+		m.deviceErrors, m.devicesCreated, m.rpcCalls, m.rpcSeconds, m.rpcLate,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// register adds the metrics that read live state from the server.
+func (m *metrics) register(s *Server) {
+	st := s.broker.Stats()
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_devices_online", Help: "Devices holding a live session."},
+			func() float64 { return float64(s.presence.Count()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_mqtt_clients", Help: "Connected MQTT clients."},
+			func() float64 { return float64(s.broker.Clients()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_mqtt_auth_failures_total", Help: "Refused MQTT logins."},
+			func() float64 { return float64(st.AuthFailures.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_mqtt_acl_denied_total", Help: "Publishes and subscriptions refused by the per-device ACL."},
+			func() float64 { return float64(st.ACLDenied.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_mqtt_messages_rejected_total", Help: "Device messages rejected for good."},
+			func() float64 { return float64(st.Rejected.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_mqtt_messages_unacknowledged_total", Help: "Device messages left unacknowledged after a transient failure (the device resends)."},
+			func() float64 { return float64(st.Retried.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_rpc_pending", Help: "RPC calls waiting for an answer."},
+			func() float64 { return float64(s.relay.Pending()) }),
+	)
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+func (m *metrics) observeRPC(err error, res *rpc.Result) {
+	if err != nil {
+		m.rpcCalls.WithLabelValues(outpost.ErrorCode(err)).Inc()
+		return
+	}
+	m.rpcCalls.WithLabelValues("ok").Inc()
+	m.rpcSeconds.Observe(res.Duration.Seconds())
+}

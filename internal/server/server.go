@@ -1,0 +1,283 @@
+// Package server wires the platform together: store, embedded broker,
+// ingestion, RPC relay, presence, live stream, metrics and the HTTP API.
+//
+// cmd/outpost and the end-to-end tests both start the platform through Open,
+// so the tests exercise the real wiring.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/httpapi"
+	"github.com/outpost-iot/outpost/internal/ingest"
+	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/internal/presence"
+	"github.com/outpost-iot/outpost/internal/rpc"
+	"github.com/outpost-iot/outpost/internal/sqlite"
+	"github.com/outpost-iot/outpost/internal/stream"
+)
+
+// Config is the platform configuration, filled from flags by cmd/outpost.
+type Config struct {
+	// DataDir holds the database and the admin token (default
+	// "./outpost-data").
+	DataDir string
+	// MQTTAddr is the plain MQTT listen address (default ":1883").
+	MQTTAddr string
+	// MQTTTLSAddr is the MQTT-over-TLS listen address, used when a
+	// certificate is configured (default ":8883").
+	MQTTTLSAddr string
+	// HTTPAddr is the API listen address (default ":8080").
+	HTTPAddr string
+	// TLSCertFile and TLSKeyFile enable TLS on MQTTTLSAddr and on the
+	// HTTP API.
+	TLSCertFile, TLSKeyFile string
+	// Sync is SQLite's synchronous setting: "normal" (default; survives a
+	// process crash) or "full" (also survives power loss).
+	Sync string
+	// AdminToken overrides the token stored in the data directory.
+	AdminToken string
+	Logger     *slog.Logger
+}
+
+// Server is a running platform.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	db       *sqlite.DB
+	broker   *broker.Broker
+	writer   *ingest.Writer
+	relay    *rpc.Relay
+	presence *presence.Tracker
+	hub      *stream.Hub
+	metrics  *metrics
+	svc      *service
+
+	httpSrv  *http.Server
+	httpLn   net.Listener
+	httpTLS  bool
+	httpDone chan struct{}
+
+	token    string
+	newToken bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open starts the platform. Listeners are bound before it returns, so their
+// addresses are final; a port in use fails here with a message naming it.
+func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = "outpost-data"
+	}
+	if cfg.MQTTAddr == "" {
+		cfg.MQTTAddr = ":1883"
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = ":8080"
+	}
+	if cfg.MQTTTLSAddr == "" {
+		cfg.MQTTTLSAddr = ":8883"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+		return nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, httpDone: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	if s.token, s.newToken, err = loadToken(cfg.DataDir, cfg.AdminToken); err != nil {
+		return nil, err
+	}
+	s.db, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "outpost.db"), sqlite.Options{Synchronous: strings.ToUpper(cfg.Sync)})
+	if err != nil {
+		return nil, err
+	}
+	// No session survives a restart of the embedded broker.
+	if err := s.db.ResetPresence(ctx); err != nil {
+		return nil, err
+	}
+
+	s.hub = stream.NewHub(10_000)
+	s.metrics = newMetrics()
+	s.presence = presence.NewTracker(s.db, s.presenceChanged, s.log)
+	s.writer = ingest.NewWriter(s.db, ingest.Options{Observer: s, Logger: s.log})
+
+	var tlsCfg *tls.Config
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load TLS certificate: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	bcfg := broker.Config{Addr: cfg.MQTTAddr, Logger: s.log.With("component", "mqtt")}
+	if tlsCfg != nil {
+		bcfg.TLSAddr, bcfg.TLS = cfg.MQTTTLSAddr, tlsCfg
+	}
+	s.broker, err = broker.New(bcfg, s, s)
+	if err != nil {
+		return nil, listenError("--mqtt", err)
+	}
+	s.relay = rpc.NewRelay(s.broker, s.presence)
+	s.svc = &service{s: s}
+	s.metrics.register(s)
+
+	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, listenError("--http", fmt.Errorf("http listener %s: %w", cfg.HTTPAddr, err))
+	}
+	api := httpapi.New(s.svc, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MQTTHostPort: s.MQTTAddr, Logger: s.log})
+	s.httpSrv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	if tlsCfg != nil {
+		s.httpTLS = true
+		s.httpSrv.TLSConfig = tlsCfg.Clone()
+	}
+
+	if err := s.broker.Start(); err != nil {
+		return nil, fmt.Errorf("start mqtt broker: %w", err)
+	}
+	go func() {
+		defer close(s.httpDone)
+		var err error
+		if s.httpTLS {
+			err = s.httpSrv.ServeTLS(s.httpLn, "", "")
+		} else {
+			err = s.httpSrv.Serve(s.httpLn)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("http server", "error", err)
+		}
+	}()
+	s.log.Info("outpost started", "mqtt", s.MQTTURL(), "http", s.HTTPURL(), "data", cfg.DataDir)
+	return s, nil
+}
+
+func listenError(flag string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {
+		return fmt.Errorf("%s: %v (another process is listening there; pick another address with %s)", flag, err, flag)
+	}
+	return fmt.Errorf("%s: %w", flag, err)
+}
+
+// MQTTURL returns the plain MQTT endpoint as tcp://HOST:PORT.
+func (s *Server) MQTTURL() string { return "tcp://" + hostPort(s.broker.Addr()) }
+
+// MQTTAddr returns the plain MQTT listener's HOST:PORT.
+func (s *Server) MQTTAddr() string { return hostPort(s.broker.Addr()) }
+
+// MQTTSURL returns the TLS MQTT endpoint, or "" when TLS is off.
+func (s *Server) MQTTSURL() string {
+	if a := s.broker.TLSAddr(); a != nil {
+		return "ssl://" + hostPort(a)
+	}
+	return ""
+}
+
+// HTTPURL returns the API base URL.
+func (s *Server) HTTPURL() string {
+	scheme := "http"
+	if s.httpTLS {
+		scheme = "https"
+	}
+	return scheme + "://" + hostPort(s.httpLn.Addr())
+}
+
+// AdminToken returns the API token; TokenIsNew reports whether this start
+// created it.
+func (s *Server) AdminToken() string { return s.token }
+
+// TokenIsNew reports whether Open generated the admin token.
+func (s *Server) TokenIsNew() bool { return s.newToken }
+
+// DataDir returns the data directory.
+func (s *Server) DataDir() string { return s.cfg.DataDir }
+
+// hostPort renders a listener address so a client can dial it: an
+// unspecified host becomes 127.0.0.1.
+func hostPort(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// Close stops accepting API requests and device connections, commits
+// everything already received, and closes the database.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		var errs []error
+		if s.httpSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := s.httpSrv.Shutdown(ctx); err != nil {
+				s.httpSrv.Close()
+			}
+			cancel()
+			<-s.httpDone
+		} else if s.httpLn != nil {
+			s.httpLn.Close()
+		}
+		if s.broker != nil {
+			errs = append(errs, s.broker.Close())
+		}
+		if s.writer != nil {
+			errs = append(errs, s.writer.Close())
+		}
+		if s.db != nil {
+			errs = append(errs, s.db.Close())
+		}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// loadToken reads the admin token from the data directory, creating it on
+// first start.
+func loadToken(dir, override string) (token string, created bool, err error) {
+	if override != "" {
+		return override, false, nil
+	}
+	path := filepath.Join(dir, "admin-token")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if t := strings.TrimSpace(string(b)); t != "" {
+			return t, false, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", false, fmt.Errorf("read admin token: %w", err)
+	}
+	token = outpost.NewToken()
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", false, fmt.Errorf("save admin token: %w", err)
+	}
+	return token, true, nil
+}

@@ -1,0 +1,127 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/outpost-iot/outpost/internal/httpapi"
+	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/internal/rpc"
+	"github.com/outpost-iot/outpost/internal/stream"
+)
+
+// service is what the HTTP API calls: the registry, telemetry queries, the
+// RPC relay and the live stream, with presence merged in.
+type service struct{ s *Server }
+
+var _ httpapi.Service = (*service)(nil)
+
+// MaxNameLen bounds device names.
+const MaxNameLen = 128
+
+func (v *service) CreateDevice(ctx context.Context, name string) (*outpost.Device, string, error) {
+	name = strings.TrimSpace(name)
+	if name == "" {
+		return nil, "", outpost.Errorf(outpost.EINVALID, "device name is required")
+	}
+	if len(name) > MaxNameLen || !utf8.ValidString(name) {
+		return nil, "", outpost.Errorf(outpost.EINVALID, "device name must be valid UTF-8 of at most %d bytes", MaxNameLen)
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f {
+			return nil, "", outpost.Errorf(outpost.EINVALID, "device name contains a control character")
+		}
+	}
+	secret := outpost.NewSecret()
+	d := &outpost.Device{ID: outpost.NewDeviceID(), Name: name, CreatedAt: time.Now().UTC().Truncate(time.Millisecond)}
+	if err := v.s.db.CreateDevice(ctx, d, outpost.HashSecret(secret)); err != nil {
+		return nil, "", err
+	}
+	v.s.metrics.devicesCreated.Inc()
+	return d, secret, nil
+}
+
+func (v *service) Device(ctx context.Context, id string) (*outpost.Device, error) {
+	d, err := v.s.db.Device(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	v.live(d)
+	return d, nil
+}
+
+// live overlays the in-memory presence, which is fresher than the store.
+func (v *service) live(d *outpost.Device) {
+	if online, seen, ok := v.s.presence.State(d.ID); ok {
+		d.Online = online
+		if seen.After(d.LastSeen) {
+			d.LastSeen = seen.UTC()
+		}
+	}
+}
+
+func (v *service) Devices(ctx context.Context, f outpost.DeviceFilter) ([]*outpost.Device, error) {
+	online := f.Online
+	f.Online = nil // filter on live state below
+	ds, err := v.s.db.Devices(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	out := ds[:0]
+	for _, d := range ds {
+		v.live(d)
+		if online == nil || d.Online == *online {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func (v *service) DeleteDevice(ctx context.Context, id string) error {
+	if err := v.s.db.DeleteDevice(ctx, id); err != nil {
+		return err
+	}
+	v.s.broker.DisconnectDevice(id)
+	v.s.presence.Forget(id)
+	return nil
+}
+
+func (v *service) RotateSecret(ctx context.Context, id string) (string, error) {
+	secret := outpost.NewSecret()
+	if err := v.s.db.SetSecretHash(ctx, id, outpost.HashSecret(secret)); err != nil {
+		return "", err
+	}
+	v.s.broker.DisconnectDevice(id)
+	return secret, nil
+}
+
+func (v *service) Call(ctx context.Context, id, method string, args json.RawMessage, timeout time.Duration) (*rpc.Result, error) {
+	if _, err := v.s.db.Device(ctx, id); err != nil {
+		return nil, err
+	}
+	res, err := v.s.relay.Call(ctx, id, method, args, timeout)
+	v.s.metrics.observeRPC(err, res)
+	return res, err
+}
+
+func (v *service) Readings(ctx context.Context, f outpost.ReadingFilter) ([]outpost.Reading, error) {
+	return v.s.db.Readings(ctx, f)
+}
+
+func (v *service) Feeds(ctx context.Context, id string) ([]string, error) {
+	if _, err := v.s.db.Device(ctx, id); err != nil {
+		return nil, err
+	}
+	return v.s.db.Feeds(ctx, id)
+}
+
+func (v *service) Subscribe(f stream.Filter, afterID uint64) (*stream.Subscription, uint64) {
+	return v.s.hub.Subscribe(f, 4096, afterID)
+}
+
+func (v *service) Health(ctx context.Context) error {
+	return v.s.db.Ping(ctx)
+}

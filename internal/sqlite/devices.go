@@ -1,0 +1,183 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
+)
+
+// CreateDevice implements outpost.DeviceStore.
+func (db *DB) CreateDevice(ctx context.Context, d *outpost.Device, secretHash []byte) error {
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	_, err := db.w.ExecContext(ctx, `INSERT INTO devices (id, name, secret_hash, created_at) VALUES (?, ?, ?, ?)`,
+		d.ID, d.Name, secretHash, d.CreatedAt.UnixMilli())
+	if err != nil {
+		if strings.Contains(err.Error(), "UNIQUE constraint failed: devices.name") {
+			return outpost.Errorf(outpost.ECONFLICT, "a device named %q already exists", d.Name)
+		}
+		if strings.Contains(err.Error(), "UNIQUE constraint failed") {
+			return outpost.Errorf(outpost.ECONFLICT, "device %s already exists", d.ID)
+		}
+		return fmt.Errorf("create device: %w", err)
+	}
+	return nil
+}
+
+const deviceCols = `id, name, created_at, online, last_seen`
+
+func scanDevice(s interface{ Scan(...any) error }) (*outpost.Device, error) {
+	var d outpost.Device
+	var created, seen int64
+	var online int
+	if err := s.Scan(&d.ID, &d.Name, &created, &online, &seen); err != nil {
+		return nil, err
+	}
+	d.CreatedAt = time.UnixMilli(created).UTC()
+	d.Online = online != 0
+	if seen > 0 {
+		d.LastSeen = time.UnixMilli(seen).UTC()
+	}
+	return &d, nil
+}
+
+// Device implements outpost.DeviceStore.
+func (db *DB) Device(ctx context.Context, id string) (*outpost.Device, error) {
+	d, err := scanDevice(db.r.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, outpost.Errorf(outpost.ENOTFOUND, "device %s not found", id)
+	} else if err != nil {
+		return nil, fmt.Errorf("get device: %w", err)
+	}
+	return d, nil
+}
+
+// Devices implements outpost.DeviceStore.
+func (db *DB) Devices(ctx context.Context, f outpost.DeviceFilter) ([]*outpost.Device, error) {
+	var where []string
+	var args []any
+	if f.Name != nil {
+		where, args = append(where, "name = ?"), append(args, *f.Name)
+	}
+	if f.Online != nil {
+		where, args = append(where, "online = ?"), append(args, boolInt(*f.Online))
+	}
+	q := `SELECT ` + deviceCols + ` FROM devices`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	q += ` ORDER BY seq`
+	if f.Limit > 0 {
+		q += fmt.Sprintf(` LIMIT %d`, f.Limit)
+	}
+	rows, err := db.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	out := []*outpost.Device{}
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// DeleteDevice implements outpost.DeviceStore.
+func (db *DB) DeleteDevice(ctx context.Context, id string) error {
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	tx, err := db.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("delete device: %w", err)
+	}
+	defer tx.Rollback()
+	var seq int64
+	if err := tx.QueryRowContext(ctx, `SELECT seq FROM devices WHERE id = ?`, id).Scan(&seq); errors.Is(err, sql.ErrNoRows) {
+		return outpost.Errorf(outpost.ENOTFOUND, "device %s not found", id)
+	} else if err != nil {
+		return fmt.Errorf("delete device: %w", err)
+	}
+	for _, q := range []string{
+		`DELETE FROM readings WHERE series IN (SELECT seq FROM feeds WHERE device_seq = ?)`,
+		`DELETE FROM batches WHERE device_seq = ?`,
+		`DELETE FROM devices WHERE seq = ?`, // cascades to feeds
+	} {
+		if _, err := tx.ExecContext(ctx, q, seq); err != nil {
+			return fmt.Errorf("delete device: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("delete device: %w", err)
+	}
+	delete(db.devSeq, id)
+	for k := range db.feedSeq {
+		if k.dev == seq {
+			delete(db.feedSeq, k)
+		}
+	}
+	return nil
+}
+
+// SecretHash implements outpost.DeviceStore.
+func (db *DB) SecretHash(ctx context.Context, id string) ([]byte, error) {
+	var h []byte
+	err := db.r.QueryRowContext(ctx, `SELECT secret_hash FROM devices WHERE id = ?`, id).Scan(&h)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, outpost.Errorf(outpost.ENOTFOUND, "device %s not found", id)
+	} else if err != nil {
+		return nil, fmt.Errorf("secret hash: %w", err)
+	}
+	return h, nil
+}
+
+// SetSecretHash implements outpost.DeviceStore.
+func (db *DB) SetSecretHash(ctx context.Context, id string, secretHash []byte) error {
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	res, err := db.w.ExecContext(ctx, `UPDATE devices SET secret_hash = ? WHERE id = ?`, secretHash, id)
+	if err != nil {
+		return fmt.Errorf("set secret: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return outpost.Errorf(outpost.ENOTFOUND, "device %s not found", id)
+	}
+	return nil
+}
+
+// SetPresence implements outpost.DeviceStore.
+func (db *DB) SetPresence(ctx context.Context, id string, online bool, lastSeen time.Time) error {
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	_, err := db.w.ExecContext(ctx, `UPDATE devices SET online = ?, last_seen = MAX(last_seen, ?) WHERE id = ?`,
+		boolInt(online), lastSeen.UnixMilli(), id)
+	if err != nil {
+		return fmt.Errorf("set presence: %w", err)
+	}
+	return nil
+}
+
+// ResetPresence implements outpost.DeviceStore.
+func (db *DB) ResetPresence(ctx context.Context) error {
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	if _, err := db.w.ExecContext(ctx, `UPDATE devices SET online = 0 WHERE online != 0`); err != nil {
+		return fmt.Errorf("reset presence: %w", err)
+	}
+	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

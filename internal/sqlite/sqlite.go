@@ -1,0 +1,193 @@
+// Package sqlite implements the platform's stores on SQLite through the pure
+// Go driver modernc.org/sqlite.
+//
+// One connection writes (SQLite allows one writer at a time; serialising in
+// Go avoids busy retries) and a small pool reads, both in WAL mode so reads
+// never block ingestion. The schema is versioned: Open applies every
+// migration the file has not seen, in one transaction each.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Options tune the database.
+type Options struct {
+	// Synchronous is the SQLite synchronous pragma for the writer: "NORMAL"
+	// (default) survives a crash of the process, "FULL" also a power cut at
+	// the cost of an fsync per commit.
+	Synchronous string
+	// CacheMiB is the writer's page cache in MiB (default 256). A large cache
+	// keeps the readings index in memory and decides ingest speed.
+	CacheMiB int
+}
+
+// DB is an open Outpost database.
+type DB struct {
+	path string
+	w    *sql.DB // single writer connection
+	r    *sql.DB // read pool
+
+	// wmu serialises writes and guards the id caches, so a deletion can
+	// never race an append that still holds a stale cached key.
+	wmu     sync.Mutex
+	devSeq  map[string]int64 // device id → devices.seq
+	feedSeq map[feedKey]int64
+}
+
+type feedKey struct {
+	dev int64
+	ref string
+}
+
+var (
+	_ outpost.DeviceStore    = (*DB)(nil)
+	_ outpost.TelemetryStore = (*DB)(nil)
+)
+
+// Open opens (creating if needed) the database file at path and migrates it
+// to the current schema.
+func Open(ctx context.Context, path string, o Options) (*DB, error) {
+	if o.Synchronous == "" {
+		o.Synchronous = "NORMAL"
+	}
+	switch strings.ToUpper(o.Synchronous) {
+	case "OFF", "NORMAL", "FULL", "EXTRA":
+	default:
+		return nil, fmt.Errorf("sqlite: synchronous must be OFF, NORMAL, FULL or EXTRA, not %q", o.Synchronous)
+	}
+	if o.CacheMiB <= 0 {
+		o.CacheMiB = 256
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	dsn := func(extra ...string) string {
+		q := url.Values{}
+		for _, p := range append([]string{"busy_timeout(10000)", "journal_mode(WAL)", "foreign_keys(1)"}, extra...) {
+			q.Add("_pragma", p)
+		}
+		return "file:" + path + "?" + q.Encode()
+	}
+	w, err := sql.Open("sqlite", dsn("synchronous("+o.Synchronous+")", fmt.Sprintf("cache_size(-%d)", o.CacheMiB*1024))+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	db := &DB{path: path, w: w, devSeq: map[string]int64{}, feedSeq: map[feedKey]int64{}}
+	if err := db.migrate(ctx); err != nil {
+		w.Close()
+		return nil, err
+	}
+	r, err := sql.Open("sqlite", dsn("query_only(1)"))
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(4)
+	db.r = r
+	return db, nil
+}
+
+// Close closes the database. Pending writes must have finished.
+func (db *DB) Close() error {
+	return errors.Join(db.r.Close(), db.w.Close())
+}
+
+// Path returns the database file path.
+func (db *DB) Path() string { return db.path }
+
+// Ping checks that the database answers.
+func (db *DB) Ping(ctx context.Context) error {
+	return db.r.PingContext(ctx)
+}
+
+// migrations are applied in order; entry i brings the schema to version i+1.
+// Never edit one that has shipped: append a new one.
+var migrations = []string{
+	// 1: registry, feeds as series keys, readings, batch ids for dedup.
+	`
+CREATE TABLE devices (
+	seq         INTEGER PRIMARY KEY,
+	id          TEXT    NOT NULL UNIQUE,
+	name        TEXT    NOT NULL UNIQUE,
+	secret_hash BLOB    NOT NULL,
+	created_at  INTEGER NOT NULL,
+	online      INTEGER NOT NULL DEFAULT 0,
+	last_seen   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE feeds (
+	seq        INTEGER PRIMARY KEY,
+	device_seq INTEGER NOT NULL REFERENCES devices(seq) ON DELETE CASCADE,
+	ref        TEXT    NOT NULL,
+	UNIQUE (device_seq, ref)
+);
+-- One row per reading. The only index is (series, ts): it serves every
+-- query and keeps appends cheap. value holds the reading's JSON encoding,
+-- so numbers, booleans and strings come back exactly as sent.
+CREATE TABLE readings (
+	series INTEGER NOT NULL,
+	ts     INTEGER NOT NULL,
+	value  TEXT    NOT NULL
+);
+CREATE INDEX readings_series_ts ON readings (series, ts);
+CREATE TABLE batches (
+	device_seq  INTEGER NOT NULL,
+	batch_id    TEXT    NOT NULL,
+	received_at INTEGER NOT NULL,
+	PRIMARY KEY (device_seq, batch_id)
+) WITHOUT ROWID;
+`,
+}
+
+func (db *DB) migrate(ctx context.Context) error {
+	if _, err := db.w.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("sqlite: migrations table: %w", err)
+	}
+	var have int
+	if err := db.w.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+		return fmt.Errorf("sqlite: schema version: %w", err)
+	}
+	if have > len(migrations) {
+		return fmt.Errorf("sqlite: database schema version %d is newer than this binary knows (%d); upgrade outpost", have, len(migrations))
+	}
+	for v := have + 1; v <= len(migrations); v++ {
+		tx, err := db.w.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("sqlite: migrate: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("sqlite: migration %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, strftime('%s','now'))`, v); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("sqlite: migration %d: %w", v, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("sqlite: migration %d: %w", v, err)
+		}
+	}
+	return nil
+}
+
+// SchemaVersion returns the schema version of the open database.
+func (db *DB) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := db.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}

@@ -1,0 +1,275 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+)
+
+// Size limits the platform enforces on what devices send. A device that
+// exceeds one gets an ErrorReply with code CodeTooLarge or CodeInvalid.
+const (
+	// MaxMessageBytes is the largest payload the platform accepts on any
+	// device topic.
+	MaxMessageBytes = 256 << 10
+	// MaxReadingsPerMessage bounds the readings in one Telemetry batch.
+	MaxReadingsPerMessage = 10_000
+	// MaxStringValue bounds a string reading value, in bytes of its JSON
+	// encoding.
+	MaxStringValue = 4096
+	// MaxBatchIDLen bounds a batch identifier.
+	MaxBatchIDLen = 64
+	// MaxTimestamp is the largest accepted reading timestamp
+	// (2100-01-01T00:00:00Z in milliseconds).
+	MaxTimestamp = 4_102_444_800_000
+)
+
+// Error codes carried in ErrorReply and RPCResponse errors. They are part of
+// the protocol: devices and applications branch on them.
+const (
+	// CodeInvalid: the message could not be parsed or broke a rule.
+	CodeInvalid = "invalid"
+	// CodeTooLarge: the message exceeds a size or count limit.
+	CodeTooLarge = "too_large"
+	// CodeUnknownKind: nothing handles this topic kind.
+	CodeUnknownKind = "unknown_kind"
+	// CodeUnknownMethod: the device has no handler for the RPC method.
+	CodeUnknownMethod = "unknown_method"
+	// CodeHandlerError: the device's RPC handler returned an error; the
+	// message holds its text.
+	CodeHandlerError = "handler_error"
+	// CodeNotSupported: the device does not support the operation (for
+	// example the built-in reset with no reset function).
+	CodeNotSupported = "not_supported"
+	// CodeInternal: the platform failed to process a valid message; the
+	// device should retry later.
+	CodeInternal = "internal"
+)
+
+// Reading is one value of one feed at one moment.
+//
+// On the wire: {"f":"temperature","v":21.5,"t":1700000000000}. The value is
+// a JSON number, boolean or string. The timestamp is milliseconds since the
+// Unix epoch; when it is absent or 0 the platform stamps the reading on
+// receipt.
+type Reading struct {
+	Feed  string          `json:"f"`
+	Value json.RawMessage `json:"v"`
+	TS    int64           `json:"t,omitempty"`
+}
+
+// Telemetry is a batch of readings published on up/telemetry.
+//
+// ID names the batch; a device must not reuse one for different content.
+// The platform stores a batch with a given ID once, however often it is
+// redelivered. A batch without an ID is stored every time it arrives.
+type Telemetry struct {
+	ID       string    `json:"id,omitempty"`
+	Readings []Reading `json:"r"`
+}
+
+// RPCRequest is published by the platform on down/rpc.
+type RPCRequest struct {
+	ID     string          `json:"id"`
+	Method string          `json:"method"`
+	Args   json.RawMessage `json:"args,omitempty"`
+	// Deadline is when the caller stops waiting, in Unix milliseconds. A
+	// device may skip a request whose deadline has passed. 0 means none.
+	Deadline int64 `json:"deadline,omitempty"`
+}
+
+// RPCResponse is published by the device on up/rpc. Exactly one of Result
+// and Error is set; a handler that returns nothing yields "result":null.
+type RPCResponse struct {
+	ID     string          `json:"id"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  *Error          `json:"error,omitempty"`
+}
+
+// Error is a coded error in a protocol message.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// ErrorReply is published by the platform on down/error when it rejects
+// (part of) a message a device sent. Topic is the kind it was sent on and ID
+// the batch or request id it carried, when there was one. Rejected counts the
+// readings dropped from a telemetry batch; the rest of the batch was stored.
+type ErrorReply struct {
+	Kind     string `json:"kind"`
+	ID       string `json:"id,omitempty"`
+	Code     string `json:"code"`
+	Message  string `json:"message"`
+	Rejected int    `json:"rejected,omitempty"`
+}
+
+// DecodeTelemetry parses and checks a telemetry payload. It fails on
+// malformed JSON, a missing readings array, an oversized batch or a bad
+// batch id. Individual readings are checked by ValidateReading so that one
+// bad reading need not cost the rest of the batch.
+func DecodeTelemetry(payload []byte) (Telemetry, error) {
+	var t Telemetry
+	if len(payload) > MaxMessageBytes {
+		return t, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("payload of %d bytes exceeds %d", len(payload), MaxMessageBytes)}
+	}
+	if err := json.Unmarshal(payload, &t); err != nil {
+		return Telemetry{}, &Error{Code: CodeInvalid, Message: "telemetry: " + err.Error()}
+	}
+	if t.Readings == nil {
+		return Telemetry{}, &Error{Code: CodeInvalid, Message: `telemetry: missing "r" array`}
+	}
+	if len(t.Readings) > MaxReadingsPerMessage {
+		return Telemetry{}, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("telemetry: %d readings exceed %d per message", len(t.Readings), MaxReadingsPerMessage)}
+	}
+	if len(t.ID) > MaxBatchIDLen {
+		return Telemetry{}, &Error{Code: CodeInvalid, Message: fmt.Sprintf("telemetry: batch id longer than %d bytes", MaxBatchIDLen)}
+	}
+	return t, nil
+}
+
+// ValidateReading checks one reading: feed reference, value type and size,
+// timestamp range. It returns a *Error with CodeInvalid or CodeTooLarge.
+func ValidateReading(r Reading) error {
+	if err := ValidFeed(r.Feed); err != nil {
+		return &Error{Code: CodeInvalid, Message: err.Error()}
+	}
+	if r.TS < 0 || r.TS > MaxTimestamp {
+		return &Error{Code: CodeInvalid, Message: fmt.Sprintf("feed %s: timestamp %d out of range (milliseconds since 1970, before 2100)", r.Feed, r.TS)}
+	}
+	if _, err := ValueKind(r.Value); err != nil {
+		return &Error{Code: codeOf(err), Message: "feed " + r.Feed + ": " + err.Error()}
+	}
+	return nil
+}
+
+func codeOf(err error) string {
+	var pe *Error
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return CodeInvalid
+}
+
+// Value kinds reported by ValueKind.
+const (
+	ValueNumber = "number"
+	ValueBool   = "bool"
+	ValueString = "string"
+)
+
+// ValueKind returns the kind of an encoded reading value, or an error when
+// the value is not a finite number, a boolean or a string of at most
+// MaxStringValue bytes.
+func ValueKind(v json.RawMessage) (string, error) {
+	v = bytes.TrimSpace(v)
+	if len(v) == 0 {
+		return "", errors.New("value is missing")
+	}
+	switch c := v[0]; {
+	case c == 't' || c == 'f':
+		if string(v) == "true" || string(v) == "false" {
+			return ValueBool, nil
+		}
+	case c == '"':
+		if len(v) > MaxStringValue {
+			return "", &Error{Code: CodeTooLarge, Message: fmt.Sprintf("string value of %d bytes exceeds %d", len(v), MaxStringValue)}
+		}
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			return ValueString, nil
+		}
+	case c == '-' || (c >= '0' && c <= '9'):
+		f, err := strconv.ParseFloat(string(v), 64)
+		if err == nil && !math.IsInf(f, 0) && json.Valid(v) {
+			return ValueNumber, nil
+		}
+	case c == 'n':
+		return "", errors.New("value is null")
+	}
+	return "", errors.New("value must be a number, a boolean or a string")
+}
+
+// EncodeValue encodes a Go value as a reading value. It accepts the Go
+// numeric types, bool, string and json.RawMessage holding one of those.
+func EncodeValue(v any) (json.RawMessage, error) {
+	var raw json.RawMessage
+	switch x := v.(type) {
+	case json.RawMessage:
+		raw = x
+	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return nil, fmt.Errorf("value %v is not a finite number", x)
+		}
+		raw = strconv.AppendFloat(nil, x, 'g', -1, 64)
+	case float32:
+		return EncodeValue(float64(x))
+	case int:
+		raw = strconv.AppendInt(nil, int64(x), 10)
+	case int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, bool, string:
+		b, err := json.Marshal(x)
+		if err != nil {
+			return nil, err
+		}
+		raw = b
+	default:
+		return nil, fmt.Errorf("unsupported value type %T (want a number, bool or string)", v)
+	}
+	if _, err := ValueKind(raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
+// DecodeRPCRequest parses an RPC request published to a device.
+func DecodeRPCRequest(payload []byte) (RPCRequest, error) {
+	var r RPCRequest
+	if len(payload) > MaxMessageBytes {
+		return r, &Error{Code: CodeTooLarge, Message: "rpc request too large"}
+	}
+	if err := json.Unmarshal(payload, &r); err != nil {
+		return RPCRequest{}, &Error{Code: CodeInvalid, Message: "rpc request: " + err.Error()}
+	}
+	if r.ID == "" || len(r.ID) > MaxBatchIDLen {
+		return RPCRequest{}, &Error{Code: CodeInvalid, Message: "rpc request: id must be 1 to 64 bytes"}
+	}
+	if err := ValidMethod(r.Method); err != nil {
+		return RPCRequest{}, &Error{Code: CodeInvalid, Message: "rpc request: " + err.Error()}
+	}
+	return r, nil
+}
+
+// DecodeRPCResponse parses an RPC response published by a device.
+func DecodeRPCResponse(payload []byte) (RPCResponse, error) {
+	var r RPCResponse
+	if len(payload) > MaxMessageBytes {
+		return r, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("rpc response of %d bytes exceeds %d", len(payload), MaxMessageBytes)}
+	}
+	if err := json.Unmarshal(payload, &r); err != nil {
+		return RPCResponse{}, &Error{Code: CodeInvalid, Message: "rpc response: " + err.Error()}
+	}
+	if r.ID == "" || len(r.ID) > MaxBatchIDLen {
+		return RPCResponse{}, &Error{Code: CodeInvalid, Message: "rpc response: id must be 1 to 64 bytes"}
+	}
+	if r.Error != nil && r.Error.Code == "" {
+		r.Error.Code = CodeHandlerError
+	}
+	if r.Error == nil && len(r.Result) == 0 {
+		r.Result = json.RawMessage("null")
+	}
+	return r, nil
+}
+
+// DecodeErrorReply parses an error reply published to a device.
+func DecodeErrorReply(payload []byte) (ErrorReply, error) {
+	var e ErrorReply
+	if err := json.Unmarshal(payload, &e); err != nil {
+		return ErrorReply{}, fmt.Errorf("error reply: %w", err)
+	}
+	return e, nil
+}
