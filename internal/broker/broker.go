@@ -99,9 +99,10 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	caps.MaximumInflight = 4096
 	caps.MaximumMessageExpiryInterval = 24 * 3600
 	srv := mqtt.New(&mqtt.Options{
-		InlineClient:           true,
-		Capabilities:           caps,
-		Logger:                 cfg.Logger,
+		InlineClient: true,
+		Capabilities: caps,
+		// mochi reports routine events (hooks added, stopped) at info level.
+		Logger:                 slog.New(minLevel{cfg.Logger.Handler(), slog.LevelWarn}),
 		SysTopicResendInterval: 0,
 	})
 	b := &Broker{srv: srv, log: cfg.Logger, h: h}
@@ -298,3 +299,18 @@ func (n *netListener) Close(closeClients listeners.CloseFn) {
 	n.stop()
 	closeClients(n.id)
 }
+
+// minLevel drops records below a level.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(a), h.min}
+}
+func (h minLevel) WithGroup(g string) slog.Handler { return minLevel{h.Handler.WithGroup(g), h.min} }

@@ -162,4 +162,3 @@ func reasonCode(code string) packets.Code {
 		return packets.ErrImplementationSpecificError
 	}
 }
-

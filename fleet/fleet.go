@@ -1,0 +1,344 @@
+// Package fleet is the Outpost application SDK: it controls a whole fleet
+// of devices through the platform's HTTP API.
+//
+//	f, err := fleet.Dial(ctx, "http://127.0.0.1:8080", token)
+//	defer f.Close()
+//	devs, err := f.Devices(ctx, fleet.DeviceFilter{})
+//	res, err := f.Call(ctx, devs[0].ID, "blink", map[string]int{"times": 3})
+//
+// Errors from the platform come back typed: errors.Is(err, fleet.ErrOffline),
+// fleet.ErrTimeout, fleet.ErrUnknownMethod, fleet.ErrNotFound, and a
+// *RemoteError carrying the text of a failed device handler.
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Errors the platform reports, matched with errors.Is.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrOffline       = errors.New("device offline")
+	ErrTimeout       = errors.New("device did not answer in time")
+	ErrUnknownMethod = errors.New("unknown method")
+	ErrNotSupported  = errors.New("not supported by the device")
+	ErrUnauthorized  = errors.New("unauthorized: missing or wrong token")
+	ErrConflict      = errors.New("conflict")
+	ErrInvalid       = errors.New("invalid request")
+)
+
+// APIError is an error response of the platform. Its Is method matches the
+// sentinel errors above by code.
+type APIError struct {
+	Status  int    // HTTP status
+	Code    string // platform error code, e.g. "device_offline"
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message + " (" + e.Code + ")" }
+
+// Is matches the sentinel errors.
+func (e *APIError) Is(target error) bool {
+	switch e.Code {
+	case "not_found":
+		return target == ErrNotFound
+	case "device_offline":
+		return target == ErrOffline
+	case "timeout":
+		return target == ErrTimeout
+	case "unknown_method":
+		return target == ErrUnknownMethod
+	case "not_supported":
+		return target == ErrNotSupported
+	case "unauthorized":
+		return target == ErrUnauthorized
+	case "conflict":
+		return target == ErrConflict
+	case "invalid":
+		return target == ErrInvalid
+	}
+	return false
+}
+
+// RemoteError is returned by Call when the device's handler failed; Message
+// is the handler's error text.
+type RemoteError struct {
+	DeviceID, Method, Message string
+}
+
+func (e *RemoteError) Error() string {
+	return fmt.Sprintf("%s on device %s failed: %s", e.Method, e.DeviceID, e.Message)
+}
+
+// Client talks to one platform. It is safe for concurrent use.
+type Client struct {
+	base  *url.URL
+	token string
+	hc    *http.Client
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithHTTPClient sets the HTTP client (for TLS settings or proxies).
+func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
+
+// Dial checks that the platform at serverURL answers and accepts token.
+func Dial(ctx context.Context, serverURL, token string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(serverURL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("fleet: server URL must look like http://HOST:PORT, got %q", serverURL)
+	}
+	c := &Client{base: u, token: token, hc: &http.Client{}}
+	for _, o := range opts {
+		o(c)
+	}
+	if err := c.do(ctx, "GET", "/api/v1/devices", url.Values{"limit": {"1"}}, nil, nil); err != nil {
+		return nil, fmt.Errorf("fleet: dial %s: %w", serverURL, err)
+	}
+	return c, nil
+}
+
+// Close releases the client's idle connections.
+func (c *Client) Close() error {
+	c.hc.CloseIdleConnections()
+	return nil
+}
+
+// Device is a device as the platform reports it.
+type Device struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	Online    bool      `json:"online"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
+}
+
+// NewDevice is a freshly created device with its credentials, which the
+// platform shows only once.
+type NewDevice struct {
+	Device
+	Password string `json:"password"`
+	// URL is the ready-made endpoint mqtt://ID:PASSWORD@HOST:PORT.
+	URL string `json:"url,omitempty"`
+}
+
+// CreateDevice registers a device. Names are unique (ErrConflict).
+func (c *Client) CreateDevice(ctx context.Context, name string) (*NewDevice, error) {
+	var d NewDevice
+	if err := c.do(ctx, "POST", "/api/v1/devices", nil, map[string]string{"name": name}, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// DeviceFilter selects devices; zero fields match all.
+type DeviceFilter struct {
+	Name   string
+	Online *bool
+	Limit  int
+}
+
+// Devices lists devices.
+func (c *Client) Devices(ctx context.Context, f DeviceFilter) ([]Device, error) {
+	q := url.Values{}
+	if f.Name != "" {
+		q.Set("name", f.Name)
+	}
+	if f.Online != nil {
+		q.Set("online", strconv.FormatBool(*f.Online))
+	}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	var out struct {
+		Devices []Device `json:"devices"`
+	}
+	if err := c.do(ctx, "GET", "/api/v1/devices", q, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Devices, nil
+}
+
+// Device returns one device (ErrNotFound).
+func (c *Client) Device(ctx context.Context, id string) (*Device, error) {
+	var d Device
+	if err := c.do(ctx, "GET", "/api/v1/devices/"+url.PathEscape(id), nil, nil, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// DeleteDevice removes a device and its data, and disconnects it.
+func (c *Client) DeleteDevice(ctx context.Context, id string) error {
+	return c.do(ctx, "DELETE", "/api/v1/devices/"+url.PathEscape(id), nil, nil, nil)
+}
+
+// DefaultCallTimeout is how long Call waits for a device when ctx has no
+// deadline.
+const DefaultCallTimeout = 5 * time.Second
+
+// Call invokes method on a device with args (anything that encodes to JSON;
+// nil for none; json.RawMessage is sent as is) and returns the device's JSON
+// result. The device gets until ctx's deadline to answer, or
+// DefaultCallTimeout. Errors: ErrOffline, ErrTimeout, ErrUnknownMethod,
+// ErrNotFound, *RemoteError.
+func (c *Client) Call(ctx context.Context, deviceID, method string, args any) (json.RawMessage, error) {
+	timeout := DefaultCallTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl) - 50*time.Millisecond // leave time for the answer to travel
+		if timeout <= 0 {
+			return nil, fmt.Errorf("fleet: call %s: %w", method, context.DeadlineExceeded)
+		}
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout+5*time.Second)
+		defer cancel()
+	}
+	var body any
+	if args != nil {
+		body = args
+	}
+	var out struct {
+		Result json.RawMessage `json:"result"`
+	}
+	q := url.Values{"timeout": {timeout.String()}}
+	err := c.do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(deviceID)+"/rpc/"+url.PathEscape(method), q, bodyOrEmpty(body), &out)
+	var ae *APIError
+	if errors.As(err, &ae) && ae.Code == "handler_error" {
+		return nil, &RemoteError{DeviceID: deviceID, Method: method, Message: ae.Message}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out.Result, nil
+}
+
+type emptyBody struct{}
+
+func bodyOrEmpty(v any) any {
+	if v == nil {
+		return emptyBody{}
+	}
+	return v
+}
+
+// Reading is one stored value.
+type Reading struct {
+	Feed  string          `json:"feed"`
+	TS    int64           `json:"ts"` // milliseconds since the Unix epoch
+	Value json.RawMessage `json:"value"`
+}
+
+// Time returns the reading's timestamp.
+func (r Reading) Time() time.Time { return time.UnixMilli(r.TS) }
+
+// TelemetryQuery selects readings. Zero fields: every feed, the most recent
+// 1000 readings.
+type TelemetryQuery struct {
+	Feed         string
+	Since, Until time.Time
+	Limit        int
+}
+
+// Telemetry returns a device's readings in ascending time order.
+func (c *Client) Telemetry(ctx context.Context, deviceID string, q TelemetryQuery) ([]Reading, error) {
+	v := url.Values{}
+	if q.Feed != "" {
+		v.Set("feed", q.Feed)
+	}
+	if !q.Since.IsZero() {
+		v.Set("since", strconv.FormatInt(q.Since.UnixMilli(), 10))
+	}
+	if !q.Until.IsZero() {
+		v.Set("until", strconv.FormatInt(q.Until.UnixMilli(), 10))
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	var out struct {
+		Readings []Reading `json:"readings"`
+	}
+	if err := c.do(ctx, "GET", "/api/v1/devices/"+url.PathEscape(deviceID)+"/telemetry", v, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Readings, nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, body, out any) error {
+	u := *c.base
+	u.Path += path
+	if q != nil {
+		u.RawQuery = q.Encode()
+	}
+	var rd io.Reader
+	if body != nil {
+		var raw []byte
+		switch b := body.(type) {
+		case emptyBody:
+		case json.RawMessage:
+			raw = b
+		default:
+			var err error
+			if raw, err = json.Marshal(b); err != nil {
+				return fmt.Errorf("fleet: encode request: %w", err)
+			}
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("fleet: %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("fleet: %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		var eb struct {
+			Error struct {
+				Code    string `json:"code"`
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if json.Unmarshal(raw, &eb) != nil || eb.Error.Code == "" {
+			return &APIError{Status: resp.StatusCode, Code: "http_" + strconv.Itoa(resp.StatusCode), Message: strings.TrimSpace(string(raw))}
+		}
+		return &APIError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+	}
+	if out != nil && len(raw) > 0 {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("fleet: decode %s %s: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// RotateSecret gives a device a new password and disconnects it; the old
+// password stops working at once.
+func (c *Client) RotateSecret(ctx context.Context, id string) (*NewDevice, error) {
+	var d NewDevice
+	if err := c.do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(id)+"/secret", nil, emptyBody{}, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
