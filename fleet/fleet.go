@@ -1,14 +1,40 @@
 // Package fleet is the Outpost application SDK: it controls a whole fleet
-// of devices through the platform's HTTP API.
+// of devices through the platform's HTTP API, from one Client.
 //
-//	f, err := fleet.Dial(ctx, "http://127.0.0.1:8080", token)
+//	f, err := fleet.Dial(ctx, "http://127.0.0.1:8080", token, fleet.WithWorkers(4))
 //	defer f.Close()
-//	devs, err := f.Devices(ctx, fleet.DeviceFilter{})
+//	devs, err := f.Devices(ctx, fleet.DeviceFilter{Online: new(true)})
 //	res, err := f.Call(ctx, devs[0].ID, "blink", map[string]int{"times": 3})
+//
+// # Synchronous and asynchronous calls
+//
+// Call waits for the device's answer and returns it, or an error once the
+// device has had its time (ErrTimeout). CallAsync queues the call and
+// returns at once; the answer, or the error, is handed to a callback
+// together with a parameter of the caller's choosing:
+//
+//	f.CallAsync(ctx, id, "blink", nil, func(res json.RawMessage, err error, param any) {
+//		log.Println(param, string(res), err)
+//	}, "lamp in the hall")
+//
+// Callbacks run on a pool of worker goroutines owned by the Client (one by
+// default, see WithWorkers), so a slow callback delays the others only
+// when the pool is smaller than the number of slow callbacks. Broadcast
+// calls one method on many devices and collects every result.
+//
+// # Live events
+//
+// Subscribe streams telemetry, presence and the platform's other events
+// to a handler. The subscription reconnects on its own and resumes where it
+// stopped when the platform still holds the missed events; when it does
+// not, the handler gets a KindGap event saying so.
+//
+// # Errors
 //
 // Errors from the platform come back typed: errors.Is(err, fleet.ErrOffline),
 // fleet.ErrTimeout, fleet.ErrUnknownMethod, fleet.ErrNotFound, and a
-// *RemoteError carrying the text of a failed device handler.
+// *RemoteError carrying the text of a failed device handler. ErrClosed
+// reports work cut short by Close.
 package fleet
 
 import (
@@ -18,14 +44,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
-// Errors the platform reports, matched with errors.Is.
+// Errors the platform reports, and ErrClosed; match them with errors.Is.
 var (
 	ErrNotFound      = errors.New("not found")
 	ErrOffline       = errors.New("device offline")
@@ -35,6 +63,10 @@ var (
 	ErrUnauthorized  = errors.New("unauthorized: missing or wrong token")
 	ErrConflict      = errors.New("conflict")
 	ErrInvalid       = errors.New("invalid request")
+	// ErrClosed is returned by CallAsync and Subscribe on a closed Client,
+	// and handed to the callbacks of asynchronous calls that Close cut
+	// short.
+	ErrClosed = errors.New("client closed")
 )
 
 // APIError is an error response of the platform. Its Is method matches the
@@ -72,45 +104,119 @@ func (e *APIError) Is(target error) bool {
 
 // RemoteError is returned by Call when the device's handler failed; Message
 // is the handler's error text.
+//
+// A handler that fails only once the call's time is up (typically by
+// returning its context's error) did not answer in time: its RemoteError
+// also matches ErrTimeout.
 type RemoteError struct {
 	DeviceID, Method, Message string
+
+	late bool // the failure came when the call's time was up
 }
 
 func (e *RemoteError) Error() string {
 	return fmt.Sprintf("%s on device %s failed: %s", e.Method, e.DeviceID, e.Message)
 }
 
+// Is matches ErrTimeout when the handler failed because the call's time was
+// up.
+func (e *RemoteError) Is(target error) bool { return e.late && target == ErrTimeout }
+
 // Client talks to one platform. It is safe for concurrent use.
+//
+// A Client owns goroutines: the senders of asynchronous calls, the
+// callback workers and one reader per subscription. Close stops them and
+// waits for them.
 type Client struct {
 	base  *url.URL
 	token string
 	hc    *http.Client
+	log   *slog.Logger
+
+	workers, queueSize, maxInFlight int
+	callTimeout                     time.Duration
+	minBackoff, maxBackoff          time.Duration
+
+	// lifetime ends when Close starts; its cause is ErrClosed.
+	lifetime context.Context
+	stop     context.CancelCauseFunc
+
+	mu     sync.RWMutex // guards closed and sends on async.queue
+	closed bool
+
+	async     asyncPool
+	subsWG    sync.WaitGroup
+	closeOnce sync.Once
 }
 
 // Option configures a Client.
 type Option func(*Client)
 
-// WithHTTPClient sets the HTTP client (for TLS settings or proxies).
+// WithHTTPClient sets the HTTP client (for TLS settings or proxies). Its
+// Timeout, if any, also cuts live subscriptions, which then reconnect; leave
+// it zero and bound calls with contexts instead.
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
 
-// Dial checks that the platform at serverURL answers and accepts token.
+// Dial checks that the platform at serverURL answers and accepts token, and
+// starts the client's asynchronous machinery (see CallAsync).
 func Dial(ctx context.Context, serverURL, token string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(strings.TrimRight(serverURL, "/"))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("fleet: server URL must look like http://HOST:PORT, got %q", serverURL)
 	}
-	c := &Client{base: u, token: token, hc: &http.Client{}}
+	c := &Client{
+		base: u, token: token,
+		log:         slog.New(slog.DiscardHandler),
+		workers:     DefaultWorkers,
+		queueSize:   DefaultQueueSize,
+		maxInFlight: DefaultMaxInFlight,
+		callTimeout: DefaultCallTimeout,
+		minBackoff:  100 * time.Millisecond,
+		maxBackoff:  10 * time.Second,
+	}
 	for _, o := range opts {
 		o(c)
+	}
+	c.maxBackoff = max(c.maxBackoff, c.minBackoff)
+	if c.hc == nil {
+		// The default transport keeps only two idle connections per host,
+		// so concurrent calls would open a new connection each time.
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = max(c.maxInFlight, 64)
+		c.hc = &http.Client{Transport: tr}
 	}
 	if err := c.do(ctx, "GET", "/api/v1/devices", url.Values{"limit": {"1"}}, nil, nil); err != nil {
 		return nil, fmt.Errorf("fleet: dial %s: %w", serverURL, err)
 	}
+	c.lifetime, c.stop = context.WithCancelCause(context.Background())
+	c.async.start(c)
 	return c, nil
 }
 
-// Close releases the client's idle connections.
+// Close stops the client and waits for everything it started:
+//
+//   - CallAsync and Subscribe fail with ErrClosed from now on.
+//   - Asynchronous calls that have no answer yet are abandoned; their
+//     callbacks run with ErrClosed (the device may still run the method).
+//     Calls already answered get their callbacks with the answer. Every
+//     CallAsync that returned nil gets exactly one callback, and Close
+//     returns after the last one has returned.
+//   - Subscriptions end (their Err is ErrClosed) after their handlers return.
+//   - Idle HTTP connections are released.
+//
+// Synchronous methods (Call, Devices, …) do not depend on the client's
+// goroutines and keep working after Close. Close must not be called from a
+// callback or a subscription handler, since it waits for them. Calling it
+// again returns nil.
 func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		c.stop(ErrClosed) // ends subscriptions and abandons pending calls
+		c.async.close()
+		c.subsWG.Wait()
+	})
 	c.hc.CloseIdleConnections()
 	return nil
 }
@@ -142,14 +248,19 @@ func (c *Client) CreateDevice(ctx context.Context, name string) (*NewDevice, err
 	return &d, nil
 }
 
-// DeviceFilter selects devices; zero fields match all.
+// DeviceFilter selects devices; zero fields match all. (The platform has
+// no device attributes yet, so there is no attribute filter.)
 type DeviceFilter struct {
-	Name   string
+	// Name matches the device with exactly this name.
+	Name string
+	// Online, when set, keeps only devices that are online (true) or
+	// offline (false) right now; new(true) is a handy way to set it.
 	Online *bool
-	Limit  int
+	// Limit caps the number of devices returned; 0 means no limit.
+	Limit int
 }
 
-// Devices lists devices.
+// Devices lists devices in the order they were created.
 func (c *Client) Devices(ctx context.Context, f DeviceFilter) ([]Device, error) {
 	q := url.Values{}
 	if f.Name != "" {
@@ -185,20 +296,28 @@ func (c *Client) DeleteDevice(ctx context.Context, id string) error {
 }
 
 // DefaultCallTimeout is how long Call waits for a device when ctx has no
-// deadline.
+// deadline (unless WithCallTimeout sets another default).
 const DefaultCallTimeout = 5 * time.Second
+
+// maxCallTimeout is the longest wait the platform accepts.
+const maxCallTimeout = 5 * time.Minute
 
 // Call invokes method on a device with args (anything that encodes to JSON;
 // nil for none; json.RawMessage is sent as is) and returns the device's JSON
-// result. The device gets until ctx's deadline to answer, or
-// DefaultCallTimeout. Errors: ErrOffline, ErrTimeout, ErrUnknownMethod,
-// ErrNotFound, *RemoteError.
+// result. The device gets until ctx's deadline to answer (at most 5
+// minutes), or without one the client's call timeout (DefaultCallTimeout
+// unless set by WithCallTimeout). Errors: ErrOffline, ErrTimeout,
+// ErrUnknownMethod, ErrNotFound, *RemoteError. When ctx's deadline passes
+// first, the error matches both ErrTimeout and context.DeadlineExceeded.
 func (c *Client) Call(ctx context.Context, deviceID, method string, args any) (json.RawMessage, error) {
-	timeout := DefaultCallTimeout
+	timeout := c.callTimeout
+	if timeout <= 0 {
+		timeout = DefaultCallTimeout
+	}
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl) - 50*time.Millisecond // leave time for the answer to travel
+		timeout = min(time.Until(dl)-50*time.Millisecond, maxCallTimeout) // leave time for the answer to travel
 		if timeout <= 0 {
-			return nil, fmt.Errorf("fleet: call %s: %w", method, context.DeadlineExceeded)
+			return nil, fmt.Errorf("fleet: call %s on %s: %w (%w)", method, deviceID, ErrTimeout, context.DeadlineExceeded)
 		}
 	} else {
 		var cancel context.CancelFunc
@@ -213,10 +332,20 @@ func (c *Client) Call(ctx context.Context, deviceID, method string, args any) (j
 		Result json.RawMessage `json:"result"`
 	}
 	q := url.Values{"timeout": {timeout.String()}}
+	start := time.Now()
 	err := c.do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(deviceID)+"/rpc/"+url.PathEscape(method), q, bodyOrEmpty(body), &out)
 	var ae *APIError
 	if errors.As(err, &ae) && ae.Code == "handler_error" {
-		return nil, &RemoteError{DeviceID: deviceID, Method: method, Message: ae.Message}
+		// The device's deadline is the platform's, to the millisecond, so a
+		// handler that gives up at its deadline can answer a hair before the
+		// platform's own timeout fires.
+		late := time.Since(start) >= timeout-5*time.Millisecond
+		return nil, &RemoteError{DeviceID: deviceID, Method: method, Message: ae.Message, late: late}
+	}
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && !errors.Is(err, ErrTimeout) {
+		// The platform's own timeout answer did not make it back before
+		// the caller's deadline: the outcome is the same.
+		return nil, fmt.Errorf("fleet: call %s on %s: %w (%w)", method, deviceID, ErrTimeout, context.DeadlineExceeded)
 	}
 	if err != nil {
 		return nil, err
@@ -314,16 +443,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 		return fmt.Errorf("fleet: %s %s: %w", method, path, err)
 	}
 	if resp.StatusCode >= 300 {
-		var eb struct {
-			Error struct {
-				Code    string `json:"code"`
-				Message string `json:"message"`
-			} `json:"error"`
-		}
-		if json.Unmarshal(raw, &eb) != nil || eb.Error.Code == "" {
-			return &APIError{Status: resp.StatusCode, Code: "http_" + strconv.Itoa(resp.StatusCode), Message: strings.TrimSpace(string(raw))}
-		}
-		return &APIError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+		return apiError(resp.StatusCode, raw)
 	}
 	if out != nil && len(raw) > 0 {
 		if err := json.Unmarshal(raw, out); err != nil {
@@ -331,6 +451,20 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 		}
 	}
 	return nil
+}
+
+// apiError decodes the platform's JSON error body.
+func apiError(status int, raw []byte) *APIError {
+	var eb struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(raw, &eb) != nil || eb.Error.Code == "" {
+		return &APIError{Status: status, Code: "http_" + strconv.Itoa(status), Message: strings.TrimSpace(string(raw))}
+	}
+	return &APIError{Status: status, Code: eb.Error.Code, Message: eb.Error.Message}
 }
 
 // RotateSecret gives a device a new password and disconnects it; the old

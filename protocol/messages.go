@@ -143,17 +143,14 @@ func ValidateReading(r Reading) error {
 		return &Error{Code: CodeInvalid, Message: fmt.Sprintf("feed %s: timestamp %d out of range (milliseconds since 1970, before 2100)", r.Feed, r.TS)}
 	}
 	if _, err := ValueKind(r.Value); err != nil {
-		return &Error{Code: codeOf(err), Message: "feed " + r.Feed + ": " + err.Error()}
+		code, msg := CodeInvalid, err.Error()
+		var pe *Error
+		if errors.As(err, &pe) { // keep the code out of the message
+			code, msg = pe.Code, pe.Message
+		}
+		return &Error{Code: code, Message: "feed " + r.Feed + ": " + msg}
 	}
 	return nil
-}
-
-func codeOf(err error) string {
-	var pe *Error
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return CodeInvalid
 }
 
 // Value kinds reported by ValueKind.
@@ -208,7 +205,13 @@ func EncodeValue(v any) (json.RawMessage, error) {
 		}
 		raw = strconv.AppendFloat(nil, x, 'g', -1, 64)
 	case float32:
-		return EncodeValue(float64(x))
+		// Format with float32 precision: float32(21.7) is sent as 21.7,
+		// not as its float64 expansion 21.700000762939453.
+		f := float64(x)
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("value %v is not a finite number", x)
+		}
+		raw = strconv.AppendFloat(nil, f, 'g', -1, 32)
 	case int:
 		raw = strconv.AppendInt(nil, int64(x), 10)
 	case int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, bool, string:

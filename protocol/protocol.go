@@ -91,7 +91,7 @@ func ParseTopic(topic string) (ParsedTopic, error) {
 	}
 	dir, kind, ok := strings.Cut(rest, "/")
 	if !ok || (dir != Up && dir != Down) || kind == "" || strings.ContainsAny(kind, "+#") ||
-		strings.HasSuffix(kind, "/") || strings.Contains(kind, "//") {
+		strings.HasPrefix(kind, "/") || strings.HasSuffix(kind, "/") || strings.Contains(kind, "//") {
 		return ParsedTopic{}, ErrBadTopic
 	}
 	return ParsedTopic{DeviceID: id, Dir: dir, Kind: kind}, nil
@@ -100,8 +100,13 @@ func ParseTopic(topic string) (ParsedTopic, error) {
 // FilterAllowed reports whether a device may subscribe to filter: only
 // filters whose first three levels are literally outpost/v1/{deviceID}.
 // Anything wider (such as "#", "outpost/#" or "outpost/v1/+/down/#") would
-// let it see other devices' traffic.
+// let it see other devices' traffic. An invalid deviceID (empty, or holding
+// "/", "+" or "#") allows nothing: it could otherwise stand for a wildcard
+// or for several levels.
 func FilterAllowed(deviceID, filter string) bool {
+	if ValidID(deviceID) != nil {
+		return false
+	}
 	rest, ok := strings.CutPrefix(filter, Root+"/"+deviceID)
 	if !ok {
 		return false

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -259,10 +260,16 @@ func parseTimeout(s string) (time.Duration, error) {
 		return 0, nil
 	}
 	if f, err := strconv.ParseFloat(s, 64); err == nil {
-		if f <= 0 {
+		if !(f > 0) { // also NaN
 			return 0, outpost.Errorf(outpost.EINVALID, "timeout must be positive")
 		}
-		return time.Duration(f * float64(time.Second)), nil
+		// Seconds beyond what a Duration holds would convert to a negative
+		// value, which Call takes for "use the default"; saturate instead so
+		// the caller's maximum rejects them.
+		if ns := f * float64(time.Second); ns < math.MaxInt64 {
+			return time.Duration(ns), nil
+		}
+		return math.MaxInt64, nil
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {

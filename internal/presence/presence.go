@@ -40,6 +40,11 @@ type Tracker struct {
 }
 
 type entry struct {
+	// order serialises the device's transitions from the state change
+	// through the store write and the onChange report, so both see them in
+	// the order they happened even when a reconnect races the end of the
+	// previous session. Reads take only Tracker.mu and are never held up.
+	order    sync.Mutex
 	conn     any
 	online   bool
 	lastSeen time.Time
@@ -59,13 +64,10 @@ func NewTracker(store Store, onChange func(Change), log *slog.Logger) *Tracker {
 
 // Connected records that conn is now the live session of device id.
 func (t *Tracker) Connected(id string, conn any) {
+	e := t.lockEntry(id, true)
+	defer e.order.Unlock()
 	now := time.Now()
 	t.mu.Lock()
-	e := t.m[id]
-	if e == nil {
-		e = &entry{}
-		t.m[id] = e
-	}
 	was := e.online
 	e.conn, e.online, e.lastSeen = conn, true, now
 	t.mu.Unlock()
@@ -81,10 +83,14 @@ func (t *Tracker) Connected(id string, conn any) {
 // longer the device's current session (it was taken over). It reports
 // whether the device went offline.
 func (t *Tracker) Disconnected(id string, conn any, reason string) bool {
+	e := t.lockEntry(id, false)
+	if e == nil {
+		return false
+	}
+	defer e.order.Unlock()
 	now := time.Now()
 	t.mu.Lock()
-	e := t.m[id]
-	if e == nil || e.conn != conn || !e.online {
+	if e.conn != conn || !e.online {
 		t.mu.Unlock()
 		return false
 	}
@@ -95,6 +101,22 @@ func (t *Tracker) Disconnected(id string, conn any, reason string) bool {
 	}
 	t.onChange(Change{DeviceID: id, Online: false, At: now, Reason: reason})
 	return true
+}
+
+// lockEntry returns the device's entry with its order lock held, creating
+// it if create is set; nil if there is none.
+func (t *Tracker) lockEntry(id string, create bool) *entry {
+	t.mu.Lock()
+	e := t.m[id]
+	if e == nil && create {
+		e = &entry{}
+		t.m[id] = e
+	}
+	t.mu.Unlock()
+	if e != nil {
+		e.order.Lock()
+	}
+	return e
 }
 
 // Seen notes activity from a device; it only touches memory.

@@ -2,10 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"io"
+
+	"github.com/outpost-iot/outpost/internal/bench"
 )
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("bench: not available in this build")
+	return bench.Main(ctx, args, stdout, stderr)
 }
