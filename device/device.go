@@ -397,6 +397,12 @@ func (c *Client) serveRPC(req protocol.RPCRequest) {
 	var after func()
 	resp := protocol.RPCResponse{ID: req.ID}
 	result, err := c.call(ctx, req, &after)
+	if err != nil && ctx.Err() == context.DeadlineExceeded {
+		// The caller has stopped waiting and reports a timeout; an answer
+		// now would only race it.
+		c.opt.log.Info("rpc handler ran past the caller's deadline", "device_id", c.id, "method", req.Method, "id", req.ID)
+		return
+	}
 	if err != nil {
 		var pe *protocol.Error
 		if errors.As(err, &pe) {

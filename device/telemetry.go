@@ -171,7 +171,11 @@ func (c *Client) Publish(ctx context.Context) error {
 			return err
 		}
 		t.mu.Lock()
+		t.sealed[0] = sealedMsg{} // let the acknowledged payload be collected
 		t.sealed = t.sealed[1:]
+		if len(t.sealed) == 0 {
+			t.sealed = nil
+		}
 		t.mu.Unlock()
 		if pe != nil {
 			return pe

@@ -34,6 +34,16 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		h.b.stats.AuthFailures.Add(1)
 		return false
 	}
+	if pk.Connect.WillFlag {
+		// mochi publishes a will without consulting the ACL, so a will
+		// outside the device's own up/ topics would let it write into
+		// another device's namespace. Refuse the connection.
+		if t, err := protocol.ParseTopic(pk.Connect.WillTopic); err != nil || t.DeviceID != id || t.Dir != protocol.Up || pk.Connect.WillRetain {
+			h.b.stats.AuthFailures.Add(1)
+			h.b.log.Info("device refused: will message outside its own up/ topics (or retained)", "device_id", id, "will_topic", pk.Connect.WillTopic)
+			return false
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := h.auth.AuthenticateDevice(ctx, id, string(pk.Connect.Password)); err != nil {

@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -298,16 +297,10 @@ func TestACLIsolationMQTT5(t *testing.T) {
 // through its will message, which the broker publishes for it when its
 // connection drops.
 //
-// KNOWN HOLE: mochi-mqtt publishes a will (and retains it, with the retain
-// flag) without calling OnACLCheck or OnPublish, and internal/broker does
-// not check the will topic at CONNECT, so today B receives A's forged RPC
-// request. The fix belongs in internal/broker (refuse or drop a will whose
-// topic is not under the device's own up/ in OnConnectAuthenticate); then
-// delete the skip.
+// mochi-mqtt publishes a will (and retains it, with the retain flag)
+// without calling OnACLCheck or OnPublish, so internal/broker refuses, at
+// CONNECT, a will whose topic is not under the device's own up/.
 func TestACLWillMessage(t *testing.T) {
-	if os.Getenv("OUTPOST_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole: will messages bypass the device ACL (internal/broker); set OUTPOST_TEST_KNOWN_HOLES=1 to run")
-	}
 	p := outposttest.Start(t)
 	da, db := p.CreateDevice(t, "will-attacker"), p.CreateDevice(t, "will-victim")
 	b := mustDial311(t, p, db)

@@ -70,6 +70,8 @@ type Server struct {
 	httpLn   net.Listener
 	httpTLS  bool
 	httpDone chan struct{}
+	// cancelHTTP ends long-lived requests (event streams) at shutdown.
+	cancelHTTP context.CancelFunc
 
 	token    string
 	newToken bool
@@ -150,7 +152,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, listenError("--http", fmt.Errorf("http listener %s: %w", cfg.HTTPAddr, err))
 	}
 	api := httpapi.New(s.svc, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MQTTHostPort: s.MQTTAddr, Logger: s.log})
-	s.httpSrv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	baseCtx, cancelBase := context.WithCancel(context.Background())
+	s.cancelHTTP = cancelBase
+	s.httpSrv = &http.Server{Handler: api, BaseContext: func(net.Listener) context.Context { return baseCtx }, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	if tlsCfg != nil {
 		s.httpTLS = true
 		s.httpSrv.TLSConfig = tlsCfg.Clone()
@@ -237,6 +241,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		var errs []error
 		if s.httpSrv != nil {
+			s.cancelHTTP()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := s.httpSrv.Shutdown(ctx); err != nil {
 				s.httpSrv.Close()
