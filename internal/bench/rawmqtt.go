@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,8 +13,9 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/outpost-iot/outpost/internal/broker"
 )
 
 // rawBroker is a plain mochi-mqtt broker with no platform logic: every
@@ -43,8 +43,9 @@ import (
 //     therefore do not announce a Receive Maximum (the MQTT 5 default is
 //     65535, which mochi treats as "no quota"), like the device SDK.
 type rawBroker struct {
-	srv *mqtt.Server
-	ln  *rawListener
+	srv     *mqtt.Server
+	ln      *broker.Listener
+	address string
 }
 
 // startRawBroker starts the raw broker with an optional extra hook.
@@ -70,7 +71,7 @@ func startRawBroker(extra mqtt.Hook) (*rawBroker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: raw broker listener: %w", err)
 	}
-	ln := &rawListener{l: l, conns: map[net.Conn]struct{}{}}
+	ln := broker.NewListener("raw", l, nil, nil)
 	if err := srv.AddListener(ln); err != nil {
 		l.Close()
 		return nil, err
@@ -79,24 +80,24 @@ func startRawBroker(extra mqtt.Hook) (*rawBroker, error) {
 		l.Close()
 		return nil, err
 	}
-	return &rawBroker{srv: srv, ln: ln}, nil
+	return &rawBroker{srv: srv, ln: ln, address: l.Addr().String()}, nil
 }
 
-func (b *rawBroker) addr() string { return b.ln.l.Addr().String() }
+func (b *rawBroker) addr() string { return b.address }
 
 // dropped returns mochi's counts of messages it dropped.
 func (b *rawBroker) dropped() (inflight, writes int64) {
 	return atomic.LoadInt64(&b.srv.Info.InflightDropped), atomic.LoadInt64(&b.srv.Info.MessagesDropped)
 }
 
-// Close stops the broker after the clients have gone. The listener is our
-// own (like the platform's), because mochi's TCP listener races with
+// Close stops the broker after the clients have gone. The listener is the
+// platform's own broker.Listener, because mochi's TCP listener races with
 // connections being established (mochi issues #488 and #541).
 func (b *rawBroker) Close() {
 	closeWithin(10*time.Second, func() {
-		b.ln.stop()
+		b.ln.Stop()
 		_ = b.srv.Close()
-		b.ln.closeConns()
+		b.ln.Shutdown()
 	})
 }
 
@@ -112,70 +113,6 @@ func (h *countHook) Provides(b byte) bool { return b == mqtt.OnPublish }
 func (h *countHook) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	h.onMsg(pk.Payload)
 	return pk, nil
-}
-
-// rawListener serves mochi from a listener bound here: ephemeral port,
-// and every connection tracked so Close can wait for them.
-type rawListener struct {
-	l    net.Listener
-	done atomic.Bool
-
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
-}
-
-var _ listeners.Listener = (*rawListener)(nil)
-
-func (n *rawListener) Init(*slog.Logger) error { return nil }
-func (n *rawListener) ID() string              { return "raw" }
-func (n *rawListener) Address() string         { return n.l.Addr().String() }
-func (n *rawListener) Protocol() string        { return "tcp" }
-
-func (n *rawListener) Serve(establish listeners.EstablishFn) {
-	for {
-		conn, err := n.l.Accept()
-		if err != nil {
-			return
-		}
-		n.mu.Lock()
-		if n.done.Load() {
-			n.mu.Unlock()
-			conn.Close()
-			return
-		}
-		n.conns[conn] = struct{}{}
-		n.wg.Add(1)
-		n.mu.Unlock()
-		go func() {
-			defer n.wg.Done()
-			_ = establish("raw", conn)
-			n.mu.Lock()
-			delete(n.conns, conn)
-			n.mu.Unlock()
-			conn.Close()
-		}()
-	}
-}
-
-func (n *rawListener) stop() {
-	if n.done.CompareAndSwap(false, true) {
-		n.l.Close()
-	}
-}
-
-func (n *rawListener) closeConns() {
-	n.mu.Lock()
-	for c := range n.conns {
-		c.Close()
-	}
-	n.mu.Unlock()
-	n.wg.Wait()
-}
-
-func (n *rawListener) Close(closeClients listeners.CloseFn) {
-	n.stop()
-	closeClients("raw")
 }
 
 // rawClient is a plain MQTT 5 client (paho.golang, no reconnect, no
