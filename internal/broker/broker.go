@@ -69,7 +69,7 @@ type Broker struct {
 	srv     *mqtt.Server
 	log     *slog.Logger
 	h       Handler
-	lns     []*netListener
+	lns     []*Listener
 	closing atomic.Bool
 	once    sync.Once
 	stats   Stats
@@ -120,7 +120,7 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 		if err != nil {
 			return err
 		}
-		nl := &netListener{id: id, l: l, tls: tc, log: cfg.Logger}
+		nl := NewListener(id, l, tc, cfg.Logger)
 		b.lns = append(b.lns, nl)
 		return srv.AddListener(nl)
 	}
@@ -196,7 +196,7 @@ func (b *Broker) Close() error {
 		b.closeListeners()
 		err = b.srv.Close()
 		for _, l := range b.lns {
-			l.closeConns()
+			l.Shutdown()
 		}
 	})
 	return err
@@ -208,9 +208,12 @@ func (b *Broker) closeListeners() {
 	}
 }
 
-// netListener serves mochi from a listener we bound ourselves, which gives
-// us port 0 and a clear error for a port in use before anything starts.
-type netListener struct {
+// Listener serves a mochi server from a net.Listener bound by the caller,
+// which gives port 0 and a clear error for a port in use before anything
+// starts. It tracks every connection so that Shutdown can wait until mochi
+// is done with each (mochi's own TCP listener races with connections being
+// established at close: mochi issues #488 and #541).
+type Listener struct {
 	id   string
 	l    net.Listener
 	tls  *tls.Config
@@ -222,19 +225,39 @@ type netListener struct {
 	wg    sync.WaitGroup // one per connection being served
 }
 
-var _ listeners.Listener = (*netListener)(nil)
+var _ listeners.Listener = (*Listener)(nil)
 
-func (n *netListener) Init(*slog.Logger) error { return nil }
-func (n *netListener) ID() string              { return n.id }
-func (n *netListener) Address() string         { return n.l.Addr().String() }
-func (n *netListener) Protocol() string {
+// NewListener wraps l for mochi's Server.AddListener. With tc set, every
+// connection is served over TLS. log may be nil.
+func NewListener(id string, l net.Listener, tc *tls.Config, log *slog.Logger) *Listener {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Listener{id: id, l: l, tls: tc, log: log}
+}
+
+// Shutdown stops accepting, then closes every connection and waits until
+// mochi has finished with each. Call it around Server.Close: Stop before,
+// Shutdown after.
+func (n *Listener) Shutdown() {
+	n.stop()
+	n.closeConns()
+}
+
+// Stop stops accepting new connections.
+func (n *Listener) Stop() { n.stop() }
+
+func (n *Listener) Init(*slog.Logger) error { return nil }
+func (n *Listener) ID() string              { return n.id }
+func (n *Listener) Address() string         { return n.l.Addr().String() }
+func (n *Listener) Protocol() string {
 	if n.tls != nil {
 		return "tls"
 	}
 	return "tcp"
 }
 
-func (n *netListener) Serve(establish listeners.EstablishFn) {
+func (n *Listener) Serve(establish listeners.EstablishFn) {
 	for {
 		conn, err := n.l.Accept()
 		if err != nil {
@@ -277,7 +300,7 @@ func (n *netListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
-func (n *netListener) stop() {
+func (n *Listener) stop() {
 	if n.done.CompareAndSwap(false, true) {
 		n.l.Close()
 	}
@@ -286,16 +309,30 @@ func (n *netListener) stop() {
 // closeConns closes every connection still open (including ones still
 // authenticating, which the broker does not know yet) and waits until the
 // broker has finished with each.
-func (n *netListener) closeConns() {
+func (n *Listener) closeConns() {
 	n.mu.Lock()
 	for c := range n.conns {
 		c.Close()
 	}
 	n.mu.Unlock()
-	n.wg.Wait()
+	done := make(chan struct{})
+	go func() { n.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(shutdownWait):
+		// A connection stuck inside mochi must not hang the platform's
+		// shutdown forever; say so loudly instead.
+		n.mu.Lock()
+		left := len(n.conns)
+		n.mu.Unlock()
+		n.log.Error("mqtt shutdown: connections still busy inside the broker; giving up waiting", "listener", n.id, "connections", left, "waited", shutdownWait)
+	}
 }
 
-func (n *netListener) Close(closeClients listeners.CloseFn) {
+// shutdownWait bounds how long Shutdown waits for connections to finish.
+const shutdownWait = 15 * time.Second
+
+func (n *Listener) Close(closeClients listeners.CloseFn) {
 	n.stop()
 	closeClients(n.id)
 }
