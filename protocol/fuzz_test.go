@@ -160,7 +160,7 @@ func FuzzValueKind(f *testing.F) {
 	for _, s := range []string{
 		`0`, `-0`, `21.5`, `-1.5e-3`, `1e308`, `1e309`, `-1e400`, `1e-400`, `01`, `1.`, `.5`, `-`, `+1`,
 		`0x10`, `0x1p-2`, `Inf`, `-Inf`, `NaN`, `1_000`, `true`, `false`, `tru`, `True`, `null`,
-		`"ok"`, `""`, `"\u00e9"`, `"\ud800"`, `"unterminated`, `"a"b"`, `{}`, `[]`, ` 1 `, "\t\"x\"\n",
+		`"ok"`, `""`, `"\u00e9"`, `"\ud800"`, `"unterminated`, `"a"b"`, `{}`, `[]`, ` 1 `, `{"lat":45.1,"lon":13.6}`, `{"lat":91,"lon":0}`, `{"lat":1,"lon":2,"alt":3,"x":1}`, "\t\"x\"\n",
 		`"` + strings.Repeat("a", protocol.MaxStringValue-2) + `"`,
 		`"` + strings.Repeat("a", protocol.MaxStringValue-1) + `"`,
 		`12345678901234567890123456789`,
@@ -228,6 +228,14 @@ func FuzzValueKind(f *testing.F) {
 			var s2 string
 			if err := json.Unmarshal(enc, &s2); err != nil || s2 != s {
 				t.Fatalf("EncodeValue(%q) = %s, decodes to %q (%v)", s, enc, s2, err)
+			}
+		case protocol.ValueLocation:
+			var l protocol.Location
+			if err := json.Unmarshal(trimmed, &l); err != nil {
+				t.Fatalf("location %q does not decode: %v", v, err)
+			}
+			if enc, err = protocol.EncodeValue(l); err != nil {
+				t.Fatalf("EncodeValue(%+v) from %q: %v", l, v, err)
 			}
 		default:
 			t.Fatalf("unknown kind %q", kind)

@@ -161,8 +161,8 @@ const (
 )
 
 // ValueKind returns the kind of an encoded reading value, or an error when
-// the value is not a finite number, a boolean or a string of at most
-// MaxStringValue bytes.
+// the value is not a finite number, a boolean, a string of at most
+// MaxStringValue bytes or a location object (see ValueLocation).
 func ValueKind(v json.RawMessage) (string, error) {
 	v = bytes.TrimSpace(v)
 	if len(v) == 0 {
@@ -188,17 +188,33 @@ func ValueKind(v json.RawMessage) (string, error) {
 		}
 	case c == 'n':
 		return "", errors.New("value is null")
+	case c == '{':
+		if len(v) > MaxStringValue {
+			return "", &Error{Code: CodeTooLarge, Message: fmt.Sprintf("location value of %d bytes exceeds %d", len(v), MaxStringValue)}
+		}
+		if _, err := parseLocation(v); err != nil {
+			return "", err
+		}
+		return ValueLocation, nil
 	}
-	return "", errors.New("value must be a number, a boolean or a string")
+	return "", errors.New("value must be a number, a boolean, a string or a location object")
 }
 
 // EncodeValue encodes a Go value as a reading value. It accepts the Go
-// numeric types, bool, string and json.RawMessage holding one of those.
+// numeric types, bool, string, Location and json.RawMessage holding one of
+// those.
 func EncodeValue(v any) (json.RawMessage, error) {
 	var raw json.RawMessage
 	switch x := v.(type) {
 	case json.RawMessage:
 		raw = x
+	case Location:
+		raw, _ = json.Marshal(x)
+	case *Location:
+		if x == nil {
+			return nil, errors.New("nil location")
+		}
+		raw, _ = json.Marshal(x)
 	case float64:
 		if math.IsNaN(x) || math.IsInf(x, 0) {
 			return nil, fmt.Errorf("value %v is not a finite number", x)

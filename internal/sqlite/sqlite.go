@@ -152,6 +152,9 @@ CREATE TABLE batches (
 	PRIMARY KEY (device_seq, batch_id)
 ) WITHOUT ROWID;
 `,
+	// 2: the device model (feed definitions, attributes, parameters,
+	// events and notifications). See model.go.
+	migrationModel,
 }
 
 func (db *DB) migrate(ctx context.Context) error {
