@@ -61,7 +61,9 @@ type Config struct {
 	// MaxSessionExpiry caps how long the broker keeps a disconnected
 	// device's session (default 1 hour).
 	MaxSessionExpiry time.Duration
-	Logger           *slog.Logger
+	// KeepAlive bounds the keep-alive interval the platform dictates.
+	KeepAlive KeepAlive
+	Logger    *slog.Logger
 }
 
 // Broker is the embedded MQTT broker.
@@ -107,6 +109,10 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	})
 	b := &Broker{srv: srv, log: cfg.Logger, h: h}
 	if err := srv.AddHook(&authHook{auth: auth, b: b}, nil); err != nil {
+		return nil, err
+	}
+	cfg.KeepAlive.fill()
+	if err := srv.AddHook(&keepaliveHook{k: cfg.KeepAlive}, nil); err != nil {
 		return nil, err
 	}
 	if err := srv.AddHook(&presenceHook{b: b}, nil); err != nil {

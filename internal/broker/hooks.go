@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"net"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -105,7 +106,7 @@ func (h *presenceHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		reason = "taken over"
 	case errors.Is(err, packets.ErrServerShuttingDown) || h.b.closing.Load():
 		reason = "platform shutting down"
-	case err != nil && errors.Is(err, packets.ErrKeepAliveTimeout):
+	case err != nil && (errors.Is(err, packets.ErrKeepAliveTimeout) || isTimeout(err)):
 		reason = "keepalive timeout"
 	case err != nil && !errors.Is(err, packets.CodeDisconnect):
 		reason = "connection lost: " + err.Error()
@@ -171,4 +172,11 @@ func reasonCode(code string) packets.Code {
 	default:
 		return packets.ErrImplementationSpecificError
 	}
+}
+
+// isTimeout reports a read deadline passing: the device stayed silent for
+// longer than its keep-alive allows.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -88,6 +88,7 @@ func New(svc Service, o Options) http.Handler {
 	mux.HandleFunc("GET /api/v1/devices/{id}/telemetry", a.auth(a.telemetry))
 	mux.HandleFunc("GET /api/v1/devices/{id}/feeds", a.auth(a.feeds))
 	mux.HandleFunc("GET /api/v1/stream", a.auth(a.stream))
+	a.registerModel(mux)
 	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))
 	}))

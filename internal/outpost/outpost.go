@@ -20,6 +20,12 @@ type Device struct {
 	// LastSeen is the last time the device connected, sent a message or
 	// disconnected; zero if it never connected.
 	LastSeen time.Time `json:"last_seen,omitzero"`
+	// Attributes the device registered (filled when one device is shown).
+	Attributes []Attribute `json:"attributes,omitempty"`
+	// Rejected counts what the platform rejected from the device since it
+	// started, by "kind/code" (e.g. "telemetry/unknown_feed"): filled when
+	// one device is shown.
+	Rejected map[string]int64 `json:"rejected,omitempty"`
 }
 
 // DeviceFilter selects devices in DeviceStore.Devices. Nil fields match all.

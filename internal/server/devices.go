@@ -65,6 +65,9 @@ func (s *Server) HandleMessage(ctx context.Context, deviceID, kind string, paylo
 		}
 		return nil
 	default:
+		if ok, err := s.handleModelMessage(ctx, deviceID, kind, payload); ok {
+			return err
+		}
 		return s.reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeUnknownKind, Message: fmt.Sprintf("unknown message kind %q", kind)})
 	}
 }
@@ -75,12 +78,20 @@ func (s *Server) handleTelemetry(ctx context.Context, deviceID string, payload [
 		s.metrics.readingsRejected.Inc()
 		return s.reject(deviceID, protocol.KindTelemetry, "", err)
 	}
+	feeds, err := s.model.feedsOf(ctx, deviceID)
+	if err != nil {
+		return err // transient: the device resends
+	}
 	now := time.Now().UnixMilli()
 	b := &outpost.Batch{DeviceID: deviceID, ID: t.ID, Readings: make([]outpost.Reading, 0, len(t.Readings))}
 	var bad int
 	var firstErr error
 	for _, r := range t.Readings {
-		if err := protocol.ValidateReading(r); err != nil {
+		err := protocol.ValidateReading(r)
+		if err == nil {
+			err = checkReading(feeds, r)
+		}
+		if err != nil {
 			bad++
 			if firstErr == nil {
 				firstErr = err
@@ -148,6 +159,7 @@ func (s *Server) reject(deviceID, kind, id string, err error) error {
 
 func (s *Server) sendError(deviceID string, e protocol.ErrorReply) {
 	s.metrics.deviceErrors.WithLabelValues(e.Code).Inc()
+	s.model.countReject(deviceID, e.Kind, e.Code, e.Rejected)
 	b, _ := json.Marshal(e)
 	if err := s.broker.PublishToDevice(deviceID, protocol.KindError, b); err != nil {
 		s.log.Debug("send error reply", "device_id", deviceID, "error", err)

@@ -50,7 +50,11 @@ type Config struct {
 	Sync string
 	// AdminToken overrides the token stored in the data directory.
 	AdminToken string
-	Logger     *slog.Logger
+	// KeepAliveMin, KeepAliveMax and KeepAliveDefault bound the MQTT
+	// keep-alive the platform dictates to devices (defaults 5s, 10m,
+	// 60s). A device silent for two intervals is disconnected.
+	KeepAliveMin, KeepAliveMax, KeepAliveDefault time.Duration
+	Logger                                       *slog.Logger
 }
 
 // Server is a running platform.
@@ -65,6 +69,7 @@ type Server struct {
 	hub      *stream.Hub
 	metrics  *metrics
 	svc      *service
+	model    *modelState
 
 	httpSrv  *http.Server
 	httpLn   net.Listener
@@ -135,7 +140,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	bcfg := broker.Config{Addr: cfg.MQTTAddr, Logger: s.log.With("component", "mqtt")}
+	bcfg := broker.Config{Addr: cfg.MQTTAddr, Logger: s.log.With("component", "mqtt"),
+		KeepAlive: broker.KeepAlive{Min: cfg.KeepAliveMin, Max: cfg.KeepAliveMax, Default: cfg.KeepAliveDefault}}
 	if tlsCfg != nil {
 		bcfg.TLSAddr, bcfg.TLS = cfg.MQTTTLSAddr, tlsCfg
 	}
@@ -144,6 +150,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, listenError("--mqtt", err)
 	}
 	s.relay = rpc.NewRelay(s.broker, s.presence)
+	s.model = newModelState(s)
 	s.svc = &service{s: s}
 	s.metrics.register(s)
 

@@ -50,6 +50,7 @@ func (v *service) Device(ctx context.Context, id string) (*outpost.Device, error
 		return nil, err
 	}
 	v.live(d)
+	v.decorate(ctx, d)
 	return d, nil
 }
 
@@ -86,6 +87,7 @@ func (v *service) DeleteDevice(ctx context.Context, id string) error {
 	}
 	v.s.broker.DisconnectDevice(id)
 	v.s.presence.Forget(id)
+	v.s.model.forget(id)
 	return nil
 }
 
