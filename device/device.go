@@ -82,7 +82,8 @@ type Client struct {
 
 	answered *recentIDs
 
-	tele telemetry
+	tele  telemetry
+	model modelClient
 }
 
 // New prepares a client for endpoint, a URL of the form
@@ -137,6 +138,7 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 		answered:   newRecentIDs(4096),
 	}
 	c.tele.init(c)
+	c.model.init()
 	return c, nil
 }
 
@@ -277,7 +279,7 @@ func (c *Client) Close() error {
 	return nil
 }
 
-func (c *Client) onUp(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+func (c *Client) onUp(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 	c.opt.log.Info("connected", "device_id", c.id, "server", c.server.Host)
 	c.wg.Add(1)
 	go func() {
@@ -292,6 +294,7 @@ func (c *Client) onUp(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			return
 		}
 		c.connected.Store(true)
+		c.modelConnected(cm, ca)
 		c.subOnce.Do(func() { close(c.subscribed) })
 		if c.opt.onUp != nil {
 			c.opt.onUp()
@@ -365,6 +368,9 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 			c.opt.onError(e)
 		}
 	default:
+		if c.onModelPublish(t.Kind, p.Payload) {
+			break
+		}
 		c.opt.log.Debug("ignoring message of unknown kind", "device_id", c.id, "kind", t.Kind)
 	}
 	return true, nil
