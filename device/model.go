@@ -74,12 +74,12 @@ type modelClient struct {
 	paramMu      sync.Mutex // one parameters handler at a time, in order
 	commands     *recentIDs
 
-	timeSeq     atomic.Uint64
-	timeWait    map[string]chan protocol.TimeReply
-	lastTime    time.Time     // platform time of the last reply
-	lastLocal   time.Time     // local time the reply arrived
-	offset      time.Duration // platform clock - local clock
-	keepAlive   atomic.Int64  // seconds, as dictated by the platform
+	timeSeq   atomic.Uint64
+	timeWait  map[string]chan protocol.TimeReply
+	lastTime  time.Time     // platform time of the last reply
+	lastLocal time.Time     // local time the reply arrived
+	offset    time.Duration // platform clock - local clock
+	keepAlive atomic.Int64  // seconds, as dictated by the platform
 }
 
 func (m *modelClient) init() {

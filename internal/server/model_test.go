@@ -238,7 +238,7 @@ func TestFeedCommand(t *testing.T) {
 		ref, body string
 		status    int
 	}{
-		{"temp", `{"value":1}`, http.StatusBadRequest},    // IN feed
+		{"temp", `{"value":1}`, http.StatusBadRequest},      // IN feed
 		{"switch", `{"value":"on"}`, http.StatusBadRequest}, // wrong type
 		{"nope", `{"value":1}`, http.StatusNotFound},
 		{"switch", `{}`, http.StatusBadRequest},
@@ -389,9 +389,9 @@ func (silentPinger) Run(ctx context.Context, _ net.Conn, _ uint16) error {
 	<-ctx.Done()
 	return nil
 }
-func (silentPinger) PacketSent()          {}
-func (silentPinger) PacketReceived()      {}
-func (silentPinger) PingResp()            {}
+func (silentPinger) PacketSent()           {}
+func (silentPinger) PacketReceived()       {}
+func (silentPinger) PingResp()             {}
 func (silentPinger) SetDebug(_ log.Logger) {}
 
 func TestKeepAliveExpiry(t *testing.T) {
