@@ -228,6 +228,11 @@ type Device struct {
 	CreatedAt time.Time `json:"created_at"`
 	Online    bool      `json:"online"`
 	LastSeen  time.Time `json:"last_seen,omitzero"`
+	// Attributes the device registered (set by Device, not by Devices).
+	Attributes []Attribute `json:"attributes,omitempty"`
+	// Rejected counts what the platform rejected from the device since
+	// it started, by "kind/code" (set by Device, not by Devices).
+	Rejected map[string]int64 `json:"rejected,omitempty"`
 }
 
 // NewDevice is a freshly created device with its credentials, which the

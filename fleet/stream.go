@@ -26,11 +26,10 @@ const (
 	// KindPresence: a device came online or went offline (see
 	// Event.Presence).
 	KindPresence = "presence"
-	// KindEvent: an event a device reported (not streamed by the platform
-	// yet).
+	// KindEvent: an event a device reported (see Event.DeviceEvent).
 	KindEvent = "event"
-	// KindNotification: a notification a device sent to applications (not
-	// streamed by the platform yet).
+	// KindNotification: a notification a device sent to applications (see
+	// Event.DeviceEvent).
 	KindNotification = "notification"
 	// KindGap: events were lost (see Event.Gap). Always delivered,
 	// whatever the filter.
