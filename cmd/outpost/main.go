@@ -67,7 +67,7 @@ func (e usageError) Error() string { return e.msg }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, fullUsage())
 		return usageError{"no command given"}
 	}
 	switch args[0] {
@@ -81,14 +81,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdTelemetry(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return cmdBench(ctx, args[1:], stdout, stderr)
+	case "feed", "feeds", "attributes", "params", "parameters", "events", "model", "stream":
+		return modelCommands[args[0]](ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "outpost", version)
 		return nil
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, fullUsage())
 		return nil
 	}
-	fmt.Fprint(stderr, usage)
+	fmt.Fprint(stderr, fullUsage())
 	return usageError{fmt.Sprintf("unknown command %q", args[0])}
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/outpost-iot/outpost/internal/server"
 )
@@ -27,6 +28,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&brokerURL, "broker", "", "external MQTT broker URL (not available yet)")
 	fs.StringVar(&dbURL, "db", "", "external database URL (not available yet)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.DurationVar(&cfg.KeepAliveMin, "keepalive-min", 5*time.Second, "shortest MQTT keep-alive the platform grants a device")
+	fs.DurationVar(&cfg.KeepAliveMax, "keepalive-max", 10*time.Minute, "longest MQTT keep-alive the platform grants a device")
+	fs.DurationVar(&cfg.KeepAliveDefault, "keepalive", 60*time.Second, "keep-alive for devices that propose none; a device silent for two intervals is dropped")
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err
 	}
