@@ -221,6 +221,7 @@ func (c *Client) Connect(ctx context.Context) error {
 		return fmt.Errorf("device: %w", err)
 	}
 	c.cm = cm
+	close(c.model.cmSet)
 	select {
 	case <-c.subscribed:
 		return nil

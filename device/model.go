@@ -80,6 +80,9 @@ type modelClient struct {
 	lastLocal time.Time     // local time the reply arrived
 	offset    time.Duration // platform clock - local clock
 	keepAlive atomic.Int64  // seconds, as dictated by the platform
+	// cmSet is closed once Connect has stored the connection manager;
+	// handlers started by the first connection may run before that.
+	cmSet chan struct{}
 }
 
 func (m *modelClient) init() {
@@ -87,6 +90,7 @@ func (m *modelClient) init() {
 	m.params = map[string]json.RawMessage{}
 	m.commands = newRecentIDs(1024)
 	m.timeWait = map[string]chan protocol.TimeReply{}
+	m.cmSet = make(chan struct{})
 }
 
 // HandleFeed registers h for the commands of IN_OUT feed ref, replacing any
@@ -310,8 +314,15 @@ func (e *ModelError) Error() string {
 // publishUp publishes one QoS 1 message and waits for the platform's
 // acknowledgement, riding out reconnects until ctx ends.
 func (c *Client) publishUp(ctx context.Context, kind string, payload []byte) error {
-	if c.cm == nil {
+	if !c.started.Load() {
 		return ErrNotConnected
+	}
+	select {
+	case <-c.model.cmSet:
+	case <-ctx.Done():
+		return fmt.Errorf("device: %s: %w", kind, ctx.Err())
+	case <-c.Done():
+		return c.Err()
 	}
 	for {
 		if err := c.Err(); err != nil {
