@@ -2,21 +2,29 @@
 // device SDK at once:
 //
 //   - RPC: a custom "status" method and the built-in reset;
+//
 //   - feeds: registers a temperature (IN, CELSIUS), a relay (IN_OUT), a
 //     position (location) and a radio address (hex), and sends readings;
+//
 //   - feed commands: switches the relay when an application sets it
 //     (`outpost feed set ID relay true`) and reports the new state;
+//
 //   - attributes: model and firmware version;
+//
 //   - parameters: takes its reporting interval from the "interval"
 //     parameter (`outpost params set ID interval=5`) and reports it back;
+//
 //   - time: asks the platform for its time and prints the clock offset;
+//
 //   - events and notifications: a "relay_changed" event on every switch, a
 //     notification when it starts;
+//
 //   - raw publish: a debug line under up/raw/debug every round;
+//
 //   - heartbeat: prints the keep-alive the platform dictated.
 //
-//	OUTPOST_DEVICE_URL=mqtt://ID:PASSWORD@127.0.0.1:1883 go run ./examples/full [-rounds N]
-//	outpost stream --device ID
+//     OUTPOST_DEVICE_URL=mqtt://ID:PASSWORD@127.0.0.1:1883 go run ./examples/full [-rounds N]
+//     outpost stream --device ID
 package main
 
 import (
@@ -70,7 +78,10 @@ func (l *lockedWriter) printf(format string, args ...any) {
 func run(ctx context.Context, url string, rounds int, w io.Writer, log *slog.Logger) error {
 	out := &lockedWriter{w: w}
 	c, err := device.New(url, device.WithLogger(log),
-		device.WithReset(func(context.Context) error { out.printf("reset requested (a real device would reboot now)"); return nil }))
+		device.WithReset(func(context.Context) error {
+			out.printf("reset requested (a real device would reboot now)")
+			return nil
+		}))
 	if err != nil {
 		return err
 	}
