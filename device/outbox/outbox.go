@@ -154,22 +154,22 @@ type Outbox struct {
 	opt options
 	st  Store
 
-	mu          sync.Mutex
-	closed      bool
-	id          string
-	nextSeq     uint64
-	nextRIdx    uint64
-	open        []openReading
-	openBytes   int64
-	msgs        []entry // ascending seq; removed entries are popped lazily
-	live        int
-	liveRead    int
-	liveBytes   int64
-	stats       Stats
-	recovery    error
-	scratch     []byte
-	nextCompact int64
-	replaying   bool
+	mu           sync.Mutex
+	closed       bool
+	id           string
+	nextSeq      uint64
+	nextRIdx     uint64
+	open         []openReading
+	openBytes    int64
+	msgs         []entry // ascending seq; removed entries are popped lazily
+	live         int
+	liveRead     int
+	liveBytes    int64
+	stats        Stats
+	recovery     error
+	scratch      []byte
+	retryCompact int64
+	replaying    bool
 
 	dirty atomic.Bool
 	stop  chan struct{}
@@ -245,7 +245,6 @@ func Open(st Store, opts ...Option) (*Outbox, error) {
 			return nil, err
 		}
 	}
-	o.nextCompact = max(o.opt.compactMin, 2*o.liveEstimate())
 	if o.opt.sync > 0 {
 		o.stop, o.done = make(chan struct{}), make(chan struct{})
 		go o.flusher(time.Duration(o.opt.sync))
@@ -598,21 +597,21 @@ func (o *Outbox) liveEstimate() int64 {
 	return o.openBytes + o.liveBytes + int64(len(o.open))*3 + int64(o.live)*32 + 64
 }
 
+// maybeCompact checkpoints when the store exceeds the threshold and holds
+// more than twice the live data: each checkpoint rewrites at most half of
+// what was written, so compaction costs a bounded share of the writes.
 func (o *Outbox) maybeCompact() {
-	if o.st.Size() < o.nextCompact {
-		return
-	}
-	if o.st.Size() < 2*o.liveEstimate() {
-		o.nextCompact = 2 * o.liveEstimate()
+	size := o.st.Size()
+	if size < o.opt.compactMin || size < o.retryCompact || size < 2*o.liveEstimate() {
 		return
 	}
 	if err := o.checkpoint(); err != nil {
 		// Try again after another threshold's worth of writes.
 		o.opt.logger.Warn("outbox: compact", "err", err)
-		o.nextCompact = o.st.Size() + o.opt.compactMin
+		o.retryCompact = size + o.opt.compactMin
 		return
 	}
-	o.nextCompact = max(o.opt.compactMin, 2*o.liveEstimate())
+	o.retryCompact = 0
 }
 
 // checkpoint rewrites the store with the live state. Called with mu held.
