@@ -125,12 +125,15 @@ func (o *Outbox) apply(rec []byte) error {
 		o.liveBytes -= int64(len(m.Payload))
 		m.removed = true
 		m.Payload = nil
-		for len(o.msgs) > 0 && o.msgs[0].removed {
-			o.msgs[0] = entry{}
-			o.msgs = o.msgs[1:]
+		k := 0
+		for k < len(o.msgs) && o.msgs[k].removed {
+			o.msgs[k] = entry{}
+			k++
 		}
-		if len(o.msgs) == 0 {
-			o.msgs = nil
+		if k == len(o.msgs) {
+			o.msgs = o.msgs[:0] // keep the array
+		} else {
+			o.msgs = o.msgs[k:]
 		}
 		return nil
 
@@ -181,16 +184,18 @@ func (o *Outbox) cutOpen(lo, hi int, size int64) {
 	if lo == hi {
 		return
 	}
-	if lo == 0 {
+	switch {
+	case lo == 0 && hi == len(o.open):
+		// Keep the array: readings keep coming.
+		clear(o.open)
+		o.open = o.open[:0]
+	case lo == 0:
 		clear(o.open[:hi])
 		o.open = o.open[hi:]
-	} else {
+	default:
 		n := copy(o.open[lo:], o.open[hi:])
 		clear(o.open[lo+n:])
 		o.open = o.open[:lo+n]
-	}
-	if len(o.open) == 0 {
-		o.open = nil
 	}
 	o.openBytes -= size
 }

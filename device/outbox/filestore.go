@@ -123,6 +123,9 @@ type FileStore struct {
 	total  int64
 	buf    []byte
 	loaded bool
+	// unsynced holds segments rolled over but not yet synced: the next Sync
+	// syncs and closes them, keeping the fsync off the Append path.
+	unsynced []*os.File
 }
 
 var _ Store = (*FileStore)(nil)
@@ -316,15 +319,20 @@ func (s *FileStore) Append(recs ...[]byte) error {
 }
 
 func (s *FileStore) roll() error {
-	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("outbox: sync segment: %w", err)
+	if len(s.unsynced) >= 4 {
+		// Nobody syncs (SyncNever): do not pile up open files.
+		for _, f := range s.unsynced {
+			_ = f.Sync()
+			_ = f.Close()
+		}
+		s.unsynced = nil
 	}
 	next := s.cur + 1
 	f, err := os.OpenFile(s.path(next, extSeg), os.O_CREATE|os.O_WRONLY|os.O_APPEND|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("outbox: new segment: %w", err)
 	}
-	_ = s.f.Close()
+	s.unsynced = append(s.unsynced, s.f)
 	_ = syncDir(s.dir)
 	s.f, s.cur, s.curLen = f, next, 0
 	s.files = append(s.files, filepath.Base(s.path(next, extSeg)))
@@ -334,12 +342,21 @@ func (s *FileStore) roll() error {
 // Sync implements Store. It may run concurrently with Append.
 func (s *FileStore) Sync() error {
 	s.mu.Lock()
-	f := s.f
+	f, old := s.f, s.unsynced
+	s.unsynced = nil
 	s.mu.Unlock()
-	if f == nil {
-		return nil
+	var err error
+	for _, o := range old {
+		err = errors.Join(err, o.Sync(), o.Close())
 	}
-	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+	if f != nil {
+		// A concurrent Checkpoint or Close may have closed f: what it
+		// held is then synced or superseded.
+		if e := f.Sync(); !errors.Is(e, os.ErrClosed) {
+			err = errors.Join(err, e)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("outbox: sync segment: %w", err)
 	}
 	return nil
@@ -398,6 +415,10 @@ func (s *FileStore) Checkpoint(snapshot func(add func(rec []byte) error) error) 
 		return fmt.Errorf("outbox: checkpoint: %w", err)
 	}
 	_ = s.f.Close()
+	for _, f := range s.unsynced {
+		_ = f.Close()
+	}
+	s.unsynced = nil
 	for _, name := range s.files {
 		_ = os.Remove(filepath.Join(s.dir, name))
 	}
@@ -420,11 +441,11 @@ func (s *FileStore) Close() error {
 	if s.f == nil {
 		return nil
 	}
-	err := s.f.Sync()
-	if cerr := s.f.Close(); err == nil {
-		err = cerr
+	var err error
+	for _, f := range append(s.unsynced, s.f) {
+		err = errors.Join(err, f.Sync(), f.Close())
 	}
-	s.f = nil
+	s.f, s.unsynced = nil, nil
 	if err != nil {
 		return fmt.Errorf("outbox: close store: %w", err)
 	}
