@@ -21,6 +21,9 @@ func (o *Outbox) apply(rec []byte) error {
 		if err := r.done(); err != nil {
 			return fmt.Errorf("state record: %w", err)
 		}
+		if seq >= maxIndex || ridx >= maxIndex {
+			return fmt.Errorf("state record: counters out of range: %w", errBadRecord)
+		}
 		if len(id) == 0 || len(id) > maxInstanceID || !batchIDSafe(id) {
 			return fmt.Errorf("state record: bad instance id: %w", errBadRecord)
 		}
@@ -33,7 +36,7 @@ func (o *Outbox) apply(rec []byte) error {
 	case recReadings:
 		flags := r.byte()
 		first, n := r.uvarint(), r.uvarint()
-		if r.err != nil || n == 0 || n > uint64(len(r.b)) || first == 0 || first+n < first {
+		if r.err != nil || n == 0 || n > uint64(len(r.b)) || first == 0 || first >= maxIndex {
 			return fmt.Errorf("readings record: %w", errBadRecord)
 		}
 		if k := len(o.open); k > 0 && first <= o.open[k-1].ridx {
@@ -64,7 +67,7 @@ func (o *Outbox) apply(rec []byte) error {
 
 	case recSeal:
 		seq, first, n := r.uvarint(), r.uvarint(), r.uvarint()
-		if err := r.done(); err != nil || n == 0 || first+n < first {
+		if err := r.done(); err != nil || n == 0 || first >= maxIndex || n >= maxIndex {
 			return fmt.Errorf("seal record: %w", errBadRecord)
 		}
 		if err := o.checkSeq(seq); err != nil {
@@ -139,7 +142,7 @@ func (o *Outbox) apply(rec []byte) error {
 
 	case recDropOpen:
 		first, n := r.uvarint(), r.uvarint()
-		if err := r.done(); err != nil || first+n < first {
+		if err := r.done(); err != nil || first >= maxIndex || n >= maxIndex {
 			return fmt.Errorf("drop record: %w", errBadRecord)
 		}
 		lo := sort.Search(len(o.open), func(i int) bool { return o.open[i].ridx >= first })
@@ -159,10 +162,15 @@ func (o *Outbox) apply(rec []byte) error {
 
 const kindTelemetry = "telemetry"
 
+// maxIndex bounds sequence numbers and reading indexes read from the log:
+// far beyond any real count (2^62 messages at a million a second last
+// 146,000 years), it keeps arithmetic on damaged values from overflowing.
+const maxIndex = 1 << 62
+
 // checkSeq accepts a new message seq only above every seq held, so the
 // message list stays sorted.
 func (o *Outbox) checkSeq(seq uint64) error {
-	if seq == 0 || seq == ^uint64(0) {
+	if seq == 0 || seq >= maxIndex {
 		return fmt.Errorf("message seq %d: %w", seq, errBadRecord)
 	}
 	if k := len(o.msgs); k > 0 && seq <= o.msgs[k-1].Seq {
