@@ -366,8 +366,9 @@ func (o *Outbox) add(rs []protocol.Reading, sep bool) error {
 	return nil
 }
 
-// AddMessage implements Queue. The message counts against WithMaxBytes but
-// not against the reading capacity.
+// AddMessage implements Queue. The message takes the next sequence number
+// at once, so readings still open are sealed after it. It counts against
+// WithMaxBytes but not against the reading capacity.
 func (o *Outbox) AddMessage(kind string, payload []byte) (uint64, error) {
 	if kind == "" || len(kind) > 256 {
 		return 0, errors.New("outbox: message kind must be 1 to 256 bytes")
