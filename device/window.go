@@ -1,6 +1,7 @@
 package device
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -68,6 +69,7 @@ func (w *wire) written(pkt []byte) {
 // wire what it was.
 type wireConn struct {
 	net.Conn
+	r      *bufio.Reader // paho reads a packet in several small reads
 	w      *wire
 	mu     sync.Mutex
 	locked atomic.Bool
@@ -99,6 +101,8 @@ func (c *wireConn) Unlock() {
 	c.mu.Unlock()
 }
 
+func (c *wireConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
 func (c *wireConn) Write(p []byte) (int, error) {
 	if c.locked.Load() {
 		c.buf = append(c.buf, p...)
@@ -123,7 +127,7 @@ func (c *Client) dial(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL
 	if err != nil {
 		return nil, err
 	}
-	return &wireConn{Conn: conn, w: c.tele.wire}, nil
+	return &wireConn{Conn: conn, r: bufio.NewReaderSize(conn, 16<<10), w: c.tele.wire}, nil
 }
 
 type sendResult struct {

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -136,6 +137,7 @@ func (a *acker) finish(c *connAcks, p pendingAck) {
 func (a *acker) write(c *connAcks) {
 	defer a.wg.Done()
 	var batch []pendingAck
+	var buf bytes.Buffer
 	for {
 		c.mu.Lock()
 		batch = append(batch[:0], c.ready...)
@@ -147,30 +149,52 @@ func (a *acker) write(c *connAcks) {
 			return
 		}
 		c.mu.Unlock()
-		for _, p := range batch {
-			if p.stop != nil {
-				c.cl.Stop(p.stop)
-			} else if !c.cl.Closed() {
-				// An error means the connection is gone: the device
-				// resends the message and the platform recognises the
-				// batch id.
-				_ = c.cl.WritePacket(packets.Packet{
-					FixedHeader: packets.FixedHeader{Type: packets.Puback},
-					PacketID:    p.id,
-					ReasonCode:  p.code.Code,
-					Properties:  ackProperties(p.code),
-				})
+		for len(batch) > 0 {
+			// The acknowledgements ready now go out in one write, up to
+			// the first that closes the connection instead.
+			buf.Reset()
+			n := 0
+			for n < len(batch) && batch[n].stop == nil {
+				c.encode(&buf, batch[n])
+				n++
 			}
-			<-c.slots
+			if buf.Len() > 0 && !c.cl.Closed() && c.cl.Net.Conn != nil {
+				// Written like mochi's Client.WritePacket, under the
+				// client's lock. An error means the connection is gone:
+				// the device resends and the platform recognises the
+				// batch id.
+				c.cl.Lock()
+				_, _ = c.cl.Net.Conn.Write(buf.Bytes())
+				c.cl.Unlock()
+			}
+			if n < len(batch) {
+				c.cl.Stop(batch[n].stop)
+				n++
+			}
+			for range n {
+				<-c.slots
+			}
+			batch = batch[n:]
 		}
 	}
 }
 
-func ackProperties(code packets.Code) packets.Properties {
-	if code.Code >= packets.ErrUnspecifiedError.Code {
-		return packets.Properties{ReasonString: code.Reason}
+// encode appends the PUBACK for p, as mochi would encode it for this
+// client.
+func (c *connAcks) encode(buf *bytes.Buffer, p pendingAck) {
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Puback},
+		PacketID:        p.id,
+		ReasonCode:      p.code.Code,
+		ProtocolVersion: c.cl.Properties.ProtocolVersion,
 	}
-	return packets.Properties{}
+	if p.code.Code >= packets.ErrUnspecifiedError.Code {
+		pk.Properties.ReasonString = p.code.Reason
+	}
+	if c.cl.Properties.Props.RequestProblemInfoFlag && c.cl.Properties.Props.RequestProblemInfo == 0 {
+		pk.Mods.DisallowProblemInfo = true
+	}
+	_ = pk.PubackEncode(buf)
 }
 
 // close stops starting writers and waits for the running ones.
