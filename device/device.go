@@ -195,6 +195,7 @@ func (c *Client) Connect(ctx context.Context) error {
 		SessionExpiryInterval:         uint32(c.opt.sessionExpiry / time.Second),
 		ReconnectBackoff:              autopaho.NewExponentialBackoff(c.opt.minBackoff, c.opt.maxBackoff, min(c.opt.minBackoff*4, c.opt.maxBackoff), 2),
 		ConnectTimeout:                c.opt.connectTimeout,
+		AttemptConnection:             c.dial,
 		ConnectUsername:               c.id,
 		ConnectPassword:               []byte(c.secret),
 		OnConnectionUp:                c.onUp,

@@ -26,6 +26,7 @@ type options struct {
 	maxBackoff     time.Duration
 	concurrency    int
 	maxBatch       int
+	maxInFlight    int
 	reset          func(ctx context.Context) error
 	onError        func(protocol.ErrorReply)
 	onUp, onDown   func()
@@ -41,6 +42,7 @@ func defaultOptions() options {
 		maxBackoff:     30 * time.Second,
 		concurrency:    8,
 		maxBatch:       1000,
+		maxInFlight:    32,
 		log:            slog.New(slog.DiscardHandler),
 	}
 }
@@ -143,6 +145,19 @@ func WithMaxBatch(n int) Option {
 			return fmt.Errorf("max batch must be between 1 and %d", protocol.MaxReadingsPerMessage)
 		}
 		o.maxBatch = n
+		return nil
+	}
+}
+
+// WithMaxInFlight sets how many telemetry messages Publish keeps waiting
+// for their acknowledgement at once (default 32; 1 sends one at a time).
+// The platform's Receive Maximum, announced when connecting, caps it too.
+func WithMaxInFlight(n int) Option {
+	return func(o *options) error {
+		if n < 1 || n > 65535 {
+			return errors.New("max in flight must be between 1 and 65535")
+		}
+		o.maxInFlight = n
 		return nil
 	}
 }

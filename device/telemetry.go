@@ -7,11 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
-
-	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/outpost-iot/outpost/protocol"
 )
@@ -50,6 +49,7 @@ type telemetry struct {
 	seq    uint64
 	pubMu  sync.Mutex // one Publish at a time keeps messages in order
 	kickCh chan struct{}
+	wire   *wire
 }
 
 type sealedMsg struct {
@@ -64,6 +64,7 @@ func (t *telemetry) init(c *Client) {
 	_, _ = rand.Read(b[:])
 	t.prefix = hex.EncodeToString(b[:])
 	t.kickCh = make(chan struct{}, 1)
+	t.wire = newWire(protocol.UpTopic(c.id, protocol.KindTelemetry))
 }
 
 func (t *telemetry) kick() {
@@ -143,79 +144,124 @@ func (t *telemetry) seal() {
 }
 
 // Publish sends every queued reading and returns when the platform has
-// acknowledged (committed) all of them, or with the first error. Readings
-// that were not acknowledged stay queued for the next Publish, in order.
+// acknowledged (committed) all of them, or with the first error. Up to
+// WithMaxInFlight messages travel at once, in order. Readings that were not
+// acknowledged stay queued for the next Publish, in order. When the
+// platform is overloaded (MQTT reason code 0x97) Publish backs off and
+// resends until ctx ends.
 func (c *Client) Publish(ctx context.Context) error {
 	t := &c.tele
 	t.pubMu.Lock()
 	defer t.pubMu.Unlock()
 	t.seal()
+	pause := retryMin
 	for {
 		t.mu.Lock()
-		if len(t.sealed) == 0 {
-			t.mu.Unlock()
+		msgs := slices.Clone(t.sealed)
+		t.mu.Unlock()
+		if len(msgs) == 0 {
 			return nil
 		}
-		m := t.sealed[0]
-		t.mu.Unlock()
-
 		if c.cm == nil || c.Err() != nil {
 			if err := c.Err(); err != nil {
 				return err
 			}
 			return ErrNotConnected
 		}
-		err := c.publishOne(ctx, m)
-		var pe *PublishError
-		if err != nil && !errors.As(err, &pe) {
-			return err
+		if err := c.cm.AwaitConnection(ctx); err != nil {
+			return fmt.Errorf("device: publish: %w", err)
 		}
+		var (
+			refused *PublishError
+			busy    bool
+			failed  error
+		)
+		acked := make([]bool, len(msgs))
+		head := 0 // msgs[:head] are acknowledged and gone from t.sealed
+		c.window(ctx, msgs, c.opt.maxInFlight, func(i int, err error) {
+			var pe *PublishError
+			switch {
+			case err == nil:
+			case errors.As(err, &pe):
+				// Dropped for good, like an acknowledged message.
+				if refused == nil {
+					refused = pe
+				}
+			case errors.Is(err, errRetryLater):
+				busy = true
+				return
+			default:
+				if failed == nil {
+					failed = err
+				}
+				return
+			}
+			acked[i] = true
+			t.mu.Lock()
+			for head < len(msgs) && acked[head] {
+				t.sealed[0] = sealedMsg{} // let the acknowledged payload be collected
+				t.sealed = t.sealed[1:]
+				head++
+			}
+			t.mu.Unlock()
+		})
+		// Messages acknowledged behind one that was not leave the queue
+		// too; the rest keep their order.
 		t.mu.Lock()
-		t.sealed[0] = sealedMsg{} // let the acknowledged payload be collected
-		t.sealed = t.sealed[1:]
+		rest := t.sealed[:0]
+		for k, m := range t.sealed {
+			if k < len(msgs)-head && acked[head+k] {
+				continue
+			}
+			rest = append(rest, m)
+		}
+		clear(t.sealed[len(rest):])
+		t.sealed = rest
 		if len(t.sealed) == 0 {
 			t.sealed = nil
 		}
 		t.mu.Unlock()
-		if pe != nil {
-			return pe
+
+		switch {
+		case refused != nil:
+			return refused
+		case ctx.Err() != nil:
+			return fmt.Errorf("device: publish: %w", ctx.Err())
+		case c.Err() != nil:
+			return c.Err()
+		case busy:
+			// Back off, growing the pause while the platform stays busy.
+			if err := c.sleep(ctx, pause); err != nil {
+				return err
+			}
+			pause = min(2*pause, retryMax)
+		case failed != nil:
+			// Connection dropped mid-publish: wait for the reconnect and
+			// resend.
+			if err := c.sleep(ctx, 50*time.Millisecond); err != nil {
+				return err
+			}
+		default:
+			pause = retryMin
 		}
 	}
 }
 
-func (c *Client) publishOne(ctx context.Context, m sealedMsg) error {
-	for {
-		if err := c.cm.AwaitConnection(ctx); err != nil {
-			return fmt.Errorf("device: publish: %w", err)
-		}
-		resp, err := c.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindTelemetry), QoS: 1, Payload: m.payload})
-		if err == nil {
-			return nil
-		}
-		if resp != nil && resp.ReasonCode >= 0x80 {
-			switch resp.ReasonCode {
-			case 0x87, 0x90, 0x99, 0x83: // refused for good
-				return &PublishError{BatchID: m.id, Readings: m.readings, ReasonCode: resp.ReasonCode}
-			}
-			// Overloaded or failed to commit: back off and resend the same
-			// batch (the platform deduplicates by its id).
-			select {
-			case <-time.After(500 * time.Millisecond):
-				continue
-			case <-ctx.Done():
-				return fmt.Errorf("device: publish: %w", ctx.Err())
-			}
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("device: publish: %w", ctx.Err())
-		}
-		// Connection dropped mid-publish: wait for the reconnect and resend.
-		select {
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			return fmt.Errorf("device: publish: %w", ctx.Err())
-		case <-c.Done():
-			return c.Err()
-		}
+// Pauses before resending messages the platform was too busy to take.
+const (
+	retryMin = 100 * time.Millisecond
+	retryMax = 5 * time.Second
+)
+
+func (c *Client) sleep(ctx context.Context, d time.Duration) error {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("device: publish: %w", ctx.Err())
+	case <-c.Done():
+		return c.Err()
 	}
 }

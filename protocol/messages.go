@@ -47,6 +47,10 @@ const (
 	// CodeInternal: the platform failed to process a valid message; the
 	// device should retry later.
 	CodeInternal = "internal"
+	// CodeOverloaded: the platform's queues are full; the message was not
+	// acknowledged and the device must resend it later (MQTT 3.1.1; MQTT 5
+	// devices get PUBACK reason code 0x97 instead).
+	CodeOverloaded = "overloaded"
 )
 
 // Reading is one value of one feed at one moment.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -167,7 +168,7 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 	pr := progress{log}
 	res := &IngestResult{Benchmark: "ingest", Machine: machine(), Devices: cfg.Devices, Readings: cfg.Readings, Batch: cfg.Batch, Sync: cfg.Sync}
 
-	if err := ingestPlatform(ctx, cfg, res, pr); err != nil {
+	if err := phase(ctx, "platform", func(ctx context.Context) error { return ingestPlatform(ctx, cfg, res, pr) }); err != nil {
 		return nil, timeoutHint(ctx, cfg.Timeout, err)
 	}
 	runtime.GC()
@@ -183,7 +184,9 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 		return nil, fmt.Errorf("bench ingest: raw workload has %d messages, the platform run sent %d", total, res.Messages)
 	}
 	pr.printf("raw broker: %d messages to a subscriber, %d in flight per publisher", total, cfg.RawWindow)
-	rb, err := runRawBrokerIngest(ctx, msgs, total, cfg.RawWindow, true)
+	rb, err := phaseResult(ctx, "raw-broker", func(ctx context.Context) (time.Duration, error) {
+		return runRawBrokerIngest(ctx, msgs, total, cfg.RawWindow, true)
+	})
 	if err != nil {
 		return nil, timeoutHint(ctx, cfg.Timeout, err)
 	}
@@ -193,7 +196,9 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 	res.RawBrokerWindow = cfg.RawWindow
 	if cfg.RawWindow > 1 {
 		pr.printf("raw broker: %d messages to a subscriber, 1 in flight per publisher", total)
-		rb1, err := runRawBrokerIngest(ctx, msgs, total, 1, true)
+		rb1, err := phaseResult(ctx, "raw-broker-1", func(ctx context.Context) (time.Duration, error) {
+			return runRawBrokerIngest(ctx, msgs, total, 1, true)
+		})
 		if err != nil {
 			return nil, timeoutHint(ctx, cfg.Timeout, err)
 		}
@@ -203,7 +208,9 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 		res.RawBroker1ReadingsPerS, res.RawBroker1MessagesPerS = res.RawBrokerReadingsPerS, res.RawBrokerMessagesPerS
 	}
 	pr.printf("raw broker: %d messages to a counting OnPublish hook, %d in flight per publisher", total, cfg.RawWindow)
-	rh, err := runRawBrokerIngest(ctx, msgs, total, cfg.RawWindow, false)
+	rh, err := phaseResult(ctx, "raw-broker-hook", func(ctx context.Context) (time.Duration, error) {
+		return runRawBrokerIngest(ctx, msgs, total, cfg.RawWindow, false)
+	})
 	if err != nil {
 		return nil, timeoutHint(ctx, cfg.Timeout, err)
 	}
@@ -214,7 +221,9 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 	batches := storeBatches(msgs, ids)
 	msgs = nil
 	pr.printf("raw store: %d batches, up to %d readings per transaction", len(batches), writerMaxReadings)
-	rs, err := runRawStore(ctx, cfg.Sync, ids, batches, 0)
+	rs, err := phaseResult(ctx, "raw-store", func(ctx context.Context) (rawStoreResult, error) {
+		return runRawStore(ctx, cfg.Sync, ids, batches, 0)
+	})
 	if err != nil {
 		return nil, timeoutHint(ctx, cfg.Timeout, err)
 	}
@@ -247,6 +256,22 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 	res.MaxRSSMiB = maxRSSMiB()
 	res.TotalSeconds = round(time.Since(began).Seconds(), 1)
 	return res, nil
+}
+
+// phase runs fn with the pprof label phase=name, which every goroutine
+// started inside inherits, so `go tool pprof -tagfocus phase=platform`
+// shows one part of a --cpuprofile alone.
+func phase(ctx context.Context, name string, fn func(context.Context) error) (err error) {
+	pprof.Do(ctx, pprof.Labels("phase", name), func(ctx context.Context) { err = fn(ctx) })
+	return err
+}
+
+func phaseResult[T any](ctx context.Context, name string, fn func(context.Context) (T, error)) (res T, err error) {
+	err = phase(ctx, name, func(ctx context.Context) error {
+		res, err = fn(ctx)
+		return err
+	})
+	return res, err
 }
 
 // ingestPlatform runs the SDK devices against the platform and verifies

@@ -7,7 +7,10 @@
 // broker writes the PUBACK. A message is therefore acknowledged only after
 // the platform has handled it (for telemetry: committed it), and a message
 // the platform could not handle is not acknowledged, so the device resends
-// it.
+// it. For telemetry the hook does not wait for the commit: it tells mochi
+// not to acknowledge, and the broker writes the PUBACK itself once the
+// group commit is done (async.go), so a connection's next messages are read
+// and grouped meanwhile.
 package broker
 
 import (
@@ -75,6 +78,7 @@ type Broker struct {
 	closing atomic.Bool
 	once    sync.Once
 	stats   Stats
+	acks    acker
 }
 
 // Stats are broker counters.
@@ -83,6 +87,7 @@ type Stats struct {
 	ACLDenied      atomic.Int64
 	Rejected       atomic.Int64 // messages rejected for good
 	Retried        atomic.Int64 // messages not acknowledged (transient error)
+	Overloaded     atomic.Int64 // of those, refused because a queue was full
 	MessagesRouted atomic.Int64
 }
 
@@ -99,6 +104,7 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
 	caps.MaximumPacketSize = protocol.MaxMessageBytes + 4096
 	caps.MaximumInflight = 4096
+	caps.ReceiveMaximum = receiveMaximum
 	caps.MaximumMessageExpiryInterval = 24 * 3600
 	srv := mqtt.New(&mqtt.Options{
 		InlineClient: true,
@@ -204,6 +210,7 @@ func (b *Broker) Close() error {
 		for _, l := range b.lns {
 			l.Shutdown()
 		}
+		b.acks.close()
 	})
 	return err
 }

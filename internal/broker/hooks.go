@@ -100,6 +100,7 @@ func (h *presenceHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if cl.Net.Inline {
 		return
 	}
+	h.b.acks.forget(cl)
 	reason := "disconnected"
 	switch {
 	case cl.IsTakenOver() || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver):
@@ -115,7 +116,9 @@ func (h *presenceHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 }
 
 // routeHook hands device messages to the platform before they are
-// acknowledged.
+// acknowledged: synchronously inside mochi's read loop, or, for QoS 1
+// messages of an AsyncHandler, asynchronously with the PUBACK written by
+// the broker once the handler is done (async.go).
 type routeHook struct {
 	mqtt.HookBase
 	b *Broker
@@ -134,33 +137,15 @@ func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 		// The ACL hook already refused these; never route them.
 		return pk, packets.ErrRejectPacket
 	}
+	if ah, ok := h.b.h.(AsyncHandler); ok && pk.FixedHeader.Qos == 1 {
+		return h.publishAsync(ah, cl, pk, t.Kind)
+	}
 	err = h.b.h.HandleMessage(context.Background(), cl.ID, t.Kind, pk.Payload)
-	if err == nil {
-		h.b.stats.MessagesRouted.Add(1)
-		// Acknowledge, but fan out to nobody: device traffic reaches
-		// applications through the platform, not through MQTT.
+	if pk.FixedHeader.Qos == 0 {
+		h.outcome(cl, pk.TopicName, err) // counts and logs; nothing to acknowledge
 		return pk, packets.CodeSuccessIgnore
 	}
-	var perr *protocol.Error
-	if errors.As(err, &perr) {
-		h.b.stats.Rejected.Add(1)
-		if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
-			return pk, reasonCode(perr.Code)
-		}
-		return pk, packets.CodeSuccessIgnore
-	}
-	// Transient failure: do not acknowledge. MQTT 5 devices get "quota
-	// exceeded" and retry later; MQTT 3.1.1 has no negative PUBACK, so the
-	// session is closed and the device resends on reconnect.
-	h.b.stats.Retried.Add(1)
-	h.b.log.Warn("device message not handled; device will retry", "device_id", cl.ID, "topic", pk.TopicName, "error", err)
-	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
-		return pk, packets.ErrQuotaExceeded
-	}
-	if pk.FixedHeader.Qos > 0 {
-		cl.Stop(err)
-	}
-	return pk, packets.ErrRejectPacket
+	return h.finishNow(cl, pk, err)
 }
 
 func reasonCode(code string) packets.Code {

@@ -2,8 +2,10 @@
 //
 // Writer groups the batches that arrive while a transaction is committing
 // into the next transaction (group commit), so each device waits for its own
-// batch to be durable — the broker acknowledges only after Write returns —
-// yet the store sees few, large transactions.
+// batch to be durable — the broker acknowledges only after the batch is
+// committed — yet the store sees few, large transactions. Submit hands a
+// batch over without waiting, so one connection can have many batches in
+// the same group; batches commit, and their callbacks run, in queue order.
 package ingest
 
 import (
@@ -32,32 +34,41 @@ type Options struct {
 	// MaxReadings bounds the readings in one transaction (default 20,000).
 	MaxReadings int
 	// QueueLen is how many batches may wait for the writer (default 4096).
+	// When it is full, Submit fails with ErrQueueFull (or waits, if its
+	// context allows): the back-pressure that keeps memory bounded.
 	QueueLen int
 	Observer Observer
 	Logger   *slog.Logger
 }
 
-// ErrClosed is returned by Write after Close.
-var ErrClosed = errors.New("ingest: writer closed")
+// Errors returned by Write and Submit.
+var (
+	// ErrClosed: the writer was closed.
+	ErrClosed = errors.New("ingest: writer closed")
+	// ErrQueueFull: the queue stayed full for as long as the caller was
+	// willing to wait; the batch was not queued.
+	ErrQueueFull = errors.New("ingest: queue full")
+)
+
+// Done receives the outcome of a submitted batch.
+type Done func(outpost.AppendResult, error)
 
 // Writer commits batches in groups. It is safe for concurrent use.
 type Writer struct {
-	store  Appender
-	opt    Options
-	in     chan *job
-	mu     sync.RWMutex // guards closed against sends on in
-	closed bool
-	done   chan struct{}
+	store    Appender
+	opt      Options
+	in       chan *job
+	mu       sync.RWMutex // guards closed against sends on in
+	closed   bool
+	stop     chan struct{} // closed first by Close: Submit stops waiting
+	stopOnce sync.Once
+	done     chan struct{}
 }
 
 type job struct {
 	b    *outpost.Batch
-	res  outpost.AppendResult
-	err  error
-	done chan struct{}
+	done Done
 }
-
-var jobPool = sync.Pool{New: func() any { return &job{done: make(chan struct{}, 1)} }}
 
 // NewWriter starts a writer; Close stops it.
 func NewWriter(store Appender, o Options) *Writer {
@@ -70,7 +81,7 @@ func NewWriter(store Appender, o Options) *Writer {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	w := &Writer{store: store, opt: o, in: make(chan *job, o.QueueLen), done: make(chan struct{})}
+	w := &Writer{store: store, opt: o, in: make(chan *job, o.QueueLen), stop: make(chan struct{}), done: make(chan struct{})}
 	go w.run()
 	return w
 }
@@ -79,33 +90,60 @@ func NewWriter(store Appender, o Options) *Writer {
 // duplicate). It returns the store's error if the commit failed; the batch
 // is then not stored and the caller must not acknowledge it.
 func (w *Writer) Write(ctx context.Context, b *outpost.Batch) (outpost.AppendResult, error) {
-	j := jobPool.Get().(*job)
-	j.b, j.err = b, nil
-	w.mu.RLock()
-	if w.closed {
-		w.mu.RUnlock()
-		jobPool.Put(j)
-		return 0, ErrClosed
+	type outcome struct {
+		res outpost.AppendResult
+		err error
 	}
-	select {
-	case w.in <- j:
-		w.mu.RUnlock()
-	case <-ctx.Done():
-		w.mu.RUnlock()
-		jobPool.Put(j)
-		return 0, ctx.Err()
+	ch := make(chan outcome, 1)
+	if err := w.Submit(ctx, b, func(r outpost.AppendResult, err error) { ch <- outcome{r, err} }); err != nil {
+		if errors.Is(err, ErrQueueFull) && ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		return 0, err
 	}
 	// Once queued the job will be answered: the writer drains the queue
 	// before it exits, so waiting without ctx cannot hang.
-	<-j.done
-	res, err := j.res, j.err
-	j.b = nil
-	jobPool.Put(j)
-	return res, err
+	o := <-ch
+	return o.res, o.err
 }
+
+// Submit queues a batch and returns at once; done is called exactly once,
+// from the writer goroutine, when the batch's group has committed (or with
+// the store's error if the commit failed). Batches commit and their done
+// calls run in the order they were queued, so one caller's batches stay in
+// order. done must not block: it holds up every later commit.
+//
+// If the queue is full, Submit waits for room until ctx is done and then
+// returns ErrQueueFull without calling done; with a ctx that is already
+// done it never waits. It returns ErrClosed after Close.
+func (w *Writer) Submit(ctx context.Context, b *outpost.Batch, done Done) error {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.closed {
+		return ErrClosed
+	}
+	j := &job{b: b, done: done}
+	select {
+	case w.in <- j:
+		return nil
+	default:
+	}
+	select {
+	case w.in <- j:
+		return nil
+	case <-ctx.Done():
+		return ErrQueueFull
+	case <-w.stop:
+		return ErrClosed
+	}
+}
+
+// Queued returns the number of batches waiting for the writer.
+func (w *Writer) Queued() int { return len(w.in) }
 
 // Close stops accepting batches, commits everything queued and returns.
 func (w *Writer) Close() error {
+	w.stopOnce.Do(func() { close(w.stop) })
 	w.mu.Lock()
 	if !w.closed {
 		w.closed = true
@@ -150,12 +188,12 @@ func (w *Writer) run() {
 		}
 		for i, j := range group {
 			if err != nil {
-				j.err = err
+				j.done(0, err)
 			} else {
-				j.res = res[i]
+				j.done(res[i], nil)
 			}
-			j.done <- struct{}{}
 		}
+		clear(group)
 		clear(batches)
 	}
 }

@@ -73,48 +73,9 @@ func (s *Server) HandleMessage(ctx context.Context, deviceID, kind string, paylo
 }
 
 func (s *Server) handleTelemetry(ctx context.Context, deviceID string, payload []byte) error {
-	t, err := protocol.DecodeTelemetry(payload)
-	if err != nil {
-		s.metrics.readingsRejected.Inc()
-		return s.reject(deviceID, protocol.KindTelemetry, "", err)
-	}
-	feeds, err := s.model.feedsOf(ctx, deviceID)
-	if err != nil {
-		return err // transient: the device resends
-	}
-	now := time.Now().UnixMilli()
-	b := &outpost.Batch{DeviceID: deviceID, ID: t.ID, Readings: make([]outpost.Reading, 0, len(t.Readings))}
-	var bad int
-	var firstErr error
-	for _, r := range t.Readings {
-		err := protocol.ValidateReading(r)
-		if err == nil {
-			err = checkReading(feeds, r)
-		}
-		if err != nil {
-			bad++
-			if firstErr == nil {
-				firstErr = err
-			}
-			continue
-		}
-		ts := r.TS
-		if ts == 0 {
-			ts = now
-		}
-		b.Readings = append(b.Readings, outpost.Reading{Feed: r.Feed, TS: ts, Value: r.Value})
-	}
-	if bad > 0 {
-		s.metrics.readingsRejected.Add(float64(bad))
-		var pe *protocol.Error
-		errors.As(firstErr, &pe)
-		s.sendError(deviceID, protocol.ErrorReply{Kind: protocol.KindTelemetry, ID: t.ID, Code: pe.Code, Message: pe.Message, Rejected: bad})
-		if len(b.Readings) == 0 {
-			return pe
-		}
-	}
-	if len(b.Readings) == 0 {
-		return nil
+	b, err := s.telemetryBatch(ctx, deviceID, payload)
+	if err != nil || b == nil {
+		return err
 	}
 	if _, err := s.writer.Write(ctx, b); err != nil {
 		return err // transient: not acknowledged, the device resends

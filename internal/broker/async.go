@@ -1,0 +1,306 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/outpost-iot/outpost/protocol"
+)
+
+// ErrOverloaded is what a handler returns (wrapped) when its queue is full:
+// the message was not taken and the device must retry later. MQTT 5 devices
+// get PUBACK 0x97 "quota exceeded"; MQTT 3.1.1 devices, which have no
+// negative acknowledgement, get an error reply with code "overloaded" and
+// their connection is closed, so they resend on reconnect.
+var ErrOverloaded = errors.New("overloaded")
+
+// AsyncHandler is a Handler that can finish QoS 1 messages later, after the
+// broker's read loop for the connection has moved on. The broker writes
+// the PUBACK itself when done is called, so a device can have many
+// messages in flight and the platform still acknowledges each only after
+// it is committed.
+type AsyncHandler interface {
+	Handler
+	// StartMessage begins handling a QoS 1 message. If it returns async
+	// true, done is called exactly once, from any goroutine, with
+	// HandleMessage's error semantics; for one device, done calls come in
+	// the order of the StartMessage calls that returned true. Otherwise
+	// the message is finished and err is its outcome, as from
+	// HandleMessage. ctx bounds how long StartMessage may wait for room in
+	// its queue (an already-done ctx: not at all); when there is no room
+	// it returns an error wrapping ErrOverloaded. done must not block.
+	StartMessage(ctx context.Context, deviceID, kind string, payload []byte, done func(error)) (async bool, err error)
+}
+
+const (
+	// receiveMaximum is the Receive Maximum the broker announces to MQTT 5
+	// clients: how many QoS 1 messages one connection may have waiting for
+	// their PUBACK. It also bounds MQTT 3.1.1 connections, whose read loop
+	// waits for a free slot.
+	receiveMaximum = 64
+	// v3Wait bounds how long an MQTT 3.1.1 connection's read loop waits for
+	// a free slot or for room in the handler's queue before the connection
+	// is closed.
+	v3Wait = 10 * time.Second
+)
+
+// noWait is a done context: "do not wait for room".
+var noWait = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// acker writes the PUBACKs of asynchronously handled messages, in order
+// per connection, from one short-lived goroutine per connection that has
+// acknowledgements ready (so a device that stops reading blocks only its
+// own acknowledgements, never the ingest writer).
+type acker struct {
+	mu     sync.Mutex
+	conns  map[*mqtt.Client]*connAcks
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// connAcks is the per-connection state: in-flight slots and the
+// acknowledgements ready to be written.
+type connAcks struct {
+	cl      *mqtt.Client
+	slots   chan struct{} // one token per message waiting for its PUBACK
+	mu      sync.Mutex
+	ready   []pendingAck
+	writing bool
+}
+
+type pendingAck struct {
+	id   uint16
+	code packets.Code
+	stop error // non-nil: close the connection instead of acknowledging
+}
+
+func (a *acker) conn(cl *mqtt.Client) *connAcks {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.conns == nil {
+		a.conns = map[*mqtt.Client]*connAcks{}
+	}
+	c := a.conns[cl]
+	if c == nil {
+		c = &connAcks{cl: cl, slots: make(chan struct{}, receiveMaximum)}
+		a.conns[cl] = c
+	}
+	return c
+}
+
+func (a *acker) forget(cl *mqtt.Client) {
+	a.mu.Lock()
+	delete(a.conns, cl)
+	a.mu.Unlock()
+}
+
+// finish records the acknowledgement of a message and makes sure a
+// goroutine writes it.
+func (a *acker) finish(c *connAcks, p pendingAck) {
+	c.mu.Lock()
+	c.ready = append(c.ready, p)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if !start {
+		return
+	}
+	a.mu.Lock()
+	if a.closed {
+		// Shutting down: every connection is closed, so nothing can be
+		// written; the devices resend and the platform deduplicates.
+		a.mu.Unlock()
+		c.mu.Lock()
+		for range c.ready {
+			<-c.slots
+		}
+		c.ready, c.writing = nil, false
+		c.mu.Unlock()
+		return
+	}
+	a.wg.Add(1)
+	a.mu.Unlock()
+	go a.write(c)
+}
+
+func (a *acker) write(c *connAcks) {
+	defer a.wg.Done()
+	var batch []pendingAck
+	var buf bytes.Buffer
+	for {
+		c.mu.Lock()
+		batch = append(batch[:0], c.ready...)
+		clear(c.ready)
+		c.ready = c.ready[:0]
+		if len(batch) == 0 {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		for len(batch) > 0 {
+			// The acknowledgements ready now go out in one write, up to
+			// the first that closes the connection instead.
+			buf.Reset()
+			n := 0
+			for n < len(batch) && batch[n].stop == nil {
+				c.encode(&buf, batch[n])
+				n++
+			}
+			if buf.Len() > 0 && !c.cl.Closed() && c.cl.Net.Conn != nil {
+				// Written like mochi's Client.WritePacket, under the
+				// client's lock. An error means the connection is gone:
+				// the device resends and the platform recognises the
+				// batch id.
+				c.cl.Lock()
+				_, _ = c.cl.Net.Conn.Write(buf.Bytes())
+				c.cl.Unlock()
+			}
+			if n < len(batch) {
+				c.cl.Stop(batch[n].stop)
+				n++
+			}
+			for range n {
+				<-c.slots
+			}
+			batch = batch[n:]
+		}
+	}
+}
+
+// encode appends the PUBACK for p, as mochi would encode it for this
+// client.
+func (c *connAcks) encode(buf *bytes.Buffer, p pendingAck) {
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Puback},
+		PacketID:        p.id,
+		ReasonCode:      p.code.Code,
+		ProtocolVersion: c.cl.Properties.ProtocolVersion,
+	}
+	if p.code.Code >= packets.ErrUnspecifiedError.Code {
+		pk.Properties.ReasonString = p.code.Reason
+	}
+	if c.cl.Properties.Props.RequestProblemInfoFlag && c.cl.Properties.Props.RequestProblemInfo == 0 {
+		pk.Mods.DisallowProblemInfo = true
+	}
+	_ = pk.PubackEncode(buf)
+}
+
+// close stops starting writers and waits for the running ones.
+func (a *acker) close() {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	a.wg.Wait()
+}
+
+// publishAsync hands a QoS 1 message to an AsyncHandler. It returns the
+// packet and error for mochi, as OnPublish does.
+func (h *routeHook) publishAsync(ah AsyncHandler, cl *mqtt.Client, pk packets.Packet, kind string) (packets.Packet, error) {
+	v5 := cl.Properties.ProtocolVersion == 5
+	c := h.b.acks.conn(cl)
+	wait := noWait
+	if !v5 {
+		ctx, cancel := context.WithTimeout(context.Background(), v3Wait)
+		defer cancel()
+		wait = ctx
+	}
+	select {
+	case c.slots <- struct{}{}:
+	default:
+		select {
+		case c.slots <- struct{}{}:
+		case <-wait.Done():
+			// A v5 client past the Receive Maximum we announced, or a v3
+			// client whose acknowledgements have not come for v3Wait.
+			return h.finishNow(cl, pk, ErrOverloaded)
+		}
+	}
+	id := pk.PacketID
+	async, err := ah.StartMessage(wait, cl.ID, kind, pk.Payload, func(err error) {
+		code, stop := h.outcome(cl, pk.TopicName, err)
+		h.b.acks.finish(c, pendingAck{id: id, code: code, stop: stop})
+	})
+	if async {
+		// mochi sends no PUBACK and keeps no receive quota for a rejected
+		// packet; the acker acknowledges once done is called.
+		return pk, packets.ErrRejectPacket
+	}
+	<-c.slots
+	return h.finishNow(cl, pk, err)
+}
+
+// finishNow maps a synchronous outcome to what OnPublish returns to mochi.
+func (h *routeHook) finishNow(cl *mqtt.Client, pk packets.Packet, err error) (packets.Packet, error) {
+	code, stop := h.outcome(cl, pk.TopicName, err)
+	switch {
+	case stop != nil:
+		cl.Stop(stop)
+		return pk, packets.ErrRejectPacket
+	case code == packets.CodeSuccess:
+		// Acknowledge, but fan out to nobody: device traffic reaches
+		// applications through the platform, not through MQTT.
+		return pk, packets.CodeSuccessIgnore
+	default:
+		return pk, code
+	}
+}
+
+// outcome maps a handler's result for a QoS 1 message to a PUBACK reason
+// code, or to an error to close the connection with (MQTT 3.1.1 has no
+// negative PUBACK). It counts and logs.
+func (h *routeHook) outcome(cl *mqtt.Client, topic string, err error) (packets.Code, error) {
+	v5 := cl.Properties.ProtocolVersion == 5
+	if err == nil {
+		h.b.stats.MessagesRouted.Add(1)
+		return packets.CodeSuccess, nil
+	}
+	var perr *protocol.Error
+	if errors.As(err, &perr) {
+		h.b.stats.Rejected.Add(1)
+		if v5 {
+			return reasonCode(perr.Code), nil
+		}
+		return packets.CodeSuccess, nil
+	}
+	h.b.stats.Retried.Add(1)
+	if errors.Is(err, ErrOverloaded) {
+		h.b.stats.Overloaded.Add(1)
+		h.b.log.Debug("device message refused: overloaded; device will retry", "device_id", cl.ID, "topic", topic)
+		if v5 {
+			return packets.ErrQuotaExceeded, nil
+		}
+		h.b.sendOverloaded(cl.ID, topic)
+		return packets.CodeSuccess, err
+	}
+	// Transient failure: do not acknowledge. MQTT 5 devices get "quota
+	// exceeded" and retry later; MQTT 3.1.1 has no negative PUBACK, so the
+	// session is closed and the device resends on reconnect.
+	h.b.log.Warn("device message not handled; device will retry", "device_id", cl.ID, "topic", topic, "error", err)
+	if v5 {
+		return packets.ErrQuotaExceeded, nil
+	}
+	return packets.CodeSuccess, err
+}
+
+// sendOverloaded tells an MQTT 3.1.1 device, on its down/error topic, why
+// its connection is about to close.
+func (b *Broker) sendOverloaded(deviceID, topic string) {
+	kind := ""
+	if t, err := protocol.ParseTopic(topic); err == nil {
+		kind = t.Kind
+	}
+	e, _ := json.Marshal(protocol.ErrorReply{Kind: kind, Code: protocol.CodeOverloaded, Message: "platform overloaded: message not acknowledged; the connection is closed, resend it after reconnecting"})
+	_ = b.PublishToDevice(deviceID, protocol.KindError, e)
+}
