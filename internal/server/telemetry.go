@@ -19,11 +19,15 @@ var _ broker.AsyncHandler = (*Server)(nil)
 // broker's read loop goes on reading the device's next messages, which
 // join the same group. Other kinds are handled at once.
 func (s *Server) StartMessage(ctx context.Context, deviceID, kind string, payload []byte, done func(error)) (bool, error) {
+	// ctx only bounds the wait for room in the writer's queue (it may be
+	// done already); store work gets its own bound.
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	if kind != protocol.KindTelemetry {
-		return false, s.HandleMessage(ctx, deviceID, kind, payload)
+		return false, s.HandleMessage(lctx, deviceID, kind, payload)
 	}
 	s.presence.Seen(deviceID)
-	b, err := s.telemetryBatch(ctx, deviceID, payload)
+	b, err := s.telemetryBatch(lctx, deviceID, payload)
 	if err != nil || b == nil {
 		return false, err
 	}
