@@ -73,6 +73,8 @@ type Broker struct {
 	closing atomic.Bool
 	once    sync.Once
 	stats   Stats
+	// queueClient publishes queued messages (see SetDeliveryHandler).
+	queueClient *mqtt.Client
 }
 
 // Stats are broker counters.

@@ -152,6 +152,9 @@ CREATE TABLE batches (
 	PRIMARY KEY (device_seq, batch_id)
 ) WITHOUT ROWID;
 `,
+	// 2: the down queue: platform→device messages and queued calls (rows
+	// with a method), in one table so a device's queue has one order.
+	migrationDownQueue,
 }
 
 func (db *DB) migrate(ctx context.Context) error {
