@@ -25,6 +25,7 @@ import (
 	"github.com/outpost-iot/outpost/internal/ingest"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/presence"
+	"github.com/outpost-iot/outpost/internal/queue"
 	"github.com/outpost-iot/outpost/internal/rpc"
 	"github.com/outpost-iot/outpost/internal/sqlite"
 	"github.com/outpost-iot/outpost/internal/stream"
@@ -50,6 +51,9 @@ type Config struct {
 	Sync string
 	// AdminToken overrides the token stored in the data directory.
 	AdminToken string
+	// QueueSweep is the interval of the down queue's expiry sweep
+	// (default 1s).
+	QueueSweep time.Duration
 	Logger     *slog.Logger
 }
 
@@ -61,6 +65,7 @@ type Server struct {
 	broker   *broker.Broker
 	writer   *ingest.Writer
 	relay    *rpc.Relay
+	queue    *queue.Queue
 	presence *presence.Tracker
 	hub      *stream.Hub
 	metrics  *metrics
@@ -144,6 +149,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, listenError("--mqtt", err)
 	}
 	s.relay = rpc.NewRelay(s.broker, s.presence)
+	if err := s.openQueue(); err != nil {
+		return nil, err
+	}
 	s.svc = &service{s: s}
 	s.metrics.register(s)
 
@@ -253,6 +261,9 @@ func (s *Server) Close() error {
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())
+		}
+		if s.queue != nil {
+			errs = append(errs, s.queue.Close())
 		}
 		if s.writer != nil {
 			errs = append(errs, s.writer.Close())
