@@ -81,6 +81,9 @@ type Client struct {
 	fatalCh    chan struct{}
 
 	answered *recentIDs
+	answers  answers  // answers sent, for redelivered requests
+	requests requests // requests from arrival to acknowledged answer
+	pulls    pulls
 
 	tele telemetry
 }
@@ -201,6 +204,12 @@ func (c *Client) Connect(ctx context.Context) error {
 		ConnectPacketBuilder: func(p *paho.Connect, _ *url.URL) (*paho.Connect, error) {
 			if err := c.Err(); err != nil {
 				return nil, err // never reconnect after a takeover
+			}
+			if c.opt.pull {
+				if p.Properties == nil {
+					p.Properties = &paho.ConnectProperties{}
+				}
+				p.Properties.User = append(p.Properties.User, paho.UserProperty{Key: protocol.PropMode, Value: protocol.ModePull})
 			}
 			return p, nil
 		},
@@ -353,8 +362,11 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 			c.opt.log.Warn("bad rpc request", "device_id", c.id, "error", err)
 			return true, nil
 		}
+		done := c.requests.track(req.ID)
 		c.wg.Add(1)
-		go c.serveRPC(req)
+		go c.serveRPC(req, done)
+	case protocol.KindPull:
+		c.pullEnded(p.Payload)
 	case protocol.KindError:
 		e, err := protocol.DecodeErrorReply(p.Payload)
 		if err != nil {
@@ -370,10 +382,12 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 	return true, nil
 }
 
-func (c *Client) serveRPC(req protocol.RPCRequest) {
+func (c *Client) serveRPC(req protocol.RPCRequest, done func()) {
 	defer c.wg.Done()
+	defer done()
 	if !c.answered.add(req.ID) {
-		return // a redelivery of a request already answered
+		c.answerAgain(req) // a redelivery: never run twice
+		return
 	}
 	ctx := c.lifetime
 	var cancel context.CancelFunc
@@ -422,6 +436,7 @@ func (c *Client) serveRPC(req protocol.RPCRequest) {
 	if len(payload) > protocol.MaxMessageBytes {
 		payload, _ = json.Marshal(protocol.RPCResponse{ID: req.ID, Error: &protocol.Error{Code: protocol.CodeTooLarge, Message: "result exceeds " + strconv.Itoa(protocol.MaxMessageBytes) + " bytes"}})
 	}
+	c.answers.remember(req.ID, payload)
 	pctx, pcancel := context.WithTimeout(c.lifetime, 10*time.Second)
 	defer pcancel()
 	if _, err := c.cm.Publish(pctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindRPC), QoS: 1, Payload: payload}); err != nil {
