@@ -69,6 +69,7 @@ type Client struct {
 	lifetime context.Context
 	stop     context.CancelFunc
 	cm       *autopaho.ConnectionManager
+	cmReady  chan struct{} // closed once cm is set (handlers can run before Connect returns)
 	wg       sync.WaitGroup // handler and subscription goroutines
 	sem      chan struct{}
 
@@ -138,6 +139,7 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 		subscribed: make(chan struct{}),
 		fatalCh:    make(chan struct{}),
 		answered:   newRecentIDs(4096),
+		cmReady:    make(chan struct{}),
 	}
 	c.tele.init(c)
 	return c, nil
@@ -228,6 +230,7 @@ func (c *Client) Connect(ctx context.Context) error {
 		return fmt.Errorf("device: %w", err)
 	}
 	c.cm = cm
+	close(c.cmReady)
 	select {
 	case <-c.subscribed:
 		return nil
@@ -439,7 +442,7 @@ func (c *Client) serveRPC(req protocol.RPCRequest, done func()) {
 	c.answers.remember(req.ID, payload)
 	pctx, pcancel := context.WithTimeout(c.lifetime, 10*time.Second)
 	defer pcancel()
-	if _, err := c.cm.Publish(pctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindRPC), QoS: 1, Payload: payload}); err != nil {
+	if _, err := c.manager().Publish(pctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindRPC), QoS: 1, Payload: payload}); err != nil {
 		c.opt.log.Warn("rpc response not delivered", "device_id", c.id, "method", req.Method, "error", err)
 	}
 	if after != nil {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/outpost-iot/outpost/protocol"
@@ -209,7 +210,15 @@ func (c *Client) answerAgain(req protocol.RPCRequest) {
 	}
 	ctx, cancel := context.WithTimeout(c.lifetime, 10*time.Second)
 	defer cancel()
-	if _, err := c.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindRPC), QoS: 1, Payload: payload}); err != nil {
+	if _, err := c.manager().Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindRPC), QoS: 1, Payload: payload}); err != nil {
 		c.opt.log.Warn("rpc answer not delivered again", "device_id", c.id, "id", req.ID, "error", err)
 	}
+}
+
+// manager returns the connection manager once Connect has set it: a
+// request queued on the platform can arrive, and its handler finish,
+// before Connect returns.
+func (c *Client) manager() *autopaho.ConnectionManager {
+	<-c.cmReady
+	return c.cm
 }
