@@ -297,12 +297,20 @@ func TestLateAnswerRecorded(t *testing.T) {
 	p := outposttest.Start(t, fastSweep)
 	d := p.CreateDevice(t, "late")
 	dev := connect(t, d.URL)
-	release := make(chan struct{})
+	release, started := make(chan struct{}), make(chan struct{})
 	dev.Handle("slow", func(context.Context, json.RawMessage) (any, error) {
+		close(started)
 		<-release
 		return "finally", nil
 	})
-	c := queueCall(t, p, d.ID, "slow", "", "timeout=100ms")
+	// The device skips a request that arrives after its deadline, so
+	// leave it time to start the handler even on a loaded machine.
+	c := queueCall(t, p, d.ID, "slow", "", "timeout=1s")
+	select {
+	case <-started:
+	case <-time.After(waitFor):
+		t.Fatal("handler did not start")
+	}
 	waitState(t, p, c.ID, "timed_out")
 	close(release)
 	var got call
