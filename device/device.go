@@ -69,7 +69,7 @@ type Client struct {
 	lifetime context.Context
 	stop     context.CancelFunc
 	cm       *autopaho.ConnectionManager
-	cmReady  chan struct{} // closed once cm is set (handlers can run before Connect returns)
+	cmReady  chan struct{}  // closed once cm is set (handlers can run before Connect returns)
 	wg       sync.WaitGroup // handler and subscription goroutines
 	sem      chan struct{}
 
