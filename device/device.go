@@ -69,6 +69,7 @@ type Client struct {
 	lifetime context.Context
 	stop     context.CancelFunc
 	cm       *autopaho.ConnectionManager
+	cmReady  chan struct{}  // closed once cm is set (handlers can run before Connect returns)
 	wg       sync.WaitGroup // handler and subscription goroutines
 	sem      chan struct{}
 
@@ -81,6 +82,9 @@ type Client struct {
 	fatalCh    chan struct{}
 
 	answered *recentIDs
+	answers  answers  // answers sent, for redelivered requests
+	requests requests // requests from arrival to acknowledged answer
+	pulls    pulls
 
 	tele  telemetry
 	model modelClient
@@ -136,6 +140,7 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 		subscribed: make(chan struct{}),
 		fatalCh:    make(chan struct{}),
 		answered:   newRecentIDs(4096),
+		cmReady:    make(chan struct{}),
 	}
 	c.tele.init(c)
 	c.model.init()
@@ -205,6 +210,12 @@ func (c *Client) Connect(ctx context.Context) error {
 			if err := c.Err(); err != nil {
 				return nil, err // never reconnect after a takeover
 			}
+			if c.opt.pull {
+				if p.Properties == nil {
+					p.Properties = &paho.ConnectProperties{}
+				}
+				p.Properties.User = append(p.Properties.User, paho.UserProperty{Key: protocol.PropMode, Value: protocol.ModePull})
+			}
 			return p, nil
 		},
 		ClientConfig: paho.ClientConfig{
@@ -222,7 +233,7 @@ func (c *Client) Connect(ctx context.Context) error {
 		return fmt.Errorf("device: %w", err)
 	}
 	c.cm = cm
-	close(c.model.cmSet)
+	close(c.cmReady)
 	select {
 	case <-c.subscribed:
 		return nil
@@ -358,8 +369,11 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 			c.opt.log.Warn("bad rpc request", "device_id", c.id, "error", err)
 			return true, nil
 		}
+		done := c.requests.track(req.ID)
 		c.wg.Add(1)
-		go c.serveRPC(req)
+		go c.serveRPC(req, done)
+	case protocol.KindPull:
+		c.pullEnded(p.Payload)
 	case protocol.KindError:
 		e, err := protocol.DecodeErrorReply(p.Payload)
 		if err != nil {
@@ -378,10 +392,12 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 	return true, nil
 }
 
-func (c *Client) serveRPC(req protocol.RPCRequest) {
+func (c *Client) serveRPC(req protocol.RPCRequest, done func()) {
 	defer c.wg.Done()
+	defer done()
 	if !c.answered.add(req.ID) {
-		return // a redelivery of a request already answered
+		c.answerAgain(req) // a redelivery: never run twice
+		return
 	}
 	ctx := c.lifetime
 	var cancel context.CancelFunc
@@ -430,9 +446,10 @@ func (c *Client) serveRPC(req protocol.RPCRequest) {
 	if len(payload) > protocol.MaxMessageBytes {
 		payload, _ = json.Marshal(protocol.RPCResponse{ID: req.ID, Error: &protocol.Error{Code: protocol.CodeTooLarge, Message: "result exceeds " + strconv.Itoa(protocol.MaxMessageBytes) + " bytes"}})
 	}
+	c.answers.remember(req.ID, payload)
 	pctx, pcancel := context.WithTimeout(c.lifetime, 10*time.Second)
 	defer pcancel()
-	if _, err := c.cm.Publish(pctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindRPC), QoS: 1, Payload: payload}); err != nil {
+	if _, err := c.manager().Publish(pctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindRPC), QoS: 1, Payload: payload}); err != nil {
 		c.opt.log.Warn("rpc response not delivered", "device_id", c.id, "method", req.Method, "error", err)
 	}
 	if after != nil {

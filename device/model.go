@@ -80,9 +80,6 @@ type modelClient struct {
 	lastLocal time.Time     // local time the reply arrived
 	offset    time.Duration // platform clock - local clock
 	keepAlive atomic.Int64  // seconds, as dictated by the platform
-	// cmSet is closed once Connect has stored the connection manager;
-	// handlers started by the first connection may run before that.
-	cmSet chan struct{}
 }
 
 func (m *modelClient) init() {
@@ -90,7 +87,6 @@ func (m *modelClient) init() {
 	m.params = map[string]json.RawMessage{}
 	m.commands = newRecentIDs(1024)
 	m.timeWait = map[string]chan protocol.TimeReply{}
-	m.cmSet = make(chan struct{})
 }
 
 // HandleFeed registers h for the commands of IN_OUT feed ref, replacing any
@@ -318,7 +314,7 @@ func (c *Client) publishUp(ctx context.Context, kind string, payload []byte) err
 		return ErrNotConnected
 	}
 	select {
-	case <-c.model.cmSet:
+	case <-c.cmReady:
 	case <-ctx.Done():
 		return fmt.Errorf("device: %s: %w", kind, ctx.Err())
 	case <-c.Done():

@@ -31,6 +31,7 @@ type options struct {
 	onError        func(protocol.ErrorReply)
 	onUp, onDown   func()
 	log            *slog.Logger
+	pull           bool // PULL mode (WithPullMode)
 }
 
 func defaultOptions() options {

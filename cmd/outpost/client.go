@@ -188,6 +188,7 @@ func cmdRPC(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var cf clientFlags
 	cf.register(fs)
 	timeout := fs.Duration("timeout", fleet.DefaultCallTimeout, "how long the device has to answer")
+	qf := registerQueueFlags(fs)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -213,6 +214,9 @@ func cmdRPC(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	id, err := resolve(ctx, f, pos[0])
 	if err != nil {
 		return err
+	}
+	if qf.queue {
+		return queueCall(ctx, f, fs, qf, id, pos[1], callArgs, *timeout, stdout)
 	}
 	cctx, cancel := context.WithTimeout(ctx, *timeout+50*time.Millisecond)
 	defer cancel()

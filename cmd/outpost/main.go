@@ -35,6 +35,8 @@ Usage:
   outpost device delete DEVICE
   outpost device rotate-secret DEVICE
   outpost rpc DEVICE METHOD [JSON-ARGS] [--timeout 5s]
+  outpost rpc DEVICE METHOD [JSON-ARGS] --queue [--ttl 1h] [--timeout 30s]
+  outpost call show ID | cancel ID | list DEVICE [--state S]
   outpost telemetry DEVICE [--feed REF] [--limit N] [--since T] [--until T] [-o json|table]
   outpost bench ingest|rpc [flags]
   outpost version
@@ -75,7 +77,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdServe(ctx, args[1:], stdout, stderr)
 	case "device", "devices":
 		return cmdDevice(ctx, args[1:], stdout, stderr)
-	case "rpc", "call":
+	case "rpc":
+		return cmdRPC(ctx, args[1:], stdout, stderr)
+	case "call":
+		if isCallSubcommand(args[1:]) {
+			return cmdCall(ctx, args[1:], stdout, stderr)
+		}
 		return cmdRPC(ctx, args[1:], stdout, stderr)
 	case "telemetry":
 		return cmdTelemetry(ctx, args[1:], stdout, stderr)

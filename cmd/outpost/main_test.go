@@ -168,3 +168,33 @@ func TestWrongTokenIsAClearError(t *testing.T) {
 		t.Fatalf("wrong token: %v", err)
 	}
 }
+
+func TestCLIQueuedCall(t *testing.T) {
+	p := outposttest.Start(t)
+	d := p.CreateDevice(t, "napping")
+	out, _, err := runCLI(t, p, "rpc", "napping", "echo", `{"x":1}`, "--queue", "--ttl", "10m", "--timeout", "3s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		ID        string `json:"id"`
+		State     string `json:"state"`
+		TimeoutMS int64  `json:"timeout_ms"`
+	}
+	if err := json.Unmarshal([]byte(out), &c); err != nil || c.State != "queued" || c.TimeoutMS != 3000 {
+		t.Fatalf("rpc --queue printed %q (%v)", out, err)
+	}
+	out, _, err = runCLI(t, p, "call", "show", c.ID)
+	if err != nil || !strings.Contains(out, `"state": "queued"`) || !strings.Contains(out, d.ID) {
+		t.Fatalf("call show: %q, %v", out, err)
+	}
+	if out, _, err = runCLI(t, p, "call", "list", "napping", "--state", "queued"); err != nil || !strings.Contains(out, c.ID) {
+		t.Fatalf("call list: %q, %v", out, err)
+	}
+	if out, _, err = runCLI(t, p, "call", "cancel", c.ID); err != nil || !strings.Contains(out, `"cancelled"`) {
+		t.Fatalf("call cancel: %q, %v", out, err)
+	}
+	if _, _, err = runCLI(t, p, "call", "show", "nope"); err == nil || !strings.Contains(err.Error(), "not_found") {
+		t.Fatalf("call show unknown: %v", err)
+	}
+}

@@ -79,6 +79,8 @@ type Broker struct {
 	once    sync.Once
 	stats   Stats
 	acks    acker
+	// queueClient publishes queued messages (see SetDeliveryHandler).
+	queueClient *mqtt.Client
 }
 
 // Stats are broker counters.

@@ -60,9 +60,10 @@ const (
 )
 
 type api struct {
-	svc Service
-	opt Options
-	log *slog.Logger
+	svc   Service
+	calls CallService // nil when svc has no queued calls
+	opt   Options
+	log   *slog.Logger
 }
 
 // New returns the API handler.
@@ -89,6 +90,7 @@ func New(svc Service, o Options) http.Handler {
 	mux.HandleFunc("GET /api/v1/devices/{id}/feeds", a.auth(a.feeds))
 	mux.HandleFunc("GET /api/v1/stream", a.auth(a.stream))
 	a.registerModel(mux)
+	a.routeCalls(mux)
 	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))
 	}))
@@ -226,8 +228,13 @@ type rpcResponse struct {
 }
 
 func (a *api) callRPC(w http.ResponseWriter, r *http.Request) {
-	timeout, err := parseTimeout(r.URL.Query().Get("timeout"))
+	queued, err := parseQueue(r.URL.Query().Get("queue"))
 	if err != nil {
+		writeError(w, err)
+		return
+	}
+	timeout, err := parseTimeout(r.URL.Query().Get("timeout"))
+	if err != nil && !queued {
 		writeError(w, err)
 		return
 	}
@@ -243,6 +250,10 @@ func (a *api) callRPC(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		args = body
+	}
+	if queued {
+		a.queueRPC(w, r, args)
+		return
 	}
 	id, method := r.PathValue("id"), r.PathValue("method")
 	res, err := a.svc.Call(r.Context(), id, method, args, timeout)

@@ -60,10 +60,12 @@ func (s *Server) HandleMessage(ctx context.Context, deviceID, kind string, paylo
 			return s.reject(deviceID, kind, "", err)
 		}
 		if err := s.relay.Deliver(deviceID, resp); err != nil {
-			// A late answer to a call that timed out: nothing to do.
-			s.metrics.rpcLate.Inc()
+			// Not a synchronous call: a queued one, or a late answer.
+			return s.answerQueued(ctx, deviceID, resp, payload)
 		}
 		return nil
+	case protocol.KindPull:
+		return s.handlePull(ctx, deviceID, payload)
 	default:
 		if ok, err := s.handleModelMessage(ctx, deviceID, kind, payload); ok {
 			return err

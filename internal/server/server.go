@@ -25,6 +25,7 @@ import (
 	"github.com/outpost-iot/outpost/internal/ingest"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/presence"
+	"github.com/outpost-iot/outpost/internal/queue"
 	"github.com/outpost-iot/outpost/internal/rpc"
 	"github.com/outpost-iot/outpost/internal/sqlite"
 	"github.com/outpost-iot/outpost/internal/stream"
@@ -54,7 +55,10 @@ type Config struct {
 	// keep-alive the platform dictates to devices (defaults 5s, 10m,
 	// 60s). A device silent for two intervals is disconnected.
 	KeepAliveMin, KeepAliveMax, KeepAliveDefault time.Duration
-	Logger                                       *slog.Logger
+	// QueueSweep is the interval of the down queue's expiry sweep
+	// (default 1s).
+	QueueSweep time.Duration
+	Logger     *slog.Logger
 }
 
 // Server is a running platform.
@@ -65,6 +69,7 @@ type Server struct {
 	broker   *broker.Broker
 	writer   *ingest.Writer
 	relay    *rpc.Relay
+	queue    *queue.Queue
 	presence *presence.Tracker
 	hub      *stream.Hub
 	metrics  *metrics
@@ -151,6 +156,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.relay = rpc.NewRelay(s.broker, s.presence)
 	s.model = newModelState(s)
+	if err := s.openQueue(); err != nil {
+		return nil, err
+	}
 	s.svc = &service{s: s}
 	s.metrics.register(s)
 
@@ -260,6 +268,9 @@ func (s *Server) Close() error {
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())
+		}
+		if s.queue != nil {
+			errs = append(errs, s.queue.Close())
 		}
 		if s.writer != nil {
 			errs = append(errs, s.writer.Close())

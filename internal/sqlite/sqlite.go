@@ -155,6 +155,9 @@ CREATE TABLE batches (
 	// 2: the device model (feed definitions, attributes, parameters,
 	// events and notifications). See model.go.
 	migrationModel,
+	// 3: the down queue: platform→device messages and queued calls (rows
+	// with a method), in one table so a device's queue has one order.
+	migrationDownQueue,
 }
 
 func (db *DB) migrate(ctx context.Context) error {

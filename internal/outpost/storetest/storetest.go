@@ -27,6 +27,7 @@ import (
 type Store interface {
 	outpost.DeviceStore
 	outpost.TelemetryStore
+	outpost.QueueStore
 }
 
 // Run runs the suite. open must return a new, empty store for each call and
@@ -52,6 +53,10 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"Feeds", testFeeds},
 		{"ValuesExact", testValuesExact},
 		{"ConcurrentAppends", testConcurrentAppends},
+		{"QueueOrderAndStates", testQueueOrderAndStates},
+		{"QueueExpiry", testQueueExpiry},
+		{"QueueAnswers", testQueueAnswers},
+		{"QueueLimits", testQueueLimits},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
