@@ -86,8 +86,9 @@ type Client struct {
 	requests requests // requests from arrival to acknowledged answer
 	pulls    pulls
 
-	tele  telemetry
-	model modelClient
+	tele   telemetry
+	obOnce sync.Once
+	model  modelClient
 }
 
 // New prepares a client for endpoint, a URL of the form
@@ -142,7 +143,9 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 		answered:   newRecentIDs(4096),
 		cmReady:    make(chan struct{}),
 	}
-	c.tele.init(c)
+	if err := c.tele.init(c); err != nil {
+		return nil, fmt.Errorf("device: %w", err)
+	}
 	c.model.init()
 	return c, nil
 }
@@ -233,6 +236,10 @@ func (c *Client) Connect(ctx context.Context) error {
 		return fmt.Errorf("device: %w", err)
 	}
 	c.cm = cm
+	if c.opt.autoPublish > 0 {
+		c.wg.Add(1)
+		go c.autoPublish(c.opt.autoPublish)
+	}
 	close(c.cmReady)
 	select {
 	case <-c.subscribed:
@@ -271,9 +278,12 @@ func (c *Client) setFatal(err error) {
 	}
 }
 
-// Close disconnects and waits for every goroutine the client started.
-// Readings not yet published are dropped; call Publish first.
+// Close disconnects, waits for every goroutine the client started and
+// closes the outbox. Readings not yet published stay in a durable outbox
+// for the next client on the same directory; with WithMemoryOutbox they are
+// lost, so call Publish first.
 func (c *Client) Close() error {
+	defer c.closeOutbox()
 	if !c.started.Load() || c.stop == nil {
 		return nil
 	}
@@ -515,4 +525,13 @@ func (r *recentIDs) add(id string) bool {
 	r.next = (r.next + 1) % len(r.ring)
 	r.set[id] = struct{}{}
 	return true
+}
+
+// closeOutbox closes the outbox once.
+func (c *Client) closeOutbox() {
+	c.obOnce.Do(func() {
+		if err := c.tele.ob.Close(); err != nil {
+			c.opt.log.Warn("close outbox", "device_id", c.id, "error", err)
+		}
+	})
 }

@@ -83,7 +83,11 @@ func TestAddValidates(t *testing.T) {
 }
 
 func TestPublishWithoutConnection(t *testing.T) {
-	c, _ := device.New("mqtt://d-1:secret@127.0.0.1:1")
+	c, err := device.New("mqtt://d-1:secret@127.0.0.1:1", device.WithMemoryOutbox())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	c.Add("f", 1)
 	if err := c.Publish(context.Background()); !errors.Is(err, device.ErrNotConnected) {
 		t.Fatalf("Publish before Connect = %v, want ErrNotConnected", err)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/outpost-iot/outpost/device/outbox"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
@@ -32,6 +33,11 @@ type options struct {
 	onUp, onDown   func()
 	log            *slog.Logger
 	pull           bool // PULL mode (WithPullMode)
+	outboxDir      string
+	outboxMem      bool
+	outboxQueue    outbox.Queue
+	outboxOpts     []outbox.Option
+	autoPublish    time.Duration
 }
 
 func defaultOptions() options {
@@ -197,6 +203,72 @@ func WithLogger(l *slog.Logger) Option {
 		if l != nil {
 			o.log = l
 		}
+		return nil
+	}
+}
+
+// WithOutbox keeps readings waiting for the platform in a durable outbox in
+// dir (created if needed): a reading is written to the outbox before Add
+// returns and leaves it only once the platform has acknowledged (committed)
+// it, so readings survive the device process being killed and the network
+// being down for hours. Only one client may use a directory at a time.
+//
+// Without WithOutbox, WithMemoryOutbox or WithOutboxQueue, the client uses
+// a durable outbox in $OUTPOST_OUTBOX_DIR/{device id} or, when that is not
+// set, in the user's cache directory (os.UserCacheDir()/outpost/outbox/{device id}).
+func WithOutbox(dir string) Option {
+	return func(o *options) error {
+		if dir == "" {
+			return errors.New("outbox directory is empty")
+		}
+		o.outboxDir, o.outboxMem, o.outboxQueue = dir, false, nil
+		return nil
+	}
+}
+
+// WithMemoryOutbox keeps waiting readings in memory only: they are lost when
+// the process ends. Meant for tests and for devices that cannot write.
+func WithMemoryOutbox() Option {
+	return func(o *options) error {
+		o.outboxDir, o.outboxMem, o.outboxQueue = "", true, nil
+		return nil
+	}
+}
+
+// WithOutboxQueue plugs in a queue of one's own (for example an outbox.Outbox
+// over a custom outbox.Store). The client closes it on Close.
+func WithOutboxQueue(q outbox.Queue) Option {
+	return func(o *options) error {
+		if q == nil {
+			return errors.New("nil outbox queue")
+		}
+		o.outboxDir, o.outboxMem, o.outboxQueue = "", false, q
+		return nil
+	}
+}
+
+// WithOutboxOptions tunes the built-in outbox: its bound (outbox.WithCapacity,
+// default 500,000 readings; outbox.WithMaxBytes), what happens when it is
+// full (default: Add fails with ErrOutboxFull; outbox.WithDropOldest drops
+// the oldest readings instead) and how often it syncs to disk
+// (outbox.WithSync, default every second; writes reach the operating system
+// before Add returns either way).
+func WithOutboxOptions(opts ...outbox.Option) Option {
+	return func(o *options) error {
+		o.outboxOpts = append(o.outboxOpts, opts...)
+		return nil
+	}
+}
+
+// WithAutoPublish publishes waiting readings every interval while connected
+// (and at once after each reconnect), so Add alone is enough. Publish may
+// still be called to flush at a moment of one's choosing.
+func WithAutoPublish(interval time.Duration) Option {
+	return func(o *options) error {
+		if interval <= 0 {
+			return errors.New("auto-publish interval must be positive")
+		}
+		o.autoPublish = interval
 		return nil
 	}
 }

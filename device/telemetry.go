@@ -2,16 +2,14 @@ package device
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
-	"strconv"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/outpost-iot/outpost/device/outbox"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
@@ -36,35 +34,71 @@ func (e *PublishError) Error() string {
 	return fmt.Sprintf("device: platform rejected batch %s (%d readings) with reason code 0x%02x", e.BatchID, e.Readings, e.ReasonCode)
 }
 
-// telemetry holds readings until the platform acknowledges them. Readings
-// are appended to an open batch; Publish seals open readings into messages
-// with a fixed batch id, so a message that is retried is byte-for-byte the
-// one sent before and the platform can recognise the redelivery.
+// telemetry holds readings until the platform acknowledges them, in an
+// outbox (device/outbox): readings are appended as they are added; Publish
+// seals them into messages with a fixed batch id, recorded in the outbox,
+// so a message that is retried — even by a restarted process — is
+// byte-for-byte the one sent before and the platform recognises the
+// redelivery.
 type telemetry struct {
 	c      *Client
-	mu     sync.Mutex
-	open   []protocol.Reading
-	sealed []sealedMsg
-	prefix string
-	seq    uint64
+	ob     outbox.Queue
 	pubMu  sync.Mutex // one Publish at a time keeps messages in order
 	kickCh chan struct{}
 	wire   *wire
 }
 
+// sealedMsg is one message on its way: the outbox's sequence number, the
+// batch id and the payload.
 type sealedMsg struct {
+	seq      uint64
 	id       string
 	payload  []byte
 	readings int
 }
 
-func (t *telemetry) init(c *Client) {
+func (t *telemetry) init(c *Client) error {
 	t.c = c
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	t.prefix = hex.EncodeToString(b[:])
 	t.kickCh = make(chan struct{}, 1)
 	t.wire = newWire(protocol.UpTopic(c.id, protocol.KindTelemetry))
+	o := c.opt
+	opts := append([]outbox.Option{
+		outbox.WithMessageLimits(o.maxBatch, protocol.MaxMessageBytes),
+		outbox.WithLogger(o.log),
+	}, o.outboxOpts...)
+	switch {
+	case o.outboxQueue != nil:
+		t.ob = o.outboxQueue
+		return nil
+	case o.outboxMem:
+		ob, err := outbox.Open(outbox.NewMemStore(), opts...)
+		if err != nil {
+			return err
+		}
+		t.ob = ob
+		return nil
+	}
+	dir := o.outboxDir
+	if dir == "" {
+		base := os.Getenv("OUTPOST_OUTBOX_DIR")
+		if base == "" {
+			cache, err := os.UserCacheDir()
+			if err != nil {
+				return fmt.Errorf("no outbox directory (set WithOutbox or OUTPOST_OUTBOX_DIR): %w", err)
+			}
+			base = filepath.Join(cache, "outpost", "outbox")
+		}
+		dir = filepath.Join(base, c.id)
+	}
+	ob, err := outbox.OpenDir(dir, opts...)
+	if err != nil {
+		return fmt.Errorf("outbox %s: %w", dir, err)
+	}
+	if rerr := ob.Recovery(); rerr != nil {
+		o.log.Warn("outbox was damaged (power cut?); the damaged records were skipped", "device_id", c.id, "dir", dir, "error", rerr)
+	}
+	t.ob = ob
+	return nil
 }
 
 func (t *telemetry) kick() {
@@ -73,6 +107,33 @@ func (t *telemetry) kick() {
 	default:
 	}
 }
+
+// autoPublish publishes every interval and after each reconnect, until
+// the client stops.
+func (c *Client) autoPublish(interval time.Duration) {
+	defer c.wg.Done()
+	tk := time.NewTicker(interval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-c.lifetime.Done():
+			return
+		case <-tk.C:
+		case <-c.tele.kickCh:
+		}
+		if !c.Connected() || c.Pending() == 0 {
+			continue
+		}
+		if err := c.Publish(c.lifetime); err != nil && c.lifetime.Err() == nil {
+			c.opt.log.Warn("auto-publish", "device_id", c.id, "error", err)
+		}
+	}
+}
+
+// ErrOutboxFull is returned by Add… when the outbox holds as many readings
+// (or bytes) as it may (WithOutboxOptions) and drops nothing: the reading
+// was not taken. Publish to make room.
+var ErrOutboxFull = outbox.ErrFull
 
 // Add queues a reading of feed stamped now.
 func (c *Client) Add(feed string, value any) error {
@@ -86,14 +147,40 @@ func (c *Client) AddAt(feed string, value any, ts time.Time) error {
 }
 
 // AddReadings queues several readings. Either all are queued or, if one is
-// invalid, none.
+// invalid, none. They are in the outbox (on disk, for the durable outbox)
+// when it returns.
 func (c *Client) AddReadings(rs ...Reading) error {
+	enc, err := encodeReadings(rs)
+	if err != nil {
+		return err
+	}
+	if err := c.tele.ob.AddReadings(enc...); err != nil {
+		return fmt.Errorf("device: %w", err)
+	}
+	return nil
+}
+
+// AddSeparated queues readings that travel in a message of their own,
+// never merged with other readings (the seeds' "separated" messages: an
+// alarm that must not wait behind a large batch, say).
+func (c *Client) AddSeparated(rs ...Reading) error {
+	enc, err := encodeReadings(rs)
+	if err != nil {
+		return err
+	}
+	if err := c.tele.ob.AddSeparated(enc...); err != nil {
+		return fmt.Errorf("device: %w", err)
+	}
+	return nil
+}
+
+func encodeReadings(rs []Reading) ([]protocol.Reading, error) {
 	now := time.Now().UnixMilli()
 	enc := make([]protocol.Reading, len(rs))
 	for i, r := range rs {
 		v, err := protocol.EncodeValue(r.Value)
 		if err != nil {
-			return fmt.Errorf("device: feed %s: %w", r.Feed, err)
+			return nil, fmt.Errorf("device: feed %s: %w", r.Feed, err)
 		}
 		ts := now
 		if !r.Time.IsZero() {
@@ -101,64 +188,58 @@ func (c *Client) AddReadings(rs ...Reading) error {
 		}
 		enc[i] = protocol.Reading{Feed: r.Feed, Value: v, TS: ts}
 		if err := protocol.ValidateReading(enc[i]); err != nil {
-			return fmt.Errorf("device: %w", err)
+			return nil, fmt.Errorf("device: %w", err)
 		}
 	}
-	c.tele.mu.Lock()
-	c.tele.open = append(c.tele.open, enc...)
-	c.tele.mu.Unlock()
-	return nil
+	return enc, nil
 }
 
 // Pending returns the number of readings not yet acknowledged by the
 // platform.
 func (c *Client) Pending() int {
-	c.tele.mu.Lock()
-	defer c.tele.mu.Unlock()
-	n := len(c.tele.open)
-	for _, m := range c.tele.sealed {
-		n += m.readings
-	}
-	return n
+	return c.tele.ob.Stats().PendingReadings
 }
 
-// seal packs the open readings into messages of at most maxBatch readings.
-func (t *telemetry) seal() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for len(t.open) > 0 {
-		n := min(len(t.open), t.c.opt.maxBatch)
-		t.seq++
-		id := t.prefix + "-" + strconv.FormatUint(t.seq, 10)
-		payload, _ := json.Marshal(protocol.Telemetry{ID: id, Readings: t.open[:n]})
-		for len(payload) > protocol.MaxMessageBytes && n > 1 {
-			n /= 2
-			payload, _ = json.Marshal(protocol.Telemetry{ID: id, Readings: t.open[:n]})
-		}
-		t.sealed = append(t.sealed, sealedMsg{id: id, payload: payload, readings: n})
-		t.open = t.open[n:]
-	}
-	if len(t.open) == 0 {
-		t.open = nil
-	}
-}
+// OutboxStats returns the outbox counters: readings waiting, added,
+// acknowledged, dropped or refused because the outbox was full, damaged
+// records skipped at start-up, and more.
+func (c *Client) OutboxStats() outbox.Stats { return c.tele.ob.Stats() }
 
 // Publish sends every queued reading and returns when the platform has
 // acknowledged (committed) all of them, or with the first error. Up to
 // WithMaxInFlight messages travel at once, in order. Readings that were not
-// acknowledged stay queued for the next Publish, in order. When the
+// acknowledged stay in the outbox for the next Publish, in order. When the
 // platform is overloaded (MQTT reason code 0x97) Publish backs off and
-// resends until ctx ends.
+// resends until ctx ends. Readings added while Publish runs wait for the
+// next one.
 func (c *Client) Publish(ctx context.Context) error {
 	t := &c.tele
 	t.pubMu.Lock()
 	defer t.pubMu.Unlock()
-	t.seal()
+	if err := t.ob.Seal(); err != nil {
+		return fmt.Errorf("device: publish: %w", err)
+	}
+	// Only what is sealed now belongs to this Publish.
+	var last uint64
+	if ms, err := t.ob.Next(0, 1<<30); err == nil && len(ms) > 0 {
+		last = ms[len(ms)-1].Seq
+	}
 	pause := retryMin
 	for {
-		t.mu.Lock()
-		msgs := slices.Clone(t.sealed)
-		t.mu.Unlock()
+		obm, err := t.ob.Next(0, 4*c.opt.maxInFlight)
+		if err != nil {
+			return fmt.Errorf("device: publish: %w", err)
+		}
+		msgs := make([]sealedMsg, 0, len(obm))
+		for _, m := range obm {
+			if m.Seq > last {
+				break
+			}
+			if m.Kind != protocol.KindTelemetry {
+				continue // other kinds are not sent from the outbox yet
+			}
+			msgs = append(msgs, sealedMsg{seq: m.Seq, id: m.BatchID, payload: m.Payload, readings: m.Readings})
+		}
 		if len(msgs) == 0 {
 			return nil
 		}
@@ -176,52 +257,27 @@ func (c *Client) Publish(ctx context.Context) error {
 			busy    bool
 			failed  error
 		)
-		acked := make([]bool, len(msgs))
-		head := 0 // msgs[:head] are acknowledged and gone from t.sealed
 		c.window(ctx, msgs, c.opt.maxInFlight, func(i int, err error) {
 			var pe *PublishError
 			switch {
 			case err == nil:
+				if aerr := t.ob.Ack(msgs[i].seq); aerr != nil && failed == nil {
+					failed = aerr
+				}
 			case errors.As(err, &pe):
 				// Dropped for good, like an acknowledged message.
 				if refused == nil {
 					refused = pe
 				}
+				_ = t.ob.Drop(msgs[i].seq)
 			case errors.Is(err, errRetryLater):
 				busy = true
-				return
 			default:
 				if failed == nil {
 					failed = err
 				}
-				return
 			}
-			acked[i] = true
-			t.mu.Lock()
-			for head < len(msgs) && acked[head] {
-				t.sealed[0] = sealedMsg{} // let the acknowledged payload be collected
-				t.sealed = t.sealed[1:]
-				head++
-			}
-			t.mu.Unlock()
 		})
-		// Messages acknowledged behind one that was not leave the queue
-		// too; the rest keep their order.
-		t.mu.Lock()
-		rest := t.sealed[:0]
-		for k, m := range t.sealed {
-			if k < len(msgs)-head && acked[head+k] {
-				continue
-			}
-			rest = append(rest, m)
-		}
-		clear(t.sealed[len(rest):])
-		t.sealed = rest
-		if len(t.sealed) == 0 {
-			t.sealed = nil
-		}
-		t.mu.Unlock()
-
 		switch {
 		case refused != nil:
 			return refused

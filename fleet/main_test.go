@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/outpost-iot/outpost/device"
 	"github.com/outpost-iot/outpost/fleet"
 	"github.com/outpost-iot/outpost/internal/outposttest"
@@ -16,7 +14,7 @@ import (
 // Every goroutine a Client starts (senders, workers, subscription readers)
 // must be gone once the tests have closed what they opened.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	outposttest.Main(m)
 }
 
 // dial connects a fleet client to p and closes it when the test ends.

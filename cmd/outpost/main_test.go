@@ -198,3 +198,7 @@ func TestCLIQueuedCall(t *testing.T) {
 		t.Fatalf("call show unknown: %v", err)
 	}
 }
+
+// TestMain keeps device outboxes in a temporary directory and checks for
+// leaked goroutines.
+func TestMain(m *testing.M) { outposttest.Main(m) }

@@ -10,14 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/outpost-iot/outpost/device"
 	"github.com/outpost-iot/outpost/internal/outposttest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	outposttest.Main(m)
 }
 
 // syncBuffer is a bytes.Buffer safe for the console's goroutines.

@@ -90,3 +90,7 @@ func TestFull(t *testing.T) {
 		}
 	}
 }
+
+// TestMain keeps device outboxes in a temporary directory and checks for
+// leaked goroutines.
+func TestMain(m *testing.M) { outposttest.Main(m) }

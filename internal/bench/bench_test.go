@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/outpost-iot/outpost/internal/outposttest"
 	"io"
 	"strings"
 	"testing"
@@ -176,3 +177,7 @@ func TestWorkload(t *testing.T) {
 		t.Fatal("group")
 	}
 }
+
+// TestMain keeps device outboxes in a temporary directory and checks for
+// leaked goroutines.
+func TestMain(m *testing.M) { outposttest.Main(m) }

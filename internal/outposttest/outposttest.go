@@ -4,6 +4,7 @@ package outposttest
 
 import (
 	"bytes"
+	"fmt"
 	"context"
 	"encoding/json"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 
 	"github.com/outpost-iot/outpost/internal/server"
 )
@@ -162,4 +165,26 @@ type tbWriter struct{ tb testing.TB }
 func (w tbWriter) Write(p []byte) (int, error) {
 	w.tb.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// Main runs a test binary's tests with device outboxes in a temporary
+// directory (OUTPOST_OUTBOX_DIR, removed afterwards) rather than the user's
+// cache directory, then checks that no goroutine outlived the tests.
+// Use it as TestMain: func TestMain(m *testing.M) { outposttest.Main(m) }.
+func Main(m *testing.M) {
+	dir, err := os.MkdirTemp("", "outpost-outbox-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "outposttest:", err)
+		os.Exit(1)
+	}
+	os.Setenv("OUTPOST_OUTBOX_DIR", dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: goroutines left after the tests: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
