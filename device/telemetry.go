@@ -230,7 +230,10 @@ func (c *Client) Publish(ctx context.Context) error {
 		case c.Err() != nil:
 			return c.Err()
 		case busy:
-			// Back off, growing the pause while the platform stays busy.
+			// Back off; the pause grows while the platform takes nothing.
+			if head > 0 {
+				pause = retryMin
+			}
 			if err := c.sleep(ctx, pause); err != nil {
 				return err
 			}

@@ -44,6 +44,7 @@ type DB struct {
 	wmu     sync.Mutex
 	devSeq  map[string]int64 // device id → devices.seq
 	feedSeq map[feedKey]int64
+	readSeq int64 // last readings.seq used (counters.readings_seq)
 }
 
 type feedKey struct {
@@ -92,6 +93,10 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	if err := db.migrate(ctx); err != nil {
 		w.Close()
 		return nil, err
+	}
+	if err := w.QueryRowContext(ctx, `SELECT value FROM counters WHERE name = 'readings_seq'`).Scan(&db.readSeq); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("sqlite: readings sequence: %w", err)
 	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
@@ -151,6 +156,28 @@ CREATE TABLE batches (
 	received_at INTEGER NOT NULL,
 	PRIMARY KEY (device_seq, batch_id)
 ) WITHOUT ROWID;
+`,
+	// readings clustered by series and time: the table is its own index
+	// (WITHOUT ROWID, key (series, ts, seq)), so an append updates one
+	// B-tree instead of the table and its (series, ts) index. seq orders
+	// readings with the same timestamp by arrival; its next value is kept
+	// in counters, updated in each append transaction.
+	`
+CREATE TABLE readings_clustered (
+	series INTEGER NOT NULL,
+	ts     INTEGER NOT NULL,
+	seq    INTEGER NOT NULL,
+	value  TEXT    NOT NULL,
+	PRIMARY KEY (series, ts, seq)
+) WITHOUT ROWID;
+INSERT INTO readings_clustered (series, ts, seq, value) SELECT series, ts, rowid, value FROM readings;
+DROP TABLE readings;
+ALTER TABLE readings_clustered RENAME TO readings;
+CREATE TABLE counters (
+	name  TEXT    PRIMARY KEY,
+	value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO counters (name, value) SELECT 'readings_seq', COALESCE(MAX(seq), 0) FROM readings;
 `,
 }
 
