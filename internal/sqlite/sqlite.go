@@ -79,7 +79,9 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 		for _, p := range append([]string{"busy_timeout(10000)", "journal_mode(WAL)", "foreign_keys(1)"}, extra...) {
 			q.Add("_pragma", p)
 		}
-		return "file:" + path + "?" + q.Encode()
+		// SQLite reads the DSN as a URI: a '#' or '?' in the path would
+		// end the file name early, so they (and '%') are escaped.
+		return "file:" + uriPath.Replace(path) + "?" + q.Encode()
 	}
 	w, err := sql.Open("sqlite", dsn("synchronous("+o.Synchronous+")", fmt.Sprintf("cache_size(-%d)", o.CacheMiB*1024))+"&_txlock=immediate")
 	if err != nil {
@@ -107,6 +109,8 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	db.r = r
 	return db, nil
 }
+
+var uriPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")
 
 // Close closes the database. Pending writes must have finished.
 func (db *DB) Close() error {
