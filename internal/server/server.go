@@ -54,7 +54,7 @@ type Config struct {
 	// writer (default 4096). When it is full, MQTT 5 devices get PUBACK
 	// 0x97 "quota exceeded" and retry later.
 	IngestQueue int
-	Logger     *slog.Logger
+	Logger      *slog.Logger
 }
 
 // Server is a running platform.
