@@ -20,7 +20,9 @@ var _ broker.AsyncHandler = (*Server)(nil)
 // join the same group. Other kinds are handled at once.
 func (s *Server) StartMessage(ctx context.Context, deviceID, kind string, payload []byte, done func(error)) (bool, error) {
 	if kind != protocol.KindTelemetry {
-		return false, s.HandleMessage(ctx, deviceID, kind, payload)
+		// ctx only bounds the wait for the ingest queue (it may be done
+		// already); other kinds are handled as HandleMessage always was.
+		return false, s.HandleMessage(context.Background(), deviceID, kind, payload)
 	}
 	s.presence.Seen(deviceID)
 	b, err := s.telemetryBatch(deviceID, payload)
