@@ -256,11 +256,13 @@ func (c *Client) Publish(ctx context.Context) error {
 			refused *PublishError
 			busy    bool
 			failed  error
+			head    int // messages acknowledged in this round
 		)
 		c.window(ctx, msgs, c.opt.maxInFlight, func(i int, err error) {
 			var pe *PublishError
 			switch {
 			case err == nil:
+				head++
 				if aerr := t.ob.Ack(msgs[i].seq); aerr != nil && failed == nil {
 					failed = aerr
 				}
@@ -286,7 +288,10 @@ func (c *Client) Publish(ctx context.Context) error {
 		case c.Err() != nil:
 			return c.Err()
 		case busy:
-			// Back off, growing the pause while the platform stays busy.
+			// Back off; the pause grows while the platform takes nothing.
+			if head > 0 {
+				pause = retryMin
+			}
 			if err := c.sleep(ctx, pause); err != nil {
 				return err
 			}

@@ -428,3 +428,49 @@ func TestConcurrentWriters(t *testing.T) {
 		t.Errorf("observer saw %d batches, want %d", got, writers*each)
 	}
 }
+
+// Submit does not wait: with the writer busy and the queue full it fails
+// at once with ErrQueueFull when its context is done, and the batches it
+// did queue are answered in queue order.
+func TestSubmitQueueFullAndOrder(t *testing.T) {
+	s := newGatedStore()
+	w := ingest.NewWriter(s, ingest.Options{QueueLen: 2})
+	defer w.Close()
+	var mu sync.Mutex
+	var order []string
+	done := func(id string) ingest.Done {
+		return func(_ outpost.AppendResult, err error) {
+			if err != nil {
+				t.Errorf("batch %s: %v", id, err)
+			}
+			mu.Lock()
+			order = append(order, id)
+			mu.Unlock()
+		}
+	}
+	noWait, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := w.Submit(noWait, &outpost.Batch{DeviceID: "d", ID: "a", Readings: reading()}, done("a")); err != nil {
+		t.Fatal(err)
+	}
+	<-s.entered // the writer is committing "a"
+	for _, id := range []string{"b", "c"} {
+		if err := w.Submit(noWait, &outpost.Batch{DeviceID: "d", ID: id, Readings: reading()}, done(id)); err != nil {
+			t.Fatalf("submit %s: %v", id, err)
+		}
+	}
+	if err := w.Submit(noWait, &outpost.Batch{DeviceID: "d", ID: "d", Readings: reading()}, done("d")); !errors.Is(err, ingest.ErrQueueFull) {
+		t.Fatalf("submit to a full queue: %v, want ErrQueueFull", err)
+	}
+	s.gate <- nil // commit "a"
+	<-s.entered   // "b" and "c" in one group
+	s.gate <- nil
+	w.Close()
+	if want := []string{"a", "b", "c"}; !slices.Equal(order, want) {
+		t.Errorf("done order %v, want %v", order, want)
+	}
+}
+
+func reading() []outpost.Reading {
+	return []outpost.Reading{{Feed: "f", TS: 1, Value: []byte("1")}}
+}

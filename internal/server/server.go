@@ -58,7 +58,11 @@ type Config struct {
 	// QueueSweep is the interval of the down queue's expiry sweep
 	// (default 1s).
 	QueueSweep time.Duration
-	Logger     *slog.Logger
+	// IngestQueue is how many telemetry batches may wait for the ingest
+	// writer (default 4096). When it is full, MQTT 5 devices get PUBACK
+	// 0x97 "quota exceeded" and retry later.
+	IngestQueue int
+	Logger      *slog.Logger
 }
 
 // Server is a running platform.
@@ -135,7 +139,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.hub = stream.NewHub(10_000)
 	s.metrics = newMetrics()
 	s.presence = presence.NewTracker(s.db, s.presenceChanged, s.log)
-	s.writer = ingest.NewWriter(s.db, ingest.Options{Observer: s, Logger: s.log})
+	s.writer = ingest.NewWriter(s.db, ingest.Options{QueueLen: cfg.IngestQueue, Observer: s, Logger: s.log})
 
 	var tlsCfg *tls.Config
 	if cfg.TLSCertFile != "" {

@@ -44,6 +44,7 @@ type DB struct {
 	wmu     sync.Mutex
 	devSeq  map[string]int64 // device id → devices.seq
 	feedSeq map[feedKey]int64
+	readSeq int64 // last readings.seq used (counters.readings_seq)
 }
 
 type feedKey struct {
@@ -78,7 +79,9 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 		for _, p := range append([]string{"busy_timeout(10000)", "journal_mode(WAL)", "foreign_keys(1)"}, extra...) {
 			q.Add("_pragma", p)
 		}
-		return "file:" + path + "?" + q.Encode()
+		// SQLite reads the DSN as a URI: a '#' or '?' in the path would
+		// end the file name early, so they (and '%') are escaped.
+		return "file:" + uriPath.Replace(path) + "?" + q.Encode()
 	}
 	w, err := sql.Open("sqlite", dsn("synchronous("+o.Synchronous+")", fmt.Sprintf("cache_size(-%d)", o.CacheMiB*1024))+"&_txlock=immediate")
 	if err != nil {
@@ -93,6 +96,10 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 		w.Close()
 		return nil, err
 	}
+	if err := w.QueryRowContext(ctx, `SELECT value FROM counters WHERE name = 'readings_seq'`).Scan(&db.readSeq); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("sqlite: readings sequence: %w", err)
+	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
 		w.Close()
@@ -102,6 +109,8 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	db.r = r
 	return db, nil
 }
+
+var uriPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")
 
 // Close closes the database. Pending writes must have finished.
 func (db *DB) Close() error {
@@ -158,6 +167,28 @@ CREATE TABLE batches (
 	// 3: the down queue: platform→device messages and queued calls (rows
 	// with a method), in one table so a device's queue has one order.
 	migrationDownQueue,
+	// 4: readings clustered by series and time: the table is its own index
+	// (WITHOUT ROWID, key (series, ts, seq)), so an append updates one
+	// B-tree instead of the table and its (series, ts) index. seq orders
+	// readings with the same timestamp by arrival; its next value is kept
+	// in counters, updated in each append transaction.
+	`
+CREATE TABLE readings_clustered (
+	series INTEGER NOT NULL,
+	ts     INTEGER NOT NULL,
+	seq    INTEGER NOT NULL,
+	value  TEXT    NOT NULL,
+	PRIMARY KEY (series, ts, seq)
+) WITHOUT ROWID;
+INSERT INTO readings_clustered (series, ts, seq, value) SELECT series, ts, rowid, value FROM readings;
+DROP TABLE readings;
+ALTER TABLE readings_clustered RENAME TO readings;
+CREATE TABLE counters (
+	name  TEXT    PRIMARY KEY,
+	value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO counters (name, value) SELECT 'readings_seq', COALESCE(MAX(seq), 0) FROM readings;
+`,
 }
 
 func (db *DB) migrate(ctx context.Context) error {

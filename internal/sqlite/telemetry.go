@@ -16,6 +16,9 @@ import (
 // statements cut the per-row cost of crossing into SQLite by about half.
 const insertChunk = 128
 
+// insertCols is the number of values per readings row.
+const insertCols = 4
+
 // AppendBatches implements outpost.TelemetryStore. All batches commit in
 // one transaction; that is what makes group commit cheap.
 func (db *DB) AppendBatches(ctx context.Context, batches []*outpost.Batch) ([]outpost.AppendResult, error) {
@@ -27,8 +30,10 @@ func (db *DB) AppendBatches(ctx context.Context, batches []*outpost.Batch) ([]ou
 		return nil, fmt.Errorf("append readings: %w", err)
 	}
 	newFeeds := []feedKey{}
+	seq0 := db.readSeq
 	fail := func(err error) ([]outpost.AppendResult, error) {
 		tx.Rollback()
+		db.readSeq = seq0
 		for _, k := range newFeeds { // their rows were rolled back
 			delete(db.feedSeq, k)
 		}
@@ -37,14 +42,14 @@ func (db *DB) AppendBatches(ctx context.Context, batches []*outpost.Batch) ([]ou
 
 	now := time.Now().UnixMilli()
 	res := make([]outpost.AppendResult, len(batches))
-	args := make([]any, 0, 3*insertChunk)
+	args := make([]any, 0, insertCols*insertChunk)
 	flush := func(all bool) error {
-		for len(args) >= 3*insertChunk || (all && len(args) > 0) {
-			n := min(len(args)/3, insertChunk)
-			if _, err := tx.ExecContext(ctx, insertSQL(n), args[:3*n]...); err != nil {
+		for len(args) >= insertCols*insertChunk || (all && len(args) > 0) {
+			n := min(len(args)/insertCols, insertChunk)
+			if _, err := tx.ExecContext(ctx, insertSQL(n), args[:insertCols*n]...); err != nil {
 				return err
 			}
-			args = append(args[:0], args[3*n:]...)
+			args = append(args[:0], args[insertCols*n:]...)
 		}
 		return nil
 	}
@@ -76,8 +81,9 @@ func (db *DB) AppendBatches(ctx context.Context, batches []*outpost.Batch) ([]ou
 				db.feedSeq[k] = series
 				newFeeds = append(newFeeds, k)
 			}
-			args = append(args, series, rd.TS, string(rd.Value))
-			if len(args) >= 3*insertChunk {
+			db.readSeq++
+			args = append(args, series, rd.TS, db.readSeq, string(rd.Value))
+			if len(args) >= insertCols*insertChunk {
 				if err := flush(false); err != nil {
 					return fail(err)
 				}
@@ -88,6 +94,11 @@ func (db *DB) AppendBatches(ctx context.Context, batches []*outpost.Batch) ([]ou
 	if err := flush(true); err != nil {
 		return fail(err)
 	}
+	if db.readSeq != seq0 {
+		if _, err := tx.ExecContext(ctx, `UPDATE counters SET value = ? WHERE name = 'readings_seq'`, db.readSeq); err != nil {
+			return fail(err)
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return fail(err)
 	}
@@ -97,7 +108,7 @@ func (db *DB) AppendBatches(ctx context.Context, batches []*outpost.Batch) ([]ou
 var insertSQLs = func() []string {
 	s := make([]string, insertChunk+1)
 	for n := 1; n <= insertChunk; n++ {
-		s[n] = "INSERT INTO readings (series, ts, value) VALUES " + strings.TrimSuffix(strings.Repeat("(?,?,?),", n), ",")
+		s[n] = "INSERT INTO readings (series, ts, seq, value) VALUES " + strings.TrimSuffix(strings.Repeat("(?,?,?,?),", n), ",")
 	}
 	return s
 }()
@@ -169,7 +180,7 @@ func (db *DB) Readings(ctx context.Context, f outpost.ReadingFilter) ([]outpost.
 	if until <= 0 {
 		until = 1<<63 - 1
 	}
-	// Each series is read through the (series, ts) index, newest first (or
+	// Each series is read through the (series, ts, seq) key, newest first (or
 	// oldest first from Since), then the per-series slices are merged.
 	order := "DESC"
 	if f.Since > 0 {
@@ -177,11 +188,11 @@ func (db *DB) Readings(ctx context.Context, f outpost.ReadingFilter) ([]outpost.
 	}
 	type row struct {
 		outpost.Reading
-		rowid int64
+		seq int64
 	}
 	var merged []row
 	for _, s := range all {
-		rows, err := db.r.QueryContext(ctx, `SELECT rowid, ts, value FROM readings WHERE series = ? AND ts >= ? AND ts < ? ORDER BY ts `+order+`, rowid `+order+` LIMIT ?`,
+		rows, err := db.r.QueryContext(ctx, `SELECT seq, ts, value FROM readings WHERE series = ? AND ts >= ? AND ts < ? ORDER BY ts `+order+`, seq `+order+` LIMIT ?`,
 			s.seq, f.Since, until, f.Limit)
 		if err != nil {
 			return nil, fmt.Errorf("readings: %w", err)
@@ -189,7 +200,7 @@ func (db *DB) Readings(ctx context.Context, f outpost.ReadingFilter) ([]outpost.
 		for rows.Next() {
 			var r row
 			var v string
-			if err := rows.Scan(&r.rowid, &r.TS, &v); err != nil {
+			if err := rows.Scan(&r.seq, &r.TS, &v); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("readings: %w", err)
 			}
@@ -205,7 +216,7 @@ func (db *DB) Readings(ctx context.Context, f outpost.ReadingFilter) ([]outpost.
 		if a.TS != b.TS {
 			return cmpInt(a.TS, b.TS)
 		}
-		return cmpInt(a.rowid, b.rowid)
+		return cmpInt(a.seq, b.seq)
 	})
 	if len(merged) > f.Limit {
 		if f.Since > 0 {

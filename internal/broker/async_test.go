@@ -1,0 +1,275 @@
+package broker_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/outpost-iot/outpost/device"
+	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/protocol"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// anyPassword accepts every device.
+type anyPassword struct{}
+
+func (anyPassword) AuthenticateDevice(context.Context, string, string) error { return nil }
+
+// heldHandler is an AsyncHandler that takes every telemetry message and
+// finishes it only when the test says so; the messages it holds are in
+// arrival order.
+type heldHandler struct {
+	mu      sync.Mutex
+	held    []held
+	started chan struct{} // a token per message taken
+}
+
+type held struct {
+	batchID string
+	done    func(error)
+}
+
+func newHeldHandler() *heldHandler { return &heldHandler{started: make(chan struct{}, 100_000)} }
+
+func (h *heldHandler) DeviceConnected(string, any)            {}
+func (h *heldHandler) DeviceDisconnected(string, any, string) {}
+func (h *heldHandler) HandleMessage(context.Context, string, string, []byte) error {
+	return nil
+}
+
+func (h *heldHandler) StartMessage(_ context.Context, _, kind string, payload []byte, done func(error)) (bool, error) {
+	if kind != protocol.KindTelemetry {
+		return false, nil
+	}
+	t, err := protocol.DecodeTelemetry(payload)
+	if err != nil {
+		return false, err
+	}
+	h.mu.Lock()
+	h.held = append(h.held, held{t.ID, done})
+	h.mu.Unlock()
+	h.started <- struct{}{}
+	return true, nil
+}
+
+// release finishes the oldest n held messages with err.
+func (h *heldHandler) release(n int, err error) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var ids []string
+	for _, m := range h.held[:n] {
+		m.done(err)
+		ids = append(ids, m.batchID)
+	}
+	h.held = h.held[n:]
+	return ids
+}
+
+func startBroker(t *testing.T, h broker.Handler) *broker.Broker {
+	t.Helper()
+	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0"}, anyPassword{}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func connect(t *testing.T, b *broker.Broker, id string, opts ...device.Option) *device.Client {
+	t.Helper()
+	c, err := device.New("mqtt://"+id+":secret@"+b.Addr().String(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func waitTokens(t *testing.T, ch <-chan struct{}, n int) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for i := 0; i < n; i++ {
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("%d of %d messages reached the handler", i, n)
+		}
+	}
+}
+
+// The broker keeps reading a connection while its messages wait for their
+// commit, and acknowledges each only when the handler is done: Publish
+// does not return before, and the device holds the readings until then.
+func TestAcknowledgedOnlyWhenDone(t *testing.T) {
+	h := newHeldHandler()
+	b := startBroker(t, h)
+	c := connect(t, b, "dev-held", device.WithMaxBatch(1), device.WithMaxInFlight(8))
+	for i := range 20 {
+		if err := c.Add("n", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- c.Publish(context.Background()) }()
+
+	// Eight messages reach the handler though none is acknowledged yet.
+	waitTokens(t, h.started, 8)
+	select {
+	case err := <-errc:
+		t.Fatalf("Publish returned (%v) before any message was committed", err)
+	default:
+	}
+	if n := c.Pending(); n != 20 {
+		t.Errorf("Pending = %d while nothing is acknowledged, want 20", n)
+	}
+	var order []string
+	for released := 0; released < 20; {
+		order = append(order, h.release(1, nil)...)
+		released++
+		if released <= 20-8 {
+			waitTokens(t, h.started, 1) // the window moves on by one
+		}
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Publish did not return after every message was done")
+	}
+	if n := c.Pending(); n != 0 {
+		t.Errorf("Pending = %d after Publish, want 0", n)
+	}
+	checkSequence(t, order, 20)
+}
+
+// checkSequence checks that batch ids PREFIX-1 … PREFIX-n arrived once
+// each, in order.
+func checkSequence(t *testing.T, ids []string, n int) {
+	t.Helper()
+	if len(ids) != n {
+		t.Fatalf("%d batches, want %d", len(ids), n)
+	}
+	for i, id := range ids {
+		k := strings.LastIndexByte(id, '-')
+		seq, err := strconv.Atoi(id[k+1:])
+		if err != nil || seq != i+1 {
+			t.Fatalf("batch %d is %q, want sequence number %d (order lost)", i, id, i+1)
+		}
+	}
+}
+
+// finishingHandler finishes messages in arrival order from its own
+// goroutine, like the ingest writer; every overloadEvery-th message (when
+// set) is refused with ErrOverloaded instead of taken.
+type finishingHandler struct {
+	heldHandler
+	overloadEvery int
+	n             int
+	mu2           sync.Mutex
+	taken         map[string]int
+	order         []string
+	refused       int
+}
+
+func (h *finishingHandler) StartMessage(ctx context.Context, id, kind string, payload []byte, done func(error)) (bool, error) {
+	h.mu2.Lock()
+	h.n++
+	if h.overloadEvery > 0 && h.n%h.overloadEvery == 0 {
+		h.refused++
+		h.mu2.Unlock()
+		return false, fmt.Errorf("queue: %w", broker.ErrOverloaded)
+	}
+	h.mu2.Unlock()
+	t, err := protocol.DecodeTelemetry(payload)
+	if err != nil {
+		return false, err
+	}
+	h.mu2.Lock()
+	h.taken[t.ID]++
+	h.order = append(h.order, t.ID)
+	h.mu2.Unlock()
+	return h.heldHandler.StartMessage(ctx, id, kind, payload, done)
+}
+
+// Many messages in flight on one connection, finished asynchronously:
+// they reach the handler in the device's order and none is lost; with
+// some refused as overloaded (0x97) the device backs off and resends them,
+// and each batch is taken exactly once.
+func TestWindowOrderAndBackPressure(t *testing.T) {
+	for _, every := range []int{0, 7} {
+		t.Run(fmt.Sprintf("overload-every-%d", every), func(t *testing.T) {
+			h := &finishingHandler{heldHandler: *newHeldHandler(), overloadEvery: every, taken: map[string]int{}}
+			b := startBroker(t, h)
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() { // the "writer": finishes what is held, in order
+				defer wg.Done()
+				for {
+					select {
+					case <-h.started:
+						h.release(1, nil)
+					case <-stop:
+						return
+					}
+				}
+			}()
+			defer func() { close(stop); wg.Wait() }()
+
+			n := 600
+			if every > 0 {
+				n = 200 // each refusal costs the device a pause
+			}
+			c := connect(t, b, "dev-window", device.WithMaxBatch(1), device.WithMaxInFlight(32))
+			for i := range n {
+				if err := c.Add("n", i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			if err := c.Publish(ctx); err != nil {
+				t.Fatalf("Publish: %v", err)
+			}
+			h.mu2.Lock()
+			defer h.mu2.Unlock()
+			if every > 0 && h.refused == 0 {
+				t.Fatal("no message was refused as overloaded")
+			}
+			if len(h.taken) != n {
+				t.Fatalf("%d distinct batches taken, want %d", len(h.taken), n)
+			}
+			for id, k := range h.taken {
+				if k != 1 {
+					t.Errorf("batch %s taken %d times", id, k)
+				}
+			}
+			if every == 0 {
+				checkSequence(t, h.order, n)
+			}
+			if st := b.Stats(); every > 0 && st.Overloaded.Load() != int64(h.refused) {
+				t.Errorf("broker counted %d overloaded, handler refused %d", st.Overloaded.Load(), h.refused)
+			}
+		})
+	}
+}
