@@ -35,7 +35,10 @@ func TestNewEndpoints(t *testing.T) {
 		{url: "mqtt://d-1:s@localhost", opts: []device.Option{device.WithCAFile("/does/not/exist")}, wantErr: "CA file"},
 		{url: "mqtt://d-1:s@localhost", opts: []device.Option{device.WithMaxBatch(0)}, wantErr: "max batch"},
 	} {
-		_, err := device.New(tc.url, tc.opts...)
+		c, err := device.New(tc.url, append(tc.opts, device.WithMemoryOutbox())...)
+		if c != nil {
+			c.Close()
+		}
 		if tc.wantErr == "" && err != nil {
 			t.Errorf("New(%q) = %v", tc.url, err)
 		}
@@ -46,10 +49,11 @@ func TestNewEndpoints(t *testing.T) {
 }
 
 func TestAddValidates(t *testing.T) {
-	c, err := device.New("mqtt://d-1:secret@localhost")
+	c, err := device.New("mqtt://d-1:secret@localhost", device.WithMemoryOutbox())
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.Close()
 	for _, v := range []any{1, int64(-3), 2.5, float32(1.5), true, "ok", uint8(7)} {
 		if err := c.Add("f", v); err != nil {
 			t.Errorf("Add(%T %v) = %v", v, v, err)
