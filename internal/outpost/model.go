@@ -35,22 +35,25 @@ type Parameters struct {
 	Version  int64                      `json:"version"`
 	Desired  map[string]json.RawMessage `json:"desired"`
 	Reported map[string]json.RawMessage `json:"reported"`
-	// Delivery, after a change, is "sent" when the change went out to the
-	// device (or into its queue) and "offline" when it did not; the device
-	// then gets the full set when it pulls its parameters.
+	// Delivery, after a change, is the state of the change's message in
+	// the down queue ("sent", or "queued" for a connected PULL device), or
+	// "offline": the device gets the full set when it next connects.
 	Delivery string `json:"delivery,omitempty"`
 }
 
 // FeedCommand is a value an application set on an IN_OUT feed.
 type FeedCommand struct {
 	ID string `json:"id"`
-	// MessageID identifies the message to the device (in the queue, once
-	// there is one).
-	MessageID string          `json:"message_id"`
-	DeviceID  string          `json:"device_id"`
-	Feed      string          `json:"feed"`
-	Value     json.RawMessage `json:"value"`
-	IssuedAt  int64           `json:"issued_at"` // ms
+	// MessageID identifies the command's message in the down queue
+	// (GET /api/v1/devices/{id}/queue shows its state later).
+	MessageID string `json:"message_id"`
+	// State is the queued message's state when the command was issued:
+	// queued (the device is offline or pulls), or sent.
+	State    State           `json:"state"`
+	DeviceID string          `json:"device_id"`
+	Feed     string          `json:"feed"`
+	Value    json.RawMessage `json:"value"`
+	IssuedAt int64           `json:"issued_at"` // ms
 }
 
 // Kinds of DeviceEvent.

@@ -20,29 +20,26 @@ import (
 )
 
 // DownSender sends a message to a device on its down/{kind} topic. The
-// command queue implements it (delivering in order on connect or pull, and
-// dropping what outlives ttl); until it is wired in, directSender publishes
-// to online devices only.
+// down queue implements it (queueSender): delivered at once to a connected
+// PUSH device, otherwise kept until the device connects or pulls, and
+// dropped (state expired) when it outlives ttl.
 type DownSender interface {
-	// SendDown sends or queues payload and returns the message's id.
-	// Returns EOFFLINE when the message cannot be delivered or queued.
-	SendDown(ctx context.Context, deviceID, kind string, payload []byte, ttl time.Duration) (id string, err error)
+	// SendDown queues payload and returns the queued message's id and
+	// state (queued, or sent when the device is connected in PUSH mode).
+	SendDown(ctx context.Context, deviceID, kind string, payload []byte, ttl time.Duration) (id string, state outpost.State, err error)
 }
 
-// directSender publishes at once through the embedded broker, and fails
-// with EOFFLINE for a device that is not connected.
-type directSender struct{ s *Server }
+// queueSender puts down messages in the persistent down queue.
+type queueSender struct{ s *Server }
 
-var _ DownSender = directSender{}
+var _ DownSender = queueSender{}
 
-func (d directSender) SendDown(ctx context.Context, deviceID, kind string, payload []byte, ttl time.Duration) (string, error) {
-	if !d.s.presence.Online(deviceID) {
-		return "", outpost.Errorf(outpost.EOFFLINE, "device %s is offline", deviceID)
+func (d queueSender) SendDown(ctx context.Context, deviceID, kind string, payload []byte, ttl time.Duration) (string, outpost.State, error) {
+	m, err := d.s.queue.Enqueue(ctx, deviceID, kind, payload, ttl)
+	if err != nil {
+		return "", "", err
 	}
-	if err := d.s.broker.PublishToDevice(deviceID, kind, payload); err != nil {
-		return "", outpost.Errorf(outpost.EUNAVAILABLE, "send to device %s: %v", deviceID, err)
-	}
-	return newMessageID(), nil
+	return m.ID, m.State, nil
 }
 
 func newMessageID() string {
@@ -75,7 +72,7 @@ type modelState struct {
 }
 
 func newModelState(s *Server) *modelState {
-	m := &modelState{s: s, down: directSender{s}, feeds: map[string]map[string]outpost.Feed{}, rejected: map[string]map[string]int64{}}
+	m := &modelState{s: s, down: queueSender{s}, feeds: map[string]map[string]outpost.Feed{}, rejected: map[string]map[string]int64{}}
 	m.rejectedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "outpost_device_rejected_total",
 		Help: "Device messages or items (readings, feeds, attributes, …) rejected, by message kind and error code."}, []string{"kind", "code"})
 	s.metrics.reg.MustRegister(m.rejectedTotal)
@@ -536,11 +533,11 @@ func (v *service) SetFeedValue(ctx context.Context, id, ref string, value json.R
 	}
 	cmd := protocol.FeedCommand{ID: newMessageID(), Feed: ref, Value: compact(value), T: time.Now().UnixMilli()}
 	b, _ := json.Marshal(cmd)
-	mid, err := v.s.model.down.SendDown(ctx, id, protocol.KindFeed, b, ttl)
+	mid, state, err := v.s.model.down.SendDown(ctx, id, protocol.KindFeed, b, ttl)
 	if err != nil {
 		return nil, err
 	}
-	return &outpost.FeedCommand{ID: cmd.ID, MessageID: mid, DeviceID: id, Feed: ref, Value: cmd.Value, IssuedAt: cmd.T}, nil
+	return &outpost.FeedCommand{ID: cmd.ID, MessageID: mid, State: state, DeviceID: id, Feed: ref, Value: cmd.Value, IssuedAt: cmd.T}, nil
 }
 
 // UpdateParameters changes a device's desired parameters (null removes a
@@ -583,9 +580,17 @@ func (v *service) UpdateParameters(ctx context.Context, id string, changes map[s
 		return nil, err
 	}
 	b, _ := json.Marshal(protocol.ParametersUpdate{Version: p.Version, Values: vals})
-	p.Delivery = "sent"
-	if _, err := m.down.SendDown(ctx, id, protocol.KindParameters, b, parametersTTL); err != nil {
-		p.Delivery = "offline"
+	// A connected device gets the change through the down queue (at once
+	// in PUSH mode, with its next pull in PULL mode). A device that is
+	// away is not sent changes: it asks for the full set when it connects.
+	p.Delivery = "offline"
+	if v.s.presence.Online(id) {
+		_, state, err := m.down.SendDown(ctx, id, protocol.KindParameters, b, parametersTTL)
+		if err != nil {
+			v.s.log.Warn("queue parameter change", "device_id", id, "error", err)
+		} else {
+			p.Delivery = string(state)
+		}
 	}
 	return p, nil
 }

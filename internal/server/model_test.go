@@ -254,8 +254,34 @@ func TestFeedCommand(t *testing.T) {
 		p.Do(t, "GET", "/api/v1/devices/"+d.ID, nil, &dev)
 		return !dev.Online
 	})
-	if st, b, _ := api(p, "POST", "/api/v1/devices/"+d.ID+"/feeds/switch/value", `{"value":false}`); st != http.StatusConflict || !strings.Contains(string(b), "device_offline") {
-		t.Fatalf("offline: %d %s", st, b)
+	// A command for a device that is away waits in the down queue and is
+	// delivered when it connects again.
+	var queued struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}
+	if st := p.Do(t, "POST", "/api/v1/devices/"+d.ID+"/feeds/switch/value", map[string]any{"value": false}, &queued); st != http.StatusAccepted || queued.State != "queued" {
+		t.Fatalf("offline: %d %+v, want 202 queued", st, queued)
+	}
+	c2, err := device.New(d.URL, device.WithLogger(outposttest.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c2.Close() })
+	c2.HandleFeed("switch", func(ctx context.Context, cmd device.FeedCommand) error {
+		got <- cmd
+		return nil
+	})
+	if err := c2.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case cmd := <-got:
+		if cmd.ID != queued.ID || string(cmd.Value) != "false" {
+			t.Fatalf("queued command = %+v, want %s", cmd, queued.ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("queued feed command not delivered on reconnect")
 	}
 }
 
