@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +39,11 @@ type IngestConfig struct {
 	// MemProfile, if set, receives a heap profile taken at the end of the
 	// platform run.
 	MemProfile string
+	// DeviceOutbox is where the SDK devices keep readings until the
+	// platform acknowledges them: "memory" (default; the figure measures
+	// the platform) or "disk" (each device's durable outbox in a temporary
+	// directory, as deployed devices use it).
+	DeviceOutbox string
 }
 
 // observedGroupCap bounds the readings replayed in the raw-store run that
@@ -51,7 +59,9 @@ type IngestResult struct {
 	Readings  int     `json:"readings"`
 	Batch     int     `json:"batch"`
 	Sync      string  `json:"sync"`
-	Messages  int     `json:"messages"`
+	// DeviceOutbox is where the SDK devices kept unacknowledged readings.
+	DeviceOutbox string `json:"device_outbox"`
+	Messages     int    `json:"messages"`
 	// PayloadBytesAvg is the mean size of one telemetry message.
 	PayloadBytesAvg float64 `json:"payload_bytes_avg"`
 
@@ -116,6 +126,7 @@ func ingestMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.IntVar(&cfg.Readings, "readings", 200_000, "readings in total, spread over the devices")
 	fs.IntVar(&cfg.Batch, "batch", 50, "readings per message (device.WithMaxBatch)")
 	fs.StringVar(&cfg.Sync, "sync", "normal", "SQLite synchronous mode: normal or full")
+	fs.StringVar(&cfg.DeviceOutbox, "device-outbox", "memory", "where SDK devices keep unacknowledged readings: memory or disk")
 	fs.IntVar(&cfg.RawWindow, "raw-window", 16, "QoS 1 messages in flight per publisher in the raw broker run")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "give up after this long")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (platform and raw runs) to this file")
@@ -141,7 +152,12 @@ func ingestMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 func (c *IngestConfig) validate() error {
 	c.Sync = strings.ToLower(c.Sync)
+	if c.DeviceOutbox == "" {
+		c.DeviceOutbox = "memory"
+	}
 	switch {
+	case c.DeviceOutbox != "memory" && c.DeviceOutbox != "disk":
+		return fmt.Errorf("bench ingest: --device-outbox must be memory or disk, not %q", c.DeviceOutbox)
 	case c.Devices < 1 || c.Devices > maxDevices:
 		return fmt.Errorf("bench ingest: --devices must be between 1 and %d", maxDevices)
 	case c.Readings < c.Devices || c.Readings > maxReadings:
@@ -166,7 +182,7 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 	defer cancel()
 	began := time.Now()
 	pr := progress{log}
-	res := &IngestResult{Benchmark: "ingest", Machine: machine(), Devices: cfg.Devices, Readings: cfg.Readings, Batch: cfg.Batch, Sync: cfg.Sync}
+	res := &IngestResult{Benchmark: "ingest", Machine: machine(), Devices: cfg.Devices, Readings: cfg.Readings, Batch: cfg.Batch, Sync: cfg.Sync, DeviceOutbox: cfg.DeviceOutbox}
 
 	if err := phase(ctx, "platform", func(ctx context.Context) error { return ingestPlatform(ctx, cfg, res, pr) }); err != nil {
 		return nil, timeoutHint(ctx, cfg.Timeout, err)
@@ -296,9 +312,18 @@ func ingestPlatform(ctx context.Context, cfg IngestConfig, res *IngestResult, pr
 			}
 		}
 	}()
-	pr.printf("connecting %d SDK devices", cfg.Devices)
+	outboxDir, err := os.MkdirTemp("", "outpost-bench-outbox-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(outboxDir)
+	pr.printf("connecting %d SDK devices (outbox: %s)", cfg.Devices, cfg.DeviceOutbox)
 	err = forEach(ctx, cfg.Devices, 16, func(ctx context.Context, i int) error {
-		c, err := device.New(devs[i].URL, device.WithMaxBatch(cfg.Batch))
+		ob := device.WithMemoryOutbox()
+		if cfg.DeviceOutbox == "disk" {
+			ob = device.WithOutbox(filepath.Join(outboxDir, strconv.Itoa(i)))
+		}
+		c, err := device.New(devs[i].URL, device.WithMaxBatch(cfg.Batch), ob)
 		if err != nil {
 			return err
 		}
@@ -594,8 +619,8 @@ func timeoutHint(ctx context.Context, timeout time.Duration, err error) error {
 func printIngest(w io.Writer, r *IngestResult) {
 	fmt.Fprintf(w, "Outpost ingest benchmark\n")
 	fmt.Fprintf(w, "machine:  %s\n", r.Machine)
-	fmt.Fprintf(w, "workload: %d devices, %s readings (%s each), up to %d readings per message: %s messages of %.0f bytes on average; SQLite synchronous=%s\n\n",
-		r.Devices, group(r.Readings), group(share(r.Readings, r.Devices, 0)), r.Batch, group(r.Messages), r.PayloadBytesAvg, strings.ToUpper(r.Sync))
+	fmt.Fprintf(w, "workload: %d devices, %s readings (%s each), up to %d readings per message: %s messages of %.0f bytes on average; SQLite synchronous=%s; device outbox in %s\n\n",
+		r.Devices, group(r.Readings), group(share(r.Readings, r.Devices, 0)), r.Batch, group(r.Messages), r.PayloadBytesAvg, strings.ToUpper(r.Sync), r.DeviceOutbox)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "\treadings/s\tmessages/s\tseconds\tplatform / this\t\n")
 	row := func(name string, rps, mps, secs float64) {

@@ -203,7 +203,7 @@ func rpcPlatform(ctx context.Context, cfg RPCConfig, res *RPCResult, pr progress
 	}()
 	pr.printf("connecting %d SDK devices with an echo handler", cfg.Devices)
 	err = forEach(ctx, cfg.Devices, 16, func(ctx context.Context, i int) error {
-		c, err := device.New(devs[i].URL)
+		c, err := device.New(devs[i].URL, device.WithMemoryOutbox())
 		if err != nil {
 			return err
 		}

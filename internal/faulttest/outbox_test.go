@@ -1,0 +1,101 @@
+package faulttest
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/outpost-iot/outpost/device"
+	"github.com/outpost-iot/outpost/device/outbox"
+	"github.com/outpost-iot/outpost/internal/outposttest"
+)
+
+// TestOutboxFull is fault test 4: a device fills its outbox past its bound
+// while offline. By default the reading that does not fit is refused with
+// ErrOutboxFull and everything already taken survives a restart and is
+// delivered once; with drop-oldest the oldest readings make room, are
+// counted, and the newest are delivered.
+func TestOutboxFull(t *testing.T) {
+	const bound = 1000
+	p := outposttest.Start(t)
+	for _, tc := range []struct {
+		name      string
+		opts      []outbox.Option
+		add       int
+		wantFirst int // first value the platform must hold
+	}{
+		{name: "refuse", add: bound + 200, wantFirst: 0},
+		{name: "drop-oldest", opts: []outbox.Option{outbox.WithDropOldest()}, add: bound + 500, wantFirst: 500},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := p.CreateDevice(t, "full-"+tc.name)
+			dir := t.TempDir()
+			opts := []device.Option{device.WithOutbox(dir), device.WithOutboxOptions(append([]outbox.Option{outbox.WithCapacity(bound)}, tc.opts...)...)}
+			c, err := device.New(d.URL, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			refused := 0
+			for j := range tc.add {
+				err := c.AddReadings(reading(j))
+				switch {
+				case err == nil:
+				case errors.Is(err, device.ErrOutboxFull):
+					refused++
+				default:
+					t.Fatalf("add %d: %v", j, err)
+				}
+			}
+			st := c.OutboxStats()
+			if c.Pending() != bound {
+				t.Fatalf("pending = %d, want the bound %d", c.Pending(), bound)
+			}
+			if tc.wantFirst == 0 && (refused != tc.add-bound || st.Refused != uint64(refused)) {
+				t.Fatalf("refused %d (stats %d), want %d", refused, st.Refused, tc.add-bound)
+			}
+			if tc.wantFirst > 0 && (refused != 0 || st.DroppedReadings != uint64(tc.add-bound)) {
+				t.Fatalf("refused %d, dropped %d; want 0 and %d", refused, st.DroppedReadings, tc.add-bound)
+			}
+			c.Close()
+
+			// A new process on the same outbox finds it intact.
+			c, err = device.New(d.URL, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if c.Pending() != bound {
+				t.Fatalf("after restart pending = %d, want %d", c.Pending(), bound)
+			}
+			if st := c.OutboxStats(); st.Corrupt != 0 {
+				t.Fatalf("outbox reports %d corrupt records", st.Corrupt)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := c.Connect(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Publish(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				Readings []struct {
+					Value int `json:"value"`
+				} `json:"readings"`
+			}
+			p.Do(t, "GET", "/api/v1/devices/"+d.ID+"/telemetry?feed=seq&since=1&limit=5000", nil, &got)
+			if len(got.Readings) != bound {
+				t.Fatalf("platform holds %d readings, want %d", len(got.Readings), bound)
+			}
+			for k, r := range got.Readings {
+				if r.Value != tc.wantFirst+k {
+					t.Fatalf("reading %d = %d, want %d", k, r.Value, tc.wantFirst+k)
+				}
+			}
+		})
+	}
+}
+
+// The PULL round trip with expired commands (fault test 5) lives with the
+// queue's end-to-end tests: internal/server/queue_test.go TestPullDevice.
