@@ -138,11 +138,12 @@ func cycle(ctx context.Context, cfg config, dir string, n int, s *sensor, log *s
 	}
 	defer c.Close() // waits for the handlers; unsent readings stay on disk
 
-	// Take readings before connecting: they are on disk as soon as Add
-	// returns, whether or not the platform can be reached.
-	now := time.Now()
+	// Take readings, spread over the last interval as if sampled while
+	// asleep, before connecting: they are on disk as soon as Add returns,
+	// whether or not the platform can be reached.
+	now, step := time.Now(), s.getInterval()/time.Duration(max(cfg.Readings, 1))
 	for i := range cfg.Readings {
-		ts := now.Add(-time.Duration(cfg.Readings-1-i) * time.Second)
+		ts := now.Add(-time.Duration(cfg.Readings-1-i) * step).Truncate(time.Millisecond)
 		temp := math.Round((18+3*math.Sin(float64(ts.Unix())/600))*100) / 100
 		if err := c.AddAt("temperature", temp, ts); err != nil {
 			return fmt.Errorf("add reading: %w", err)
