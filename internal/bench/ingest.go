@@ -112,8 +112,15 @@ type IngestResult struct {
 	RawStoreObservedBatches      int     `json:"raw_store_observed_group_batches"`
 	RawStoreObservedReadings     int     `json:"raw_store_observed_group_readings"`
 
-	// Ratio = readings_per_s / min(raw_broker_readings_per_s,
-	// raw_store_readings_per_s).
+	// RawBrokerBestReadingsPerS is the faster of the raw broker runs (to a
+	// subscriber, or to a hook that only counts): the broker's limit used
+	// in Ratio.
+	RawBrokerBestReadingsPerS float64 `json:"raw_broker_best_readings_per_s"`
+	// RawStoreBestReadingsPerS is the faster of the two raw store runs:
+	// the store's limit used in Ratio.
+	RawStoreBestReadingsPerS float64 `json:"raw_store_best_readings_per_s"`
+	// Ratio = readings_per_s / min(raw_broker_best_readings_per_s,
+	// raw_store_best_readings_per_s).
 	Ratio        float64 `json:"ratio"`
 	MaxRSSMiB    float64 `json:"max_rss_mib"`
 	TotalSeconds float64 `json:"total_seconds"`
@@ -266,7 +273,11 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 	res.RawStoreObservedBatches = per
 	res.RawStoreObservedReadings = ro.readings
 
-	if lim := min(res.RawBrokerReadingsPerS, res.RawStoreReadingsPerS); lim > 0 {
+	// The raw store limit is the faster of the two ways of inserting, so
+	// the ratio never flatters the platform.
+	res.RawStoreBestReadingsPerS = max(res.RawStoreReadingsPerS, res.RawStoreObservedReadingsPerS)
+	res.RawBrokerBestReadingsPerS = max(res.RawBrokerReadingsPerS, res.RawBrokerHookReadingsPerS)
+	if lim := min(res.RawBrokerBestReadingsPerS, res.RawStoreBestReadingsPerS); lim > 0 {
 		res.Ratio = round(res.ReadingsPerS/lim, 3)
 	}
 	res.MaxRSSMiB = maxRSSMiB()
@@ -647,7 +658,7 @@ func printIngest(w io.Writer, r *IngestResult) {
 	row(fmt.Sprintf("raw store, %.0f readings/tx", r.RawStoreReadingsPerCommit), r.RawStoreReadingsPerS, 0, r.RawStoreSeconds)
 	row(fmt.Sprintf("raw store, %d batches/tx (as platform)", r.RawStoreObservedBatches), r.RawStoreObservedReadingsPerS, 0, 0)
 	tw.Flush()
-	fmt.Fprintf(w, "\nratio = platform / min(raw broker, raw store) = %.3f\n", r.Ratio)
+	fmt.Fprintf(w, "\nratio = platform / min(fastest raw broker, fastest raw store) = %.3f\n", r.Ratio)
 	fmt.Fprintf(w, "platform commits: %s (%.2f batches, %.1f readings each); ingest writer busy %.0f%% of the run\n",
 		group(r.Commits), r.BatchesPerCommit, r.ReadingsPerCommit, 100*r.WriterBusy)
 	fmt.Fprintf(w, "verified: %s readings stored, every timestamp and value checked through the API\n", group(r.Stored))
