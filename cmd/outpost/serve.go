@@ -30,6 +30,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.DurationVar(&cfg.KeepAliveMin, "keepalive-min", 5*time.Second, "shortest MQTT keep-alive the platform grants a device")
 	fs.DurationVar(&cfg.KeepAliveMax, "keepalive-max", 10*time.Minute, "longest MQTT keep-alive the platform grants a device")
+	fs.IntVar(&cfg.DeviceRate, "device-rate", 0, "telemetry readings per second one device may send (0: no limit); a device over it is told to retry later")
+	fs.IntVar(&cfg.DeviceBurst, "device-burst", 0, "burst of readings allowed above --device-rate (default: one second's worth)")
 	fs.DurationVar(&cfg.KeepAliveDefault, "keepalive", 60*time.Second, "keep-alive for devices that propose none; a device silent for two intervals is dropped")
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err

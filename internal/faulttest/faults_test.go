@@ -35,7 +35,7 @@ type streamer struct {
 
 func startStreamer(t *testing.T, ctx context.Context, url string, n, chunk int, pace func(i int), opts ...device.Option) *streamer {
 	t.Helper()
-	c, err := device.New(url, append([]device.Option{device.WithReconnectBackoff(20*time.Millisecond, 200*time.Millisecond)}, opts...)...)
+	c, err := device.New(url, append([]device.Option{device.WithOutbox(t.TempDir()), device.WithReconnectBackoff(20*time.Millisecond, 200*time.Millisecond)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -138,3 +138,35 @@ func TestMQTT311PipelinedTelemetry(t *testing.T) {
 	}
 	checkExactlyOnce(t, d.Name, storedValues(t, p, d.ID), n)
 }
+
+// A device over its rate limit is told to retry later (MQTT 5 0x97); it
+// backs off and resends, so every reading is stored exactly once and the
+// platform counts the refusals.
+func TestDeviceRateLimit(t *testing.T) {
+	p := outposttest.Start(t, func(c *server.Config) { c.DeviceRate, c.DeviceBurst = 400, 100 })
+	d := p.CreateDevice(t, "chatty")
+	c, err := device.New(d.URL, device.WithMaxBatch(50), device.WithMemoryOutbox())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const n = 600
+	base := time.UnixMilli(1_700_000_000_000)
+	for i := range n {
+		if err := c.AddAt("n", i, base.Add(time.Duration(i)*time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkExactlyOnce(t, "rate-limited device", storedValues(t, p, d.ID), n)
+	if got := metric(t, p, "outpost_telemetry_rate_limited_total"); got < 1 {
+		t.Fatalf("outpost_telemetry_rate_limited_total = %v, want refusals counted", got)
+	}
+}

@@ -21,6 +21,7 @@ type metrics struct {
 	batchesStored    prometheus.Counter
 	batchesDuplicate prometheus.Counter
 	ingestOverloaded prometheus.Counter
+	rateLimited      prometheus.Counter
 	commitSeconds    prometheus.Histogram
 	deviceErrors     *prometheus.CounterVec
 	devicesCreated   prometheus.Counter
@@ -35,6 +36,7 @@ func newMetrics() *metrics {
 	m.readingsRejected = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_readings_rejected_total", Help: "Readings rejected as invalid (the device got an error reply)."})
 	m.batchesStored = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_batches_stored_total", Help: "Telemetry batches committed."})
 	m.batchesDuplicate = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_batches_duplicate_total", Help: "Redelivered telemetry batches recognised by id and not stored again."})
+	m.rateLimited = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_telemetry_rate_limited_total", Help: "Telemetry messages refused because their device exceeded its rate limit (the device retries)."})
 	m.ingestOverloaded = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_ingest_overloaded_total", Help: "Telemetry messages refused because the ingest queue was full (the device retries)."})
 	m.commitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "outpost_ingest_commit_seconds", Help: "Duration of one group commit.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)})
 	m.deviceErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "outpost_device_error_replies_total", Help: "Error replies sent to devices, by code."}, []string{"code"})
@@ -42,7 +44,7 @@ func newMetrics() *metrics {
 	m.rpcCalls = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "outpost_rpc_calls_total", Help: "RPC calls by outcome."}, []string{"outcome"})
 	m.rpcSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "outpost_rpc_duration_seconds", Help: "Round trip of successful RPC calls.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
 	m.rpcLate = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_rpc_late_responses_total", Help: "RPC responses that arrived after their caller gave up."})
-	m.reg.MustRegister(m.readingsStored, m.readingsRejected, m.batchesStored, m.batchesDuplicate, m.ingestOverloaded, m.commitSeconds,
+	m.reg.MustRegister(m.readingsStored, m.readingsRejected, m.batchesStored, m.batchesDuplicate, m.ingestOverloaded, m.rateLimited, m.commitSeconds,
 		m.deviceErrors, m.devicesCreated, m.rpcCalls, m.rpcSeconds, m.rpcLate,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

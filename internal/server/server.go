@@ -62,7 +62,13 @@ type Config struct {
 	// writer (default 4096). When it is full, MQTT 5 devices get PUBACK
 	// 0x97 "quota exceeded" and retry later.
 	IngestQueue int
-	Logger      *slog.Logger
+	// DeviceRate bounds the telemetry readings one device may send per
+	// second (0: no limit), with bursts of up to DeviceBurst readings
+	// (default one second's worth). A device over its rate gets MQTT 5
+	// PUBACK 0x97 "quota exceeded" (MQTT 3.1.1: an "overloaded" error reply
+	// and the connection closed) and resends later; nothing is dropped.
+	DeviceRate, DeviceBurst int
+	Logger                  *slog.Logger
 }
 
 // Server is a running platform.
@@ -72,6 +78,7 @@ type Server struct {
 	db       *sqlite.DB
 	broker   *broker.Broker
 	writer   *ingest.Writer
+	limiter  *rateLimiter // nil: no per-device rate limit
 	relay    *rpc.Relay
 	queue    *queue.Queue
 	presence *presence.Tracker
@@ -139,6 +146,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.hub = stream.NewHub(10_000)
 	s.metrics = newMetrics()
 	s.presence = presence.NewTracker(s.db, s.presenceChanged, s.log)
+	s.limiter = newRateLimiter(cfg.DeviceRate, cfg.DeviceBurst)
 	s.writer = ingest.NewWriter(s.db, ingest.Options{QueueLen: cfg.IngestQueue, Observer: s, Logger: s.log})
 
 	var tlsCfg *tls.Config

@@ -53,6 +53,10 @@ func (s *Server) telemetryBatch(ctx context.Context, deviceID string, payload []
 		s.metrics.readingsRejected.Inc()
 		return nil, s.reject(deviceID, protocol.KindTelemetry, "", err)
 	}
+	if !s.limiter.allow(deviceID, len(t.Readings), time.Now()) {
+		s.metrics.rateLimited.Inc()
+		return nil, fmt.Errorf("telemetry: device %s over its rate limit: %w", deviceID, broker.ErrOverloaded)
+	}
 	feeds, err := s.model.feedsOf(ctx, deviceID)
 	if err != nil {
 		return nil, err // transient: the device resends
