@@ -182,7 +182,10 @@ func (c *Client) PullParameters(ctx context.Context) error {
 }
 
 // SendEvent sends an event with JSON-encodable data (nil for none); the
-// platform stores it and streams it to applications.
+// platform stores it and streams it to applications. The event goes into
+// the outbox first (durable, in order with readings), then SendEvent
+// publishes everything waiting; if that fails the event stays in the
+// outbox for the next Publish.
 func (c *Client) SendEvent(ctx context.Context, name string, data any) error {
 	e := protocol.Event{Name: name, T: time.Now().UnixMilli()}
 	if data != nil {
@@ -195,17 +198,29 @@ func (c *Client) SendEvent(ctx context.Context, name string, data any) error {
 	if _, err := protocol.DecodeEvent(mustJSON(e)); err != nil {
 		return fmt.Errorf("device: %w", err)
 	}
-	return c.sendModel(ctx, protocol.KindEvent, e)
+	return c.sendDurable(ctx, protocol.KindEvent, mustJSON(e))
 }
 
 // SendNotification sends a notification for people (title and text); the
-// platform stores it and streams it to applications.
+// platform stores it and streams it to applications. Like SendEvent it
+// goes through the outbox.
 func (c *Client) SendNotification(ctx context.Context, title, text string) error {
 	n := protocol.Notification{Title: title, Text: text, T: time.Now().UnixMilli()}
 	if _, err := protocol.DecodeNotification(mustJSON(n)); err != nil {
 		return fmt.Errorf("device: %w", err)
 	}
-	return c.sendModel(ctx, protocol.KindNotification, n)
+	return c.sendDurable(ctx, protocol.KindNotification, mustJSON(n))
+}
+
+// sendDurable puts a message in the outbox, behind the readings and
+// messages already there, and publishes everything waiting. Once it is in
+// the outbox the message is not lost: if Publish fails (ctx ends, no
+// connection) it goes with the next Publish, in order.
+func (c *Client) sendDurable(ctx context.Context, kind string, payload []byte) error {
+	if _, err := c.tele.ob.AddMessage(kind, payload); err != nil {
+		return fmt.Errorf("device: %s: %w", kind, err)
+	}
+	return c.Publish(ctx)
 }
 
 // PublishRaw publishes payload (any bytes, at most

@@ -25,12 +25,16 @@ type Reading struct {
 // example because it was malformed). The readings in it were dropped; the
 // platform also sent an error reply with details.
 type PublishError struct {
-	BatchID    string
+	Kind       string // the message kind: telemetry, event, notification
+	BatchID    string // for telemetry
 	Readings   int
 	ReasonCode byte
 }
 
 func (e *PublishError) Error() string {
+	if e.Kind != "" && e.Kind != protocol.KindTelemetry {
+		return fmt.Sprintf("device: platform rejected %s message with reason code 0x%02x", e.Kind, e.ReasonCode)
+	}
 	return fmt.Sprintf("device: platform rejected batch %s (%d readings) with reason code 0x%02x", e.BatchID, e.Readings, e.ReasonCode)
 }
 
@@ -52,6 +56,7 @@ type telemetry struct {
 // batch id and the payload.
 type sealedMsg struct {
 	seq      uint64
+	kind     string // protocol kind: telemetry, event, notification
 	id       string
 	payload  []byte
 	readings int
@@ -60,7 +65,7 @@ type sealedMsg struct {
 func (t *telemetry) init(c *Client) error {
 	t.c = c
 	t.kickCh = make(chan struct{}, 1)
-	t.wire = newWire(protocol.UpTopic(c.id, protocol.KindTelemetry))
+	t.wire = newWire(c.id)
 	o := c.opt
 	opts := append([]outbox.Option{
 		outbox.WithMessageLimits(o.maxBatch, protocol.MaxMessageBytes),
@@ -235,10 +240,7 @@ func (c *Client) Publish(ctx context.Context) error {
 			if m.Seq > last {
 				break
 			}
-			if m.Kind != protocol.KindTelemetry {
-				continue // other kinds are not sent from the outbox yet
-			}
-			msgs = append(msgs, sealedMsg{seq: m.Seq, id: m.BatchID, payload: m.Payload, readings: m.Readings})
+			msgs = append(msgs, sealedMsg{seq: m.Seq, kind: m.Kind, id: m.BatchID, payload: m.Payload, readings: m.Readings})
 		}
 		if len(msgs) == 0 {
 			return nil

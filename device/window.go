@@ -28,21 +28,20 @@ import (
 // the same message is sent again after a pause.
 var errRetryLater = errors.New("device: platform busy, retry later")
 
-// wire counts the telemetry PUBLISH packets (first transmissions, not
-// retransmissions) written to the connection.
+// wire counts the PUBLISH packets (first transmissions, not
+// retransmissions) the device writes on its own up/ topics.
 type wire struct {
-	prefix []byte // the topic as encoded on the wire: 2-byte length + bytes
+	prefix string // "outpost/v1/{id}/up/"
 	sent   atomic.Uint64
 	notify chan struct{} // a token after each count, for the waiting window
 }
 
-func newWire(topic string) *wire {
-	p := append([]byte{byte(len(topic) >> 8), byte(len(topic))}, topic...)
-	return &wire{prefix: p, notify: make(chan struct{}, 1)}
+func newWire(deviceID string) *wire {
+	return &wire{prefix: protocol.Topic(deviceID, protocol.Up, ""), notify: make(chan struct{}, 1)}
 }
 
 // written inspects one complete packet as written and counts it if it is a
-// first transmission of a QoS 1 PUBLISH on the telemetry topic.
+// first transmission of a QoS 1 PUBLISH on one of the device's up/ topics.
 func (w *wire) written(pkt []byte) {
 	// Fixed header 0x32: PUBLISH, QoS 1, DUP and RETAIN clear.
 	if len(pkt) < 2 || pkt[0] != 0x32 {
@@ -53,7 +52,11 @@ func (w *wire) written(pkt []byte) {
 		i++
 	}
 	i++
-	if len(pkt) < i+len(w.prefix) || string(pkt[i:i+len(w.prefix)]) != string(w.prefix) {
+	if len(pkt) < i+2 {
+		return
+	}
+	n := int(pkt[i])<<8 | int(pkt[i+1])
+	if n < len(w.prefix) || len(pkt) < i+2+len(w.prefix) || string(pkt[i+2:i+2+len(w.prefix)]) != w.prefix {
 		return
 	}
 	w.sent.Add(1)
@@ -146,7 +149,6 @@ type sendResult struct {
 // the queue behind it can change (memory today, a durable outbox later).
 func (c *Client) window(ctx context.Context, msgs []sealedMsg, max int, done func(i int, err error)) {
 	w := c.tele.wire
-	topic := protocol.UpTopic(c.id, protocol.KindTelemetry)
 	results := make(chan sendResult, max)
 	inflight, stopped := 0, false
 	receive := func(r sendResult) {
@@ -163,7 +165,7 @@ func (c *Client) window(ctx context.Context, msgs []sealedMsg, max int, done fun
 			inflight++
 			before := w.sent.Load()
 			go func() {
-				resp, err := c.cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: m.payload})
+				resp, err := c.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, m.kind), QoS: 1, Payload: m.payload})
 				results <- sendResult{i, publishOutcome(ctx, m, resp, err)}
 			}()
 			// Start the next message only once this one is on the wire
@@ -193,7 +195,7 @@ func publishOutcome(ctx context.Context, m sealedMsg, resp *paho.PublishResponse
 	if resp != nil && resp.ReasonCode >= 0x80 {
 		switch resp.ReasonCode {
 		case 0x87, 0x90, 0x99, 0x83: // refused for good
-			return &PublishError{BatchID: m.id, Readings: m.readings, ReasonCode: resp.ReasonCode}
+			return &PublishError{Kind: m.kind, BatchID: m.id, Readings: m.readings, ReasonCode: resp.ReasonCode}
 		}
 		// Overloaded or failed to commit: the same batch is resent later
 		// (the platform deduplicates by its id).

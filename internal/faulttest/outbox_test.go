@@ -99,3 +99,58 @@ func TestOutboxFull(t *testing.T) {
 
 // The PULL round trip with expired commands (fault test 5) lives with the
 // queue's end-to-end tests: internal/server/queue_test.go TestPullDevice.
+
+// An event sent while the device cannot reach the platform waits in the
+// durable outbox, survives a restart of the device process and is
+// delivered, in order with the readings around it, by the next Publish.
+func TestEventWaitsInOutbox(t *testing.T) {
+	p := outposttest.Start(t)
+	d := p.CreateDevice(t, "event-outbox")
+	dir := t.TempDir()
+	c, err := device.New(d.URL, device.WithOutbox(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddReadings(reading(0)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.SendEvent(ctx, "door_open", map[string]int{"door": 2}); !errors.Is(err, device.ErrNotConnected) {
+		t.Fatalf("SendEvent before Connect = %v, want ErrNotConnected (event kept)", err)
+	}
+	if err := c.SendNotification(ctx, "Battery low", "12 %"); !errors.Is(err, device.ErrNotConnected) {
+		t.Fatalf("SendNotification before Connect = %v", err)
+	}
+	c.Close()
+
+	c, err = device.New(d.URL, device.WithOutbox(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Events []struct {
+			Kind  string `json:"kind"`
+			Name  string `json:"name"`
+			Title string `json:"title"`
+		} `json:"events"`
+	}
+	p.Do(t, "GET", "/api/v1/devices/"+d.ID+"/events", nil, &got)
+	names := map[string]bool{}
+	for _, e := range got.Events {
+		names[e.Kind+":"+e.Name+e.Title] = true
+	}
+	if len(got.Events) != 2 || !names["event:door_open"] || !names["notification:Battery low"] {
+		t.Fatalf("events stored = %+v, want the event and the notification once each", got.Events)
+	}
+	if c.Pending() != 0 || c.OutboxStats().PendingMessages != 0 {
+		t.Fatalf("outbox not empty after Publish: %+v", c.OutboxStats())
+	}
+}
