@@ -82,9 +82,12 @@ type Client struct {
 	fatalCh    chan struct{}
 
 	answered *recentIDs
-	answers  answers  // answers sent, for redelivered requests
-	requests requests // requests from arrival to acknowledged answer
-	pulls    pulls
+	answers  answers // answers sent, for redelivered requests
+	// answeredLog keeps the answered ids next to a durable outbox, so
+	// they survive a restart of the device process (nil otherwise).
+	answeredLog *answeredLog
+	requests    requests // requests from arrival to acknowledged answer
+	pulls       pulls
 
 	tele   telemetry
 	obOnce sync.Once
@@ -409,6 +412,9 @@ func (c *Client) serveRPC(req protocol.RPCRequest, done func()) {
 		c.answerAgain(req) // a redelivery: never run twice
 		return
 	}
+	if err := c.answeredLog.add(req.ID); err != nil {
+		c.opt.log.Warn("record answered rpc request", "device_id", c.id, "id", req.ID, "error", err)
+	}
 	ctx := c.lifetime
 	var cancel context.CancelFunc
 	if req.Deadline > 0 {
@@ -530,6 +536,7 @@ func (r *recentIDs) add(id string) bool {
 // closeOutbox closes the outbox once.
 func (c *Client) closeOutbox() {
 	c.obOnce.Do(func() {
+		c.answeredLog.close()
 		if err := c.tele.ob.Close(); err != nil {
 			c.opt.log.Warn("close outbox", "device_id", c.id, "error", err)
 		}

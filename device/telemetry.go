@@ -103,6 +103,10 @@ func (t *telemetry) init(c *Client) error {
 		o.log.Warn("outbox was damaged (power cut?); the damaged records were skipped", "device_id", c.id, "dir", dir, "error", rerr)
 	}
 	t.ob = ob
+	if c.answeredLog, err = openAnsweredLog(dir, c.answered); err != nil {
+		ob.Close()
+		return err
+	}
 	return nil
 }
 

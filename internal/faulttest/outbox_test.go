@@ -1,8 +1,14 @@
 package faulttest
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,4 +159,93 @@ func TestEventWaitsInOutbox(t *testing.T) {
 	if c.Pending() != 0 || c.OutboxStats().PendingMessages != 0 {
 		t.Fatalf("outbox not empty after Publish: %+v", c.OutboxStats())
 	}
+}
+
+// A queued call whose device process stops while the handler runs is sent
+// again when the device comes back (the platform never got an answer); the
+// restarted device remembers, next to its durable outbox, that it started
+// that request and does not execute it a second time.
+func TestCallNotExecutedTwiceAcrossDeviceRestart(t *testing.T) {
+	p := outposttest.Start(t)
+	d := p.CreateDevice(t, "once")
+	dir := t.TempDir()
+	var runs atomic.Int32
+	started := make(chan struct{}, 4)
+	newClient := func() *device.Client {
+		c, err := device.New(d.URL, device.WithOutbox(dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Handle("reboot", func(ctx context.Context, _ json.RawMessage) (any, error) {
+			runs.Add(1)
+			started <- struct{}{}
+			<-ctx.Done() // still running when the process goes away
+			return nil, ctx.Err()
+		})
+		return c
+	}
+	var queued struct {
+		ID string `json:"id"`
+	}
+	if st := p.Do(t, "POST", "/api/v1/devices/"+d.ID+"/rpc/reboot?queue=true&ttl=1h&timeout=1h", nil, &queued); st != 202 {
+		t.Fatalf("queue call: status %d", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := newClient()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("queued call never reached the device")
+	}
+	c.Close() // the device process stops mid-call
+
+	c = newClient()
+	defer c.Close()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The platform sends the unanswered call again to the new session.
+	outposttest.Eventually(t, 20*time.Second, "call sent again", func() bool {
+		return queueSent(t, p) >= 2
+	})
+	var got struct {
+		SentAt      time.Time `json:"sent_at"`
+		DeliveredAt time.Time `json:"delivered_at"`
+	}
+	outposttest.Eventually(t, 20*time.Second, "second copy acknowledged by the device", func() bool {
+		p.Do(t, "GET", "/api/v1/calls/"+queued.ID, nil, &got)
+		return !got.DeliveredAt.Before(got.SentAt)
+	})
+	// The device has the second copy; a handler started for it would
+	// signal within moments.
+	select {
+	case <-started:
+		t.Fatal("the restarted device executed the redelivered request again")
+	case <-time.After(time.Second):
+	}
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("handler ran %d times, want once", n)
+	}
+}
+
+// queueSent reads outpost_queue_sent_total.
+func queueSent(t *testing.T, p *outposttest.Platform) float64 {
+	t.Helper()
+	resp, err := http.Get(p.HTTPURL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "outpost_queue_sent_total "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
 }
