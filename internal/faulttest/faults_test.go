@@ -91,6 +91,25 @@ func startStreamer(t *testing.T, ctx context.Context, url string, n, chunk int, 
 	return s
 }
 
+// finish waits for every streamer to have published all its readings, then
+// closes the clients.
+func finish(t *testing.T, ctx context.Context, ss []*streamer) {
+	t.Helper()
+	for _, s := range ss {
+		select {
+		case <-s.done:
+			if s.pubErr != nil {
+				t.Fatalf("device %s: %v", s.c.ID(), s.pubErr)
+			}
+		case <-ctx.Done():
+			t.Fatalf("device %s: %d readings still pending at the deadline", s.c.ID(), s.c.Pending())
+		}
+	}
+	for _, s := range ss {
+		s.c.Close()
+	}
+}
+
 // TestKillPlatformWhileStreaming is fault test 1: the platform process is
 // killed with SIGKILL while 10 devices stream 200,000 readings, then
 // started again; every reading is stored exactly once.
@@ -120,19 +139,7 @@ func TestKillPlatformWhileStreaming(t *testing.T) {
 		pl.kill()
 		pl = pl.restart(t)
 	}
-	for _, s := range ss {
-		select {
-		case <-s.done:
-			if s.pubErr != nil {
-				t.Fatalf("device %s: %v", s.c.ID(), s.pubErr)
-			}
-		case <-ctx.Done():
-			t.Fatalf("device %s: %d readings still pending at the deadline", s.c.ID(), s.c.Pending())
-		}
-	}
-	for _, s := range ss {
-		s.c.Close()
-	}
+	finish(t, ctx, ss)
 	pl.stop(t)
 	verifyExactlyOnce(t, dir, ids, perDevice)
 }
@@ -195,19 +202,7 @@ func TestPlatformAwayWhileDevicesProduce(t *testing.T) {
 	waitAdded(2 * perDevice / 3)
 	pl = pl.restart(t)
 	advance()
-	for _, s := range ss {
-		select {
-		case <-s.done:
-			if s.pubErr != nil {
-				t.Fatalf("device %s: %v", s.c.ID(), s.pubErr)
-			}
-		case <-ctx.Done():
-			t.Fatalf("device %s: %d readings still pending at the deadline", s.c.ID(), s.c.Pending())
-		}
-	}
-	for _, s := range ss {
-		s.c.Close()
-	}
+	finish(t, ctx, ss)
 	pl.stop(t)
 	verifyExactlyOnce(t, dir, ids, perDevice)
 }
