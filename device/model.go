@@ -2,6 +2,8 @@ package device
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -187,7 +189,7 @@ func (c *Client) PullParameters(ctx context.Context) error {
 // publishes everything waiting; if that fails the event stays in the
 // outbox for the next Publish.
 func (c *Client) SendEvent(ctx context.Context, name string, data any) error {
-	e := protocol.Event{Name: name, T: time.Now().UnixMilli()}
+	e := protocol.Event{ID: c.messageID(), Name: name, T: time.Now().UnixMilli()}
 	if data != nil {
 		b, err := json.Marshal(data)
 		if err != nil {
@@ -205,11 +207,20 @@ func (c *Client) SendEvent(ctx context.Context, name string, data any) error {
 // platform stores it and streams it to applications. Like SendEvent it
 // goes through the outbox.
 func (c *Client) SendNotification(ctx context.Context, title, text string) error {
-	n := protocol.Notification{Title: title, Text: text, T: time.Now().UnixMilli()}
+	n := protocol.Notification{ID: c.messageID(), Title: title, Text: text, T: time.Now().UnixMilli()}
 	if _, err := protocol.DecodeNotification(mustJSON(n)); err != nil {
 		return fmt.Errorf("device: %w", err)
 	}
 	return c.sendDurable(ctx, protocol.KindNotification, mustJSON(n))
+}
+
+// messageID returns a new id for an event or notification: random, so it
+// is unique across restarts of the device process; the platform stores a
+// device's message with a given id once, however often it is redelivered.
+func (c *Client) messageID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // sendDurable puts a message in the outbox, behind the readings and

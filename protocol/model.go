@@ -190,6 +190,9 @@ type TimeReply struct {
 // Event is published by a device on up/event: a named occurrence with any
 // JSON data. T is when it happened (Unix ms; 0: on receipt).
 type Event struct {
+	// ID, when set (at most 64 bytes), makes redelivery safe: the
+	// platform stores an event with a given id once per device.
+	ID   string          `json:"id,omitempty"`
 	Name string          `json:"name"`
 	Data json.RawMessage `json:"data,omitempty"`
 	T    int64           `json:"t,omitempty"`
@@ -198,6 +201,8 @@ type Event struct {
 // Notification is published by a device on up/notification: a message
 // for people, with a title and a text.
 type Notification struct {
+	// ID: as Event.ID.
+	ID    string `json:"id,omitempty"`
 	Title string `json:"title"`
 	Text  string `json:"text"`
 	T     int64  `json:"t,omitempty"`
@@ -508,6 +513,9 @@ func DecodeEvent(payload []byte) (Event, error) {
 	if err := decodeStrict("event", payload, &m); err != nil {
 		return Event{}, err
 	}
+	if len(m.ID) > MaxBatchIDLen {
+		return Event{}, invalid("event: id longer than %d bytes", MaxBatchIDLen)
+	}
 	if err := validName("event name", m.Name, MaxEventNameLen, true); err != nil {
 		return Event{}, invalid("event: %v", err)
 	}
@@ -531,6 +539,9 @@ func DecodeNotification(payload []byte) (Notification, error) {
 	}
 	if err := checkText("notification: title", m.Title, MaxTitleLen); err != nil {
 		return Notification{}, err
+	}
+	if len(m.ID) > MaxBatchIDLen {
+		return Notification{}, invalid("notification: id longer than %d bytes", MaxBatchIDLen)
 	}
 	if len(m.Text) > MaxTextLen {
 		return Notification{}, tooLarge("notification: text is longer than %d bytes", MaxTextLen)

@@ -64,9 +64,12 @@ const (
 
 // DeviceEvent is a stored event or notification of a device.
 type DeviceEvent struct {
-	Seq      int64  `json:"seq"`
-	DeviceID string `json:"device_id"`
-	Kind     string `json:"kind"` // EventKindEvent or EventKindNotification
+	Seq int64 `json:"seq"`
+	// MessageID is the id the device gave the event, if any; a device's
+	// events are stored once per id.
+	MessageID string `json:"message_id,omitempty"`
+	DeviceID  string `json:"device_id"`
+	Kind      string `json:"kind"` // EventKindEvent or EventKindNotification
 	// Name and Data for events; Title and Text for notifications.
 	Name  string          `json:"name,omitempty"`
 	Data  json.RawMessage `json:"data,omitempty"`
@@ -109,7 +112,9 @@ type ModelStore interface {
 	SetReportedParameters(ctx context.Context, deviceID string, values map[string]json.RawMessage) error
 	// Parameters returns the device's parameters.
 	Parameters(ctx context.Context, deviceID string) (*Parameters, error)
-	// AddEvent stores an event or notification and sets its Seq.
+	// AddEvent stores an event or notification and sets its Seq. An event
+	// whose MessageID the device used before is not stored again; Seq is
+	// then 0.
 	AddEvent(ctx context.Context, e *DeviceEvent) error
 	// Events returns stored events, oldest first.
 	Events(ctx context.Context, f EventFilter) ([]DeviceEvent, error)

@@ -429,7 +429,7 @@ func (s *Server) handleEvent(ctx context.Context, deviceID, kind string, payload
 		if err != nil {
 			return s.reject(deviceID, kind, "", err)
 		}
-		e.Name, e.Data, e.TS = m.Name, m.Data, m.T
+		e.MessageID, e.Name, e.Data, e.TS = m.ID, m.Name, m.Data, m.T
 		if len(e.Data) > 0 {
 			e.Data = compact(e.Data)
 		}
@@ -438,7 +438,7 @@ func (s *Server) handleEvent(ctx context.Context, deviceID, kind string, payload
 		if err != nil {
 			return s.reject(deviceID, kind, "", err)
 		}
-		e.Title, e.Text, e.TS = m.Title, m.Text, m.T
+		e.MessageID, e.Title, e.Text, e.TS = m.ID, m.Title, m.Text, m.T
 	}
 	if e.TS == 0 {
 		e.TS = now
@@ -448,6 +448,9 @@ func (s *Server) handleEvent(ctx context.Context, deviceID, kind string, payload
 			return nil
 		}
 		return err // transient: not acknowledged, the device resends
+	}
+	if e.Seq == 0 {
+		return nil // a redelivery of an event already stored
 	}
 	s.hub.Publish(kind, deviceID, e)
 	return nil

@@ -609,3 +609,41 @@ func TestModelBadInput(t *testing.T) {
 		t.Fatalf("rejected = %v", dev.Rejected)
 	}
 }
+
+// An event or notification redelivered with the same id (its PUBACK was
+// lost) is stored and streamed once.
+func TestEventRedeliveryStoredOnce(t *testing.T) {
+	p := outposttest.Start(t)
+	d := p.CreateDevice(t, "event-once")
+	c, _, _, _, err := dial5(t, p, d.ID, d.Password, d.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctx10(t)
+	for _, m := range []struct{ kind, payload string }{
+		{"event", `{"id":"e-1","name":"door_open","data":{"door":1}}`},
+		{"event", `{"id":"e-1","name":"door_open","data":{"door":1}}`},
+		{"notification", `{"id":"n-1","title":"Battery low","text":"12 %"}`},
+		{"notification", `{"id":"n-1","title":"Battery low","text":"12 %"}`},
+		{"event", `{"name":"no_id"}`},
+		{"event", `{"name":"no_id"}`},
+	} {
+		if _, err := c.Publish(ctx, &paho.Publish{Topic: topicOf(d.ID, "up", m.kind), QoS: 1, Payload: []byte(m.payload)}); err != nil {
+			t.Fatalf("publish %s: %v", m.payload, err)
+		}
+	}
+	var got struct {
+		Events []struct {
+			Kind      string `json:"kind"`
+			MessageID string `json:"message_id"`
+		} `json:"events"`
+	}
+	p.Do(t, "GET", "/api/v1/devices/"+d.ID+"/events", nil, &got)
+	count := map[string]int{}
+	for _, e := range got.Events {
+		count[e.Kind+"/"+e.MessageID]++
+	}
+	if count["event/e-1"] != 1 || count["notification/n-1"] != 1 || count["event/"] != 2 {
+		t.Fatalf("stored %v; want e-1 and n-1 once, the two events without id both", count)
+	}
+}

@@ -281,9 +281,17 @@ func (db *DB) AddEvent(ctx context.Context, e *outpost.DeviceEvent) error {
 		if len(e.Data) > 0 {
 			data = string(e.Data)
 		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO device_events (device_seq, kind, name, data, title, text, ts, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-			seq, e.Kind, e.Name, data, e.Title, e.Text, e.TS, e.ReceivedAt)
+		var msgID any
+		if e.MessageID != "" {
+			msgID = e.MessageID
+		}
+		res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO device_events (device_seq, kind, name, data, title, text, ts, received_at, msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			seq, e.Kind, e.Name, data, e.Title, e.Text, e.TS, e.ReceivedAt, msgID)
 		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			e.Seq = 0 // the device sent this event before
 			return err
 		}
 		e.Seq, err = res.LastInsertId()
@@ -300,7 +308,7 @@ func (db *DB) Events(ctx context.Context, f outpost.EventFilter) ([]outpost.Devi
 	if f.Limit <= 0 {
 		f.Limit = 100
 	}
-	q := `SELECT seq, kind, name, data, title, text, ts, received_at FROM device_events WHERE device_seq = ?`
+	q := `SELECT seq, kind, name, data, title, text, ts, received_at, COALESCE(msg_id, '') FROM device_events WHERE device_seq = ?`
 	args := []any{seq}
 	if f.Kind != "" {
 		q, args = q+` AND kind = ?`, append(args, f.Kind)
@@ -319,7 +327,7 @@ func (db *DB) Events(ctx context.Context, f outpost.EventFilter) ([]outpost.Devi
 	for rows.Next() {
 		e := outpost.DeviceEvent{DeviceID: f.DeviceID}
 		var data sql.NullString
-		if err := rows.Scan(&e.Seq, &e.Kind, &e.Name, &data, &e.Title, &e.Text, &e.TS, &e.ReceivedAt); err != nil {
+		if err := rows.Scan(&e.Seq, &e.Kind, &e.Name, &data, &e.Title, &e.Text, &e.TS, &e.ReceivedAt, &e.MessageID); err != nil {
 			return nil, fmt.Errorf("events: %w", err)
 		}
 		if data.Valid {

@@ -189,6 +189,12 @@ CREATE TABLE counters (
 ) WITHOUT ROWID;
 INSERT INTO counters (name, value) SELECT 'readings_seq', COALESCE(MAX(seq), 0) FROM readings;
 `,
+	// 5: ids of events and notifications, so a redelivered one is stored
+	// once.
+	`
+ALTER TABLE device_events ADD COLUMN msg_id TEXT;
+CREATE UNIQUE INDEX device_events_msg ON device_events (device_seq, msg_id) WHERE msg_id IS NOT NULL;
+`,
 }
 
 func (db *DB) migrate(ctx context.Context) error {
