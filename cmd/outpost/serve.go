@@ -32,6 +32,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.KeepAliveMax, "keepalive-max", 10*time.Minute, "longest MQTT keep-alive the platform grants a device")
 	fs.IntVar(&cfg.DeviceRate, "device-rate", 0, "telemetry readings per second one device may send (0: no limit); a device over it is told to retry later")
 	fs.IntVar(&cfg.DeviceBurst, "device-burst", 0, "burst of readings allowed above --device-rate (default: one second's worth)")
+	fs.DurationVar(&cfg.BatchRetention, "batch-retention", 30*24*time.Hour, "how long telemetry batch ids are kept to recognise redelivered batches (longer than any device outbox holds data)")
+	fs.DurationVar(&cfg.QueueRetention, "queue-retention", 7*24*time.Hour, "how long finished calls and delivered or expired queued messages stay readable")
 	fs.DurationVar(&cfg.KeepAliveDefault, "keepalive", 60*time.Second, "keep-alive for devices that propose none; a device silent for two intervals is dropped")
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err

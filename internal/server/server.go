@@ -68,24 +68,32 @@ type Config struct {
 	// PUBACK 0x97 "quota exceeded" (MQTT 3.1.1: an "overloaded" error reply
 	// and the connection closed) and resends later; nothing is dropped.
 	DeviceRate, DeviceBurst int
-	Logger                  *slog.Logger
+	// BatchRetention is how long the ids of committed telemetry batches are
+	// kept to recognise redeliveries (default 30 days); QueueRetention how
+	// long finished calls and delivered or expired queued messages stay
+	// readable (default 7 days). RetentionInterval is how often both are
+	// pruned (default 10 minutes).
+	BatchRetention, QueueRetention, RetentionInterval time.Duration
+	Logger                                            *slog.Logger
 }
 
 // Server is a running platform.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	db       *sqlite.DB
-	broker   *broker.Broker
-	writer   *ingest.Writer
-	limiter  *rateLimiter // nil: no per-device rate limit
-	relay    *rpc.Relay
-	queue    *queue.Queue
-	presence *presence.Tracker
-	hub      *stream.Hub
-	metrics  *metrics
-	svc      *service
-	model    *modelState
+	cfg     Config
+	log     *slog.Logger
+	db      *sqlite.DB
+	broker  *broker.Broker
+	writer  *ingest.Writer
+	limiter *rateLimiter // nil: no per-device rate limit
+
+	retentionStop, retentionDone chan struct{}
+	relay                        *rpc.Relay
+	queue                        *queue.Queue
+	presence                     *presence.Tracker
+	hub                          *stream.Hub
+	metrics                      *metrics
+	svc                          *service
+	model                        *modelState
 
 	httpSrv  *http.Server
 	httpLn   net.Listener
@@ -119,6 +127,15 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.BatchRetention <= 0 {
+		cfg.BatchRetention = defaultBatchRetention
+	}
+	if cfg.QueueRetention <= 0 {
+		cfg.QueueRetention = defaultQueueRetention
+	}
+	if cfg.RetentionInterval <= 0 {
+		cfg.RetentionInterval = defaultRetentionInterval
+	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	}
@@ -147,6 +164,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.metrics = newMetrics()
 	s.presence = presence.NewTracker(s.db, s.presenceChanged, s.log)
 	s.limiter = newRateLimiter(cfg.DeviceRate, cfg.DeviceBurst)
+	s.retentionStop, s.retentionDone = make(chan struct{}), make(chan struct{})
+	go s.retention(s.retentionStop, s.retentionDone)
 	s.writer = ingest.NewWriter(s.db, ingest.Options{QueueLen: cfg.IngestQueue, Observer: s, Logger: s.log})
 
 	var tlsCfg *tls.Config
@@ -277,6 +296,10 @@ func (s *Server) Close() error {
 			<-s.httpDone
 		} else if s.httpLn != nil {
 			s.httpLn.Close()
+		}
+		if s.retentionStop != nil {
+			close(s.retentionStop)
+			<-s.retentionDone
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())

@@ -1,0 +1,45 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"time"
+)
+
+// PruneBatches forgets the ids of telemetry batches received before
+// before. A batch id is kept so that a redelivered batch is not stored
+// twice; a device redelivers only what its outbox still holds, so ids
+// older than any outbox can wait may go. It returns how many were removed.
+func (db *DB) PruneBatches(ctx context.Context, before time.Time) (int64, error) {
+	var n int64
+	err := db.writeTx(ctx, "prune batches", func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM batches WHERE received_at < ?`, before.UnixMilli())
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n, err
+}
+
+// PurgeFinished removes down-queue rows that finished before before:
+// calls that succeeded, failed, timed out or were cancelled, messages that
+// expired, and other messages the device acknowledged. Waiting and
+// in-flight rows are never touched. It returns how many were removed.
+func (db *DB) PurgeFinished(ctx context.Context, before time.Time) (int64, error) {
+	var n int64
+	ms := before.UnixMilli()
+	err := db.writeTx(ctx, "purge queue", func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM down_queue WHERE
+			(state IN ('succeeded', 'failed', 'timed_out', 'cancelled') AND finished_at > 0 AND finished_at < ?)
+			OR (state = 'expired' AND expires_at < ?)
+			OR (method IS NULL AND state = 'delivered' AND delivered_at > 0 AND delivered_at < ?)`, ms, ms, ms)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n, err
+}
