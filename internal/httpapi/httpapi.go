@@ -370,7 +370,10 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprintf(w, "retry: 1000\n\n")
-	if missed > 0 {
+	if missed == stream.MissedUnknown {
+		// The platform restarted since the client's last event.
+		fmt.Fprint(w, "event: gap\ndata: {\"missed\":0,\"unknown\":true}\n\n")
+	} else if missed > 0 {
 		fmt.Fprintf(w, "event: gap\ndata: {\"missed\":%d}\n\n", missed)
 	}
 	fl.Flush()

@@ -160,7 +160,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 
-	s.hub = stream.NewHub(10_000)
+	// Event ids start at the start time in microseconds: they keep growing
+	// across restarts (the replay ring does not survive one).
+	s.hub = stream.NewHubAt(10_000, uint64(time.Now().UnixMicro()))
 	s.metrics = newMetrics()
 	s.presence = presence.NewTracker(s.db, s.presenceChanged, s.log)
 	s.limiter = newRateLimiter(cfg.DeviceRate, cfg.DeviceBurst)

@@ -44,17 +44,27 @@ func (f Filter) Match(e *Event) bool {
 // Hub distributes events. The zero value is not usable; call NewHub.
 type Hub struct {
 	mu     sync.Mutex
+	first  uint64 // id of this hub's first event
 	nextID uint64
 	ring   []*Event // recent events, ring[i%len] for id i
 	subs   map[*Subscription]struct{}
 }
 
-// NewHub returns a hub that keeps the last ringSize events for replay.
-func NewHub(ringSize int) *Hub {
+// NewHub returns a hub that keeps the last ringSize events for replay; its
+// event ids start at 1.
+func NewHub(ringSize int) *Hub { return NewHubAt(ringSize, 1) }
+
+// NewHubAt is NewHub with event ids starting at firstID. The platform
+// starts them at its start time in microseconds, so ids keep growing across
+// restarts and a client resuming with an id from before a restart is told
+// it missed events (the ring does not survive the restart) rather than
+// being replayed unrelated ones.
+func NewHubAt(ringSize int, firstID uint64) *Hub {
 	if ringSize <= 0 {
 		ringSize = 10_000
 	}
-	return &Hub{ring: make([]*Event, ringSize), subs: map[*Subscription]struct{}{}, nextID: 1}
+	firstID = max(firstID, 1)
+	return &Hub{ring: make([]*Event, ringSize), subs: map[*Subscription]struct{}{}, first: firstID, nextID: firstID}
 }
 
 // Subscription receives matching events on C until Close.
@@ -105,9 +115,14 @@ func (h *Hub) Publish(kind, deviceID string, data any) {
 	}
 }
 
+// MissedUnknown is the missed count Subscribe reports for an id from
+// before the hub started: events were lost, nobody knows how many.
+const MissedUnknown = ^uint64(0)
+
 // Subscribe registers a subscriber with a buffer of size events. If
 // afterID > 0, events newer than afterID still in the ring are queued first;
-// missed reports how many newer events had already left the ring.
+// missed reports how many newer events had already left the ring, or
+// MissedUnknown.
 func (h *Hub) Subscribe(f Filter, size int, afterID uint64) (s *Subscription, missed uint64) {
 	if size <= 0 {
 		size = 1024
@@ -117,12 +132,17 @@ func (h *Hub) Subscribe(f Filter, size int, afterID uint64) (s *Subscription, mi
 	var replay []*Event
 	if afterID > 0 && afterID < h.nextID-1 {
 		first := afterID + 1
-		oldest := uint64(1)
-		if h.nextID > uint64(len(h.ring)) {
+		oldest := h.first
+		if h.nextID-h.first > uint64(len(h.ring)) {
 			oldest = h.nextID - uint64(len(h.ring))
 		}
 		if first < oldest {
 			missed = oldest - first
+			if first < h.first {
+				// The id is from before this hub started (a restart):
+				// how many events the client missed is unknown.
+				missed = MissedUnknown
+			}
 			first = oldest
 		}
 		for id := first; id < h.nextID; id++ {

@@ -232,3 +232,25 @@ func TestConcurrentPublishSubscribe(t *testing.T) {
 		t.Errorf("replay from 1: missed %d, got %d events from %v; want 735 missed, 737..800", missed, len(got), got[:min(1, len(got))])
 	}
 }
+
+// A hub started later (a platform restart) tells a client resuming with an
+// id from before it that events were lost, count unknown, and replays
+// nothing of its own that the client could mistake for a continuation.
+func TestResumeAcrossRestart(t *testing.T) {
+	old := stream.NewHubAt(8, 1000)
+	old.Publish("telemetry", "d-1", 1)
+	last := old.LastID()
+	h := stream.NewHubAt(8, 5000)
+	h.Publish("telemetry", "d-1", 2)
+	if h.LastID() <= last {
+		t.Fatalf("ids went backwards across the restart: %d after %d", h.LastID(), last)
+	}
+	sub, missed := h.Subscribe(stream.Filter{}, 4, last)
+	defer sub.Close()
+	if missed != stream.MissedUnknown {
+		t.Fatalf("missed = %d, want MissedUnknown", missed)
+	}
+	if len(sub.C) != 1 {
+		t.Fatalf("%d events replayed, want the new hub's one event", len(sub.C))
+	}
+}
