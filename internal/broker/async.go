@@ -58,10 +58,13 @@ var noWait = func() context.Context {
 	return ctx
 }()
 
-// acker writes the PUBACKs of asynchronously handled messages, in order
-// per connection, from one short-lived goroutine per connection that has
+// acker writes the PUBACKs of QoS 1 messages handled through an
+// AsyncHandler, in the order the messages arrived on each connection (MQTT
+// requires it), from one short-lived goroutine per connection that has
 // acknowledgements ready (so a device that stops reading blocks only its
-// own acknowledgements, never the ingest writer).
+// own acknowledgements, never the ingest writer). Every such message gets
+// an arrival number; an acknowledgement is written once all earlier ones
+// of the connection are.
 type acker struct {
 	mu     sync.Mutex
 	conns  map[*mqtt.Client]*connAcks
@@ -69,20 +72,23 @@ type acker struct {
 	wg     sync.WaitGroup
 }
 
-// connAcks is the per-connection state: in-flight slots and the
-// acknowledgements ready to be written.
+// connAcks is the per-connection state: in-flight slots, arrival numbers
+// and the acknowledgements finished but not yet written.
 type connAcks struct {
 	cl      *mqtt.Client
 	slots   chan struct{} // one token per message waiting for its PUBACK
 	mu      sync.Mutex
-	ready   []pendingAck
+	arrived uint64                // arrival number of the next message
+	head    uint64                // arrival number of the next PUBACK to write
+	done    map[uint64]pendingAck // finished, waiting for earlier ones
 	writing bool
 }
 
 type pendingAck struct {
-	id   uint16
-	code packets.Code
-	stop error // non-nil: close the connection instead of acknowledging
+	id     uint16
+	code   packets.Code
+	stop   error // non-nil: close the connection instead of acknowledging
+	noSlot bool  // the message was refused before it took a slot
 }
 
 func (a *acker) conn(cl *mqtt.Client) *connAcks {
@@ -93,7 +99,7 @@ func (a *acker) conn(cl *mqtt.Client) *connAcks {
 	}
 	c := a.conns[cl]
 	if c == nil {
-		c = &connAcks{cl: cl, slots: make(chan struct{}, receiveMaximum)}
+		c = &connAcks{cl: cl, slots: make(chan struct{}, receiveMaximum), done: map[uint64]pendingAck{}}
 		a.conns[cl] = c
 	}
 	return c
@@ -105,13 +111,39 @@ func (a *acker) forget(cl *mqtt.Client) {
 	a.mu.Unlock()
 }
 
-// finish records the acknowledgement of a message and makes sure a
-// goroutine writes it.
-func (a *acker) finish(c *connAcks, p pendingAck) {
+// arrive numbers the next message of the connection.
+func (c *connAcks) arrive() uint64 {
 	c.mu.Lock()
-	c.ready = append(c.ready, p)
-	start := !c.writing
-	c.writing = true
+	defer c.mu.Unlock()
+	n := c.arrived
+	c.arrived++
+	return n
+}
+
+// passIfFirst reports whether message n is the oldest not yet
+// acknowledged; if so its acknowledgement counts as written (the caller
+// lets mochi write it at once, which keeps the order because no later
+// message has arrived yet).
+func (c *connAcks) passIfFirst(n uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.head != n {
+		return false
+	}
+	c.head++
+	return true
+}
+
+// finish records the acknowledgement of message n and makes sure a
+// goroutine writes it when its turn comes.
+func (a *acker) finish(c *connAcks, n uint64, p pendingAck) {
+	c.mu.Lock()
+	c.done[n] = p
+	_, ready := c.done[c.head]
+	start := ready && !c.writing
+	if start {
+		c.writing = true
+	}
 	c.mu.Unlock()
 	if !start {
 		return
@@ -122,10 +154,13 @@ func (a *acker) finish(c *connAcks, p pendingAck) {
 		// written; the devices resend and the platform deduplicates.
 		a.mu.Unlock()
 		c.mu.Lock()
-		for range c.ready {
-			<-c.slots
+		for k, p := range c.done {
+			if !p.noSlot {
+				<-c.slots
+			}
+			delete(c.done, k)
 		}
-		c.ready, c.writing = nil, false
+		c.writing = false
 		c.mu.Unlock()
 		return
 	}
@@ -134,21 +169,34 @@ func (a *acker) finish(c *connAcks, p pendingAck) {
 	go a.write(c)
 }
 
+// next takes the acknowledgements whose turn has come, in order.
+func (c *connAcks) next(batch []pendingAck) []pendingAck {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		p, ok := c.done[c.head]
+		if !ok {
+			break
+		}
+		delete(c.done, c.head)
+		c.head++
+		batch = append(batch, p)
+	}
+	if len(batch) == 0 {
+		c.writing = false
+	}
+	return batch
+}
+
 func (a *acker) write(c *connAcks) {
 	defer a.wg.Done()
 	var batch []pendingAck
 	var buf bytes.Buffer
 	for {
-		c.mu.Lock()
-		batch = append(batch[:0], c.ready...)
-		clear(c.ready)
-		c.ready = c.ready[:0]
+		batch = c.next(batch[:0])
 		if len(batch) == 0 {
-			c.writing = false
-			c.mu.Unlock()
 			return
 		}
-		c.mu.Unlock()
 		for len(batch) > 0 {
 			// The acknowledgements ready now go out in one write, up to
 			// the first that closes the connection instead.
@@ -171,8 +219,10 @@ func (a *acker) write(c *connAcks) {
 				c.cl.Stop(batch[n].stop)
 				n++
 			}
-			for range n {
-				<-c.slots
+			for _, p := range batch[:n] {
+				if !p.noSlot {
+					<-c.slots
+				}
 			}
 			batch = batch[n:]
 		}
@@ -206,7 +256,10 @@ func (a *acker) close() {
 }
 
 // publishAsync hands a QoS 1 message to an AsyncHandler. It returns the
-// packet and error for mochi, as OnPublish does.
+// packet and error for mochi, as OnPublish does. Every outcome, also the
+// immediate ones, is acknowledged in arrival order: an immediate one is
+// left to mochi when nothing earlier is still waiting, and queued behind
+// the earlier ones otherwise.
 func (h *routeHook) publishAsync(ah AsyncHandler, cl *mqtt.Client, pk packets.Packet, kind string) (packets.Packet, error) {
 	v5 := cl.Properties.ProtocolVersion == 5
 	c := h.b.acks.conn(cl)
@@ -216,6 +269,7 @@ func (h *routeHook) publishAsync(ah AsyncHandler, cl *mqtt.Client, pk packets.Pa
 		defer cancel()
 		wait = ctx
 	}
+	id := pk.PacketID
 	select {
 	case c.slots <- struct{}{}:
 	default:
@@ -224,21 +278,32 @@ func (h *routeHook) publishAsync(ah AsyncHandler, cl *mqtt.Client, pk packets.Pa
 		case <-wait.Done():
 			// A v5 client past the Receive Maximum we announced, or a v3
 			// client whose acknowledgements have not come for v3Wait.
-			return h.finishNow(cl, pk, ErrOverloaded)
+			n := c.arrive()
+			if c.passIfFirst(n) {
+				return h.finishNow(cl, pk, ErrOverloaded)
+			}
+			code, stop := h.outcome(cl, pk.TopicName, ErrOverloaded)
+			h.b.acks.finish(c, n, pendingAck{id: id, code: code, stop: stop, noSlot: true})
+			return pk, packets.ErrRejectPacket
 		}
 	}
-	id := pk.PacketID
+	n := c.arrive()
 	async, err := ah.StartMessage(wait, cl.ID, kind, pk.Payload, func(err error) {
 		code, stop := h.outcome(cl, pk.TopicName, err)
-		h.b.acks.finish(c, pendingAck{id: id, code: code, stop: stop})
+		h.b.acks.finish(c, n, pendingAck{id: id, code: code, stop: stop})
 	})
 	if async {
 		// mochi sends no PUBACK and keeps no receive quota for a rejected
 		// packet; the acker acknowledges once done is called.
 		return pk, packets.ErrRejectPacket
 	}
-	<-c.slots
-	return h.finishNow(cl, pk, err)
+	if c.passIfFirst(n) {
+		<-c.slots
+		return h.finishNow(cl, pk, err)
+	}
+	code, stop := h.outcome(cl, pk.TopicName, err)
+	h.b.acks.finish(c, n, pendingAck{id: id, code: code, stop: stop})
+	return pk, packets.ErrRejectPacket
 }
 
 // finishNow maps a synchronous outcome to what OnPublish returns to mochi.

@@ -3,12 +3,14 @@ package broker_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"go.uber.org/goleak"
 
 	"github.com/outpost-iot/outpost/device"
@@ -274,5 +276,67 @@ func TestWindowOrderAndBackPressure(t *testing.T) {
 				t.Errorf("broker counted %d overloaded, handler refused %d", st.Overloaded.Load(), h.refused)
 			}
 		})
+	}
+}
+
+// syncSeenHandler is a heldHandler that also reports each message it
+// handles at once (kinds other than telemetry).
+type syncSeenHandler struct {
+	*heldHandler
+	seen chan string
+}
+
+func (h syncSeenHandler) StartMessage(ctx context.Context, id, kind string, payload []byte, done func(error)) (bool, error) {
+	if kind != protocol.KindTelemetry {
+		h.seen <- kind
+		return false, nil
+	}
+	return h.heldHandler.StartMessage(ctx, id, kind, payload, done)
+}
+
+// PUBACKs follow the order the messages arrived (MQTT 5 §4.6), also when a
+// message handled at once follows one still waiting for its commit: the
+// later PUBACK waits for the earlier.
+func TestAcknowledgementsInArrivalOrder(t *testing.T) {
+	h := syncSeenHandler{newHeldHandler(), make(chan string, 10)}
+	b := startBroker(t, h)
+	conn, err := net.Dial("tcp", b.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := paho.NewClient(paho.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := pc.Connect(ctx, &paho.Connect{ClientID: "dev-order", Username: "dev-order", UsernameFlag: true, Password: []byte("x"), PasswordFlag: true, KeepAlive: 30, CleanStart: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Disconnect(&paho.Disconnect{})
+	acked := make(chan string, 2)
+	publish := func(kind, payload string) {
+		if _, err := pc.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic("dev-order", kind), QoS: 1, Payload: []byte(payload)}); err != nil {
+			t.Errorf("publish %s: %v", kind, err)
+		}
+		acked <- kind
+	}
+	go publish(protocol.KindTelemetry, `{"id":"b1","r":[{"f":"n","v":1}]}`)
+	waitTokens(t, h.started, 1) // held: waiting for its "commit"
+	go publish(protocol.KindEvent, `{"name":"door"}`)
+	select {
+	case <-h.seen: // handled at once by the platform
+	case <-ctx.Done():
+		t.Fatal("event never reached the handler")
+	}
+	select {
+	case k := <-acked:
+		t.Fatalf("%s acknowledged while the earlier telemetry waits for its commit", k)
+	case <-time.After(300 * time.Millisecond): // no PUBACK may come meanwhile
+	}
+	h.release(1, nil)
+	for range 2 {
+		select {
+		case <-acked:
+		case <-ctx.Done():
+			t.Fatal("acknowledgements never came after the commit")
+		}
 	}
 }
