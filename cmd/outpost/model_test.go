@@ -68,3 +68,68 @@ func TestModelCommands(t *testing.T) {
 		t.Errorf("unknown feed: %v", err)
 	}
 }
+
+// outpost stream prints live events as JSON lines, filtered by device and
+// kind, and -n stops it after that many.
+func TestCLIStream(t *testing.T) {
+	p := outposttest.Start(t)
+	d := p.CreateDevice(t, "cli-stream")
+	other := p.CreateDevice(t, "cli-stream-other")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	connect := func(url string) *device.Client {
+		c, err := device.New(url, device.WithMemoryOutbox())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	c, o := connect(d.URL), connect(other.URL)
+
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, _, err := runCLI(t, p, "stream", "--device", d.ID, "--kind", "event", "-n", "2")
+		done <- result{out, err}
+	}()
+	// Events sent before the stream is subscribed are not replayed, so keep
+	// sending (the other device's, and notifications, must be filtered out)
+	// until the command has printed two and stopped.
+	for i := 0; ; i++ {
+		if err := o.SendEvent(ctx, "noise", i); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SendNotification(ctx, "not an event", "filtered"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SendEvent(ctx, "door_open", i); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-done:
+			if r.err != nil {
+				t.Fatalf("stream: %v", r.err)
+			}
+			lines := strings.Split(strings.TrimSpace(r.out), "\n")
+			if len(lines) != 2 {
+				t.Fatalf("stream printed %d lines, want 2:\n%s", len(lines), r.out)
+			}
+			for _, l := range lines {
+				if !strings.Contains(l, `"kind":"event"`) || !strings.Contains(l, `"device_id":"`+d.ID+`"`) || !strings.Contains(l, "door_open") {
+					t.Fatalf("stream line %s: want only door_open events of %s", l, d.ID)
+				}
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("stream did not print two events")
+		}
+	}
+}
