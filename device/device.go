@@ -8,10 +8,14 @@
 //	c.Add("temperature", 21.5)
 //	err = c.Publish(ctx)
 //
-// The client reconnects on its own with exponential backoff. Readings wait
-// in the client until Publish has them acknowledged by the platform, which
-// acknowledges only what it has committed; a failed Publish keeps them for
-// the next one.
+// The client reconnects on its own with exponential backoff. Readings (and
+// events and notifications) wait in a durable outbox on disk (see
+// WithOutbox and package device/outbox) until Publish has them acknowledged
+// by the platform, which acknowledges only what it has committed; a failed
+// Publish, a lost connection or a killed process keeps them for the next
+// Publish. The client also implements the rest of the device model (feeds,
+// feed commands, attributes, parameters, platform time, raw publish) and
+// PULL mode (WithPullMode, Pull).
 package device
 
 import (
