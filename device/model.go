@@ -329,6 +329,7 @@ type ModelError struct {
 	ReasonCode byte
 }
 
+// Error describes the rejection with its MQTT reason code.
 func (e *ModelError) Error() string {
 	return fmt.Sprintf("device: platform rejected %s message with reason code 0x%02x", e.Kind, e.ReasonCode)
 }

@@ -31,6 +31,7 @@ type PublishError struct {
 	ReasonCode byte
 }
 
+// Error describes the rejected message with its MQTT reason code.
 func (e *PublishError) Error() string {
 	if e.Kind != "" && e.Kind != protocol.KindTelemetry {
 		return fmt.Sprintf("device: platform rejected %s message with reason code 0x%02x", e.Kind, e.ReasonCode)

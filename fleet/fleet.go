@@ -77,6 +77,7 @@ type APIError struct {
 	Message string
 }
 
+// Error returns the platform's message and code.
 func (e *APIError) Error() string { return e.Message + " (" + e.Code + ")" }
 
 // Is matches the sentinel errors.
@@ -114,6 +115,7 @@ type RemoteError struct {
 	late bool // the failure came when the call's time was up
 }
 
+// Error returns the device's error code and message.
 func (e *RemoteError) Error() string {
 	return fmt.Sprintf("%s on device %s failed: %s", e.Method, e.DeviceID, e.Message)
 }

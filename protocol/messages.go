@@ -99,6 +99,7 @@ type Error struct {
 	Message string `json:"message"`
 }
 
+// Error returns "code: message".
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
 // ErrorReply is published by the platform on down/error when it rejects

@@ -152,6 +152,7 @@ func machine() Machine {
 	return m
 }
 
+// String renders the machine in one line for the report.
 func (m Machine) String() string {
 	s := fmt.Sprintf("%d CPUs (GOMAXPROCS %d), %s/%s", m.CPUs, m.GOMAXPROCS, m.OS, m.Arch)
 	if m.CPUModel != "" {

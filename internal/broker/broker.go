@@ -262,9 +262,16 @@ func (n *Listener) Shutdown() {
 // Stop stops accepting new connections.
 func (n *Listener) Stop() { n.stop() }
 
+// Init implements mochi's listeners.Listener; there is nothing to set up.
 func (n *Listener) Init(*slog.Logger) error { return nil }
-func (n *Listener) ID() string              { return n.id }
-func (n *Listener) Address() string         { return n.l.Addr().String() }
+
+// ID implements listeners.Listener: the listener's name in mochi.
+func (n *Listener) ID() string { return n.id }
+
+// Address implements listeners.Listener: the bound address.
+func (n *Listener) Address() string { return n.l.Addr().String() }
+
+// Protocol implements listeners.Listener: "tls" or "tcp".
 func (n *Listener) Protocol() string {
 	if n.tls != nil {
 		return "tls"
@@ -272,6 +279,8 @@ func (n *Listener) Protocol() string {
 	return "tcp"
 }
 
+// Serve implements listeners.Listener: it accepts connections and hands
+// each to mochi until Stop or Close.
 func (n *Listener) Serve(establish listeners.EstablishFn) {
 	for {
 		conn, err := n.l.Accept()
@@ -347,6 +356,8 @@ func (n *Listener) closeConns() {
 // shutdownWait bounds how long Shutdown waits for connections to finish.
 const shutdownWait = 15 * time.Second
 
+// Close implements listeners.Listener: it stops accepting, closes the
+// clients and waits (at most shutdownWait) for their connections to end.
 func (n *Listener) Close(closeClients listeners.CloseFn) {
 	n.stop()
 	closeClients(n.id)

@@ -28,6 +28,7 @@ type Error struct {
 	Message string
 }
 
+// Error returns the message (the code is for mapping at the edge).
 func (e *Error) Error() string { return e.Message }
 
 // Errorf returns an *Error with the given code and formatted message.
