@@ -272,7 +272,9 @@ func TestFeedCommand(t *testing.T) {
 		got <- cmd
 		return nil
 	})
-	if err := c2.Connect(ctx); err != nil {
+	cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer ccancel()
+	if err := c2.Connect(cctx); err != nil {
 		t.Fatal(err)
 	}
 	select {
