@@ -316,11 +316,13 @@ func (c *Client) onUp(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 		defer c.wg.Done()
 		ctx, cancel := context.WithTimeout(c.lifetime, c.opt.connectTimeout)
 		defer cancel()
-		_, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
-			{Topic: protocol.DeviceFilter(c.id), QoS: 1},
-		}})
-		if err != nil {
-			c.opt.log.Warn("subscribe failed", "device_id", c.id, "error", err)
+		if err := c.subscribe(ctx, cm); err != nil {
+			// Without the subscription the device hears nothing: drop
+			// the connection so that autopaho connects afresh.
+			c.opt.log.Warn("subscribe failed; reconnecting", "device_id", c.id, "error", err)
+			dctx, dcancel := context.WithTimeout(c.lifetime, time.Second)
+			_ = cm.Disconnect(dctx)
+			dcancel()
 			return
 		}
 		c.connected.Store(true)
@@ -331,6 +333,32 @@ func (c *Client) onUp(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 		}
 		c.tele.kick()
 	}()
+}
+
+// subscribe subscribes to the device's down/ topics, retrying while ctx
+// allows. A refusal can be transient: right after a persistent session is
+// resumed, the embedded broker answers 0x91 (packet identifier in use)
+// while the packet id of the SUBSCRIBE is also that of a message it is
+// resending to the device; the next attempt uses another id.
+func (c *Client) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) error {
+	pause := 20 * time.Millisecond
+	for {
+		_, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
+			{Topic: protocol.DeviceFilter(c.id), QoS: 1},
+		}})
+		if err == nil {
+			return nil
+		}
+		c.opt.log.Debug("subscribe refused; retrying", "device_id", c.id, "error", err)
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (last attempt: %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+		pause = min(2*pause, time.Second)
+	}
 }
 
 func (c *Client) onDown() bool {

@@ -649,3 +649,51 @@ func TestEventRedeliveryStoredOnce(t *testing.T) {
 		t.Fatalf("stored %v; want e-1 and n-1 once, the two events without id both", count)
 	}
 }
+
+// A device that reconnects again and again while feed commands wait for it
+// always gets its subscription and its commands. (Right after a persistent
+// session resumes, the embedded broker may refuse a SUBSCRIBE whose packet
+// id equals one of a message it is resending, 0x91; the SDK retries.)
+func TestReconnectWithQueuedCommands(t *testing.T) {
+	p := outposttest.Start(t)
+	d := p.CreateDevice(t, "reconnecting")
+	got := make(chan device.FeedCommand, 1)
+	for i := range 30 {
+		c, err := device.New(d.URL, device.WithLogger(outposttest.Logger(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.HandleFeed("switch", func(ctx context.Context, cmd device.FeedCommand) error {
+			select {
+			case got <- cmd:
+			default: // a redelivery to this new process; the test has one already
+			}
+			return nil
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		if err := c.Connect(ctx); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		if i == 0 {
+			if err := c.RegisterFeeds(ctx, device.Feed{Ref: "switch", Type: device.FeedInOut, DataType: device.Bool}); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			select {
+			case <-got:
+			case <-ctx.Done():
+				t.Fatalf("round %d: the queued command never arrived", i)
+			}
+		}
+		cancel()
+		c.Close()
+		outposttest.Eventually(t, 10*time.Second, "device offline", func() bool {
+			var dev struct{ Online bool }
+			p.Do(t, "GET", "/api/v1/devices/"+d.ID, nil, &dev)
+			return !dev.Online
+		})
+		if st := p.Do(t, "POST", "/api/v1/devices/"+d.ID+"/feeds/switch/value", map[string]any{"value": i%2 == 0}, nil); st != http.StatusAccepted {
+			t.Fatalf("round %d: feed command status %d", i, st)
+		}
+	}
+}
