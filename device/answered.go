@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 )
 
-// answeredLog keeps the ids of the RPC requests the device has started to
-// execute in a file next to its durable outbox, so a request redelivered
+// answeredLog keeps the ids of the RPC requests and feed commands the
+// device has started to execute in a file next to its durable outbox, so a request redelivered
 // after the device process restarted is still not executed twice (at most
 // once: the id is written before the handler runs). It holds the last
 // answeredKeep ids; the file is rewritten when it grows past twice that.
@@ -22,14 +23,19 @@ type answeredLog struct {
 
 const answeredKeep = 4096
 
-// openAnsweredLog loads dir/answered into seen and opens it for appending.
-func openAnsweredLog(dir string, seen *recentIDs) (*answeredLog, error) {
+// commandPrefix marks the ids of feed commands in the log (RPC request ids
+// are stored bare).
+const commandPrefix = "feed:"
+
+// openAnsweredLog loads dir/answered into seen (RPC request ids) and
+// commands (feed command ids) and opens it for appending.
+func openAnsweredLog(dir string, seen, commands *recentIDs) (*answeredLog, error) {
 	path := filepath.Join(dir, "answered")
 	l := &answeredLog{path: path}
 	if f, err := os.Open(path); err == nil {
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
-			if id := sc.Text(); id != "" && len(id) <= 64 {
+			if id := sc.Text(); id != "" && len(id) <= 64+len(commandPrefix) {
 				l.ids = append(l.ids, id)
 			}
 		}
@@ -41,7 +47,11 @@ func openAnsweredLog(dir string, seen *recentIDs) (*answeredLog, error) {
 		l.ids = l.ids[len(l.ids)-answeredKeep:]
 	}
 	for _, id := range l.ids {
-		seen.add(id)
+		if cmd, ok := strings.CutPrefix(id, commandPrefix); ok {
+			commands.add(cmd)
+		} else {
+			seen.add(id)
+		}
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {

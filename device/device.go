@@ -150,10 +150,10 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 		answered:   newRecentIDs(4096),
 		cmReady:    make(chan struct{}),
 	}
+	c.model.init()
 	if err := c.tele.init(c); err != nil {
 		return nil, fmt.Errorf("device: %w", err)
 	}
-	c.model.init()
 	return c, nil
 }
 

@@ -411,6 +411,11 @@ func (c *Client) onModelPublish(kind string, payload []byte) bool {
 		if cmd.ID != "" && !c.model.commands.add(cmd.ID) {
 			return true // redelivered
 		}
+		if cmd.ID != "" {
+			if err := c.answeredLog.add(commandPrefix + cmd.ID); err != nil {
+				c.opt.log.Warn("record feed command", "device_id", c.id, "id", cmd.ID, "error", err)
+			}
+		}
 		c.model.mu.Lock()
 		h := c.model.feedHandlers[cmd.Feed]
 		c.model.mu.Unlock()

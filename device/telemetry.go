@@ -104,7 +104,7 @@ func (t *telemetry) init(c *Client) error {
 		o.log.Warn("outbox was damaged (power cut?); the damaged records were skipped", "device_id", c.id, "dir", dir, "error", rerr)
 	}
 	t.ob = ob
-	if c.answeredLog, err = openAnsweredLog(dir, c.answered); err != nil {
+	if c.answeredLog, err = openAnsweredLog(dir, c.answered, c.model.commands); err != nil {
 		ob.Close()
 		return err
 	}

@@ -650,24 +650,33 @@ func TestEventRedeliveryStoredOnce(t *testing.T) {
 	}
 }
 
-// A device that reconnects again and again while feed commands wait for it
-// always gets its subscription and its commands. (Right after a persistent
+// A device process that restarts again and again while feed commands wait
+// for it always gets its subscription and its commands, each handled once
+// (the SDK remembers the command ids next to its durable outbox). (Right after a persistent
 // session resumes, the embedded broker may refuse a SUBSCRIBE whose packet
 // id equals one of a message it is resending, 0x91; the SDK retries.)
 func TestReconnectWithQueuedCommands(t *testing.T) {
 	p := outposttest.Start(t)
 	d := p.CreateDevice(t, "reconnecting")
 	got := make(chan device.FeedCommand, 1)
+	var mu sync.Mutex
+	runs := map[string]int{} // command id → handler runs, over all processes
+	outbox := t.TempDir()   // the device's durable state, kept across restarts
 	for i := range 30 {
-		c, err := device.New(d.URL, device.WithLogger(outposttest.Logger(t)))
+		c, err := device.New(d.URL, device.WithOutbox(outbox), device.WithLogger(outposttest.Logger(t)))
 		if err != nil {
 			t.Fatal(err)
 		}
 		c.HandleFeed("switch", func(ctx context.Context, cmd device.FeedCommand) error {
-			select {
-			case got <- cmd:
-			default: // a redelivery to this new process; the test has one already
+			mu.Lock()
+			runs[cmd.ID]++
+			n := runs[cmd.ID]
+			mu.Unlock()
+			if n > 1 {
+				t.Errorf("feed command %s handled %d times", cmd.ID, n)
+				return nil
 			}
+			got <- cmd
 			return nil
 		})
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
