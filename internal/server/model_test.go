@@ -661,7 +661,7 @@ func TestReconnectWithQueuedCommands(t *testing.T) {
 	got := make(chan device.FeedCommand, 1)
 	var mu sync.Mutex
 	runs := map[string]int{} // command id → handler runs, over all processes
-	outbox := t.TempDir()   // the device's durable state, kept across restarts
+	outbox := t.TempDir()    // the device's durable state, kept across restarts
 	for i := range 30 {
 		c, err := device.New(d.URL, device.WithOutbox(outbox), device.WithLogger(outposttest.Logger(t)))
 		if err != nil {
