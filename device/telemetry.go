@@ -229,10 +229,12 @@ func (c *Client) Publish(ctx context.Context) error {
 	if err := t.ob.Seal(); err != nil {
 		return fmt.Errorf("device: publish: %w", err)
 	}
-	// Only what is sealed now belongs to this Publish.
-	var last uint64
-	if ms, err := t.ob.Next(0, 1<<30); err == nil && len(ms) > 0 {
-		last = ms[len(ms)-1].Seq
+	// Only what is sealed now belongs to this Publish: messages numbered
+	// below the outbox's next sequence number (a queue that does not
+	// report it bounds nothing).
+	last := ^uint64(0)
+	if n := t.ob.Stats().NextSeq; n > 0 {
+		last = n - 1
 	}
 	pause := retryMin
 	for {
