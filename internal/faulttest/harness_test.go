@@ -238,16 +238,22 @@ func (pl *platform) url(d testDevice) string {
 // storedReadings scrapes outpost_readings_stored_total; -1 when the
 // platform does not answer.
 func (pl *platform) storedReadings() int {
-	resp, err := http.Get(pl.http + "/metrics")
+	return int(metricValue(pl.http, "outpost_readings_stored_total"))
+}
+
+// metricValue reads one unlabelled metric from the platform at httpURL;
+// -1 when the platform does not answer or has no such metric.
+func metricValue(httpURL, name string) float64 {
+	resp, err := http.Get(httpURL + "/metrics")
 	if err != nil {
 		return -1
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "outpost_readings_stored_total "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			f, _ := strconv.ParseFloat(v, 64)
-			return int(f)
+			return f
 		}
 	}
 	return -1

@@ -1,13 +1,9 @@
 package faulttest
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -210,7 +206,7 @@ func TestCallNotExecutedTwiceAcrossDeviceRestart(t *testing.T) {
 	}
 	// The platform sends the unanswered call again to the new session.
 	outposttest.Eventually(t, 20*time.Second, "call sent again", func() bool {
-		return queueSent(t, p) >= 2
+		return metricValue(p.HTTPURL(), "outpost_queue_sent_total") >= 2
 	})
 	var got struct {
 		SentAt      time.Time `json:"sent_at"`
@@ -230,22 +226,4 @@ func TestCallNotExecutedTwiceAcrossDeviceRestart(t *testing.T) {
 	if n := runs.Load(); n != 1 {
 		t.Fatalf("handler ran %d times, want once", n)
 	}
-}
-
-// queueSent reads outpost_queue_sent_total.
-func queueSent(t *testing.T, p *outposttest.Platform) float64 {
-	t.Helper()
-	resp, err := http.Get(p.HTTPURL() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "outpost_queue_sent_total "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
 }
