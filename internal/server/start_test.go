@@ -55,7 +55,6 @@ func hold(t *testing.T) string {
 	return l.Addr().String()
 }
 
-
 // When a default port is taken (Mosquitto on 1883), the platform listens
 // on another and says so; an address that was given is never moved.
 func TestDefaultPortTakenMovesListener(t *testing.T) {
