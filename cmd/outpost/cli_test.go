@@ -76,6 +76,7 @@ func TestHelpEverywhere(t *testing.T) {
 		{[]string{"params", "unset"}, "Usage: outpost params unset DEVICE KEY", "-o FORMAT"},
 		{[]string{"events"}, "Usage: outpost events DEVICE", "--feed"},
 		{[]string{"stream"}, "Usage: outpost stream [flags]", "--limit"},
+		{[]string{"env"}, "eval \"$(outpost env)\"", "--server"},
 		{[]string{"bench"}, "usage: outpost bench BENCHMARK", ""},
 		{[]string{"bench", "ingest"}, "-readings", ""},
 		{[]string{"bench", "rpc"}, "-callers", ""},
@@ -366,6 +367,11 @@ func TestServeAndCLIShareTheDataDirectory(t *testing.T) {
 	if got := s.line("admin token"); got != strings.TrimSpace(string(token)) {
 		t.Fatalf("second start printed admin token %q, want the token the failed start saved; output:\n%s", got, s.stdoutText())
 	}
+	// outpost env gives curl the same address and token.
+	r = outpost(t, dir, nil, "env")
+	if want := "export OUTPOST_SERVER='" + s.line("http") + "'\nexport OUTPOST_TOKEN='" + strings.TrimSpace(string(token)) + "'\n"; r.code != 0 || r.stdout != want {
+		t.Errorf("outpost env: exit %d, %q, want %q", r.code, r.stdout, want)
+	}
 	r = outpost(t, dir, nil, "device", "create", "kitchen")
 	if r.code != 0 {
 		t.Fatalf("device create without --server or --token: exit %d, %s", r.code, r.stderr)
@@ -399,6 +405,9 @@ func TestServeAndCLIShareTheDataDirectory(t *testing.T) {
 	r = outpost(t, dir, nil, "serve", "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0")
 	if r.code != 1 || !strings.Contains(r.stderr, "in use by another outpost serve") {
 		t.Errorf("second serve on the directory: exit %d, %q", r.code, r.stderr)
+	}
+	if r = outpost(t, t.TempDir(), nil, "env"); r.code != 1 || !strings.Contains(r.stderr, "no platform is running on outpost-data") {
+		t.Errorf("outpost env without a platform: exit %d, %q", r.code, r.stderr)
 	}
 	s.kill() // SIGKILL: running.json stays behind
 	r = outpost(t, dir, nil, "device", "list")

@@ -50,6 +50,7 @@ Usage:
   outpost events DEVICE [--kind event|notification] [--limit N] [--since T]
   outpost stream [--device ID]… [--kind KIND]…  print live events as JSON lines until interrupted
   outpost bench ingest|rpc [flags]
+  outpost env [--data DIR]                      print OUTPOST_SERVER and OUTPOST_TOKEN for curl: eval "$(outpost env)"
   outpost version
 
 DEVICE is a device id or name. Listings print a table and single objects
@@ -101,6 +102,7 @@ var commands = map[string]cmdFunc{
 	"parameters": cmdParams,
 	"events":     cmdEvents,
 	"stream":     cmdStream,
+	"env":        cmdEnv,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
