@@ -136,7 +136,8 @@ type group struct {
 	about string
 	subs  []subcommand
 	// def, when set, is the subcommand run when the first argument is not
-	// one ("params DEVICE" is "params show DEVICE").
+	// one ("params DEVICE" and "params -o table DEVICE" are "params show
+	// …").
 	def string
 }
 
@@ -164,7 +165,7 @@ func (g group) dispatch(ctx context.Context, args []string, stdout, stderr io.Wr
 				return s.run(ctx, args[1:], stdout, stderr)
 			}
 		}
-		if g.def != "" && !strings.HasPrefix(args[0], "-") {
+		if g.def != "" {
 			for _, s := range g.subs {
 				if s.name == g.def {
 					return s.run(ctx, args, stdout, stderr)

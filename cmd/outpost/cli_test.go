@@ -211,6 +211,7 @@ func TestOutputFormats(t *testing.T) {
 		{[]string{"events", f.id}, `event door_open {"door":2}`},
 		{[]string{"call", "list", f.id}, f.callID + " later"},
 		{[]string{"params", f.id, "-o", "table"}, "rate 5 -"},
+		{[]string{"params", "-o", "table", f.id}, "rate 5 -"},
 		{[]string{"attributes", f.id}, `model string "T-1"`},
 	} {
 		if out, _, err := runCLI(t, f.p, tc.args...); err != nil || !strings.Contains(strings.Join(strings.Fields(out), " "), tc.want) {
