@@ -188,6 +188,11 @@ func Dial(ctx context.Context, serverURL, token string, opts ...Option) (*Client
 		c.hc = &http.Client{Transport: tr}
 	}
 	if err := c.do(ctx, "GET", "/api/v1/devices", url.Values{"limit": {"1"}}, nil, nil); err != nil {
+		var te *transportError
+		if errors.As(err, &te) {
+			// The request's own text would repeat the URL and the prefix.
+			return nil, &transportError{op: "dial " + serverURL, err: te.err}
+		}
 		return nil, fmt.Errorf("fleet: dial %s: %w", serverURL, err)
 	}
 	c.lifetime, c.stop = context.WithCancelCause(context.Background())
@@ -442,6 +447,10 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			return &transportError{op: method + " " + c.base.Scheme + "://" + c.base.Host + u.Path, err: ue}
+		}
 		return fmt.Errorf("fleet: %s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
@@ -459,6 +468,20 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	}
 	return nil
 }
+
+// transportError is a request that got no HTTP answer: the platform could
+// not be reached, or the context ended first. Its text names the request
+// once ("fleet: GET http://127.0.0.1:8080/api/v1/devices: dial tcp …:
+// connection refused"); it unwraps to the *url.Error, so errors.Is and
+// errors.As reach the network and context errors underneath.
+type transportError struct {
+	op  string
+	err *url.Error
+}
+
+func (e *transportError) Error() string { return "fleet: " + e.op + ": " + e.err.Err.Error() }
+
+func (e *transportError) Unwrap() error { return e.err }
 
 // apiError decodes the platform's JSON error body.
 func apiError(status int, raw []byte) *APIError {

@@ -4,10 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,6 +42,42 @@ func TestDial(t *testing.T) {
 				t.Fatalf("Dial: %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// Dial's errors name the request once, with one "fleet:" prefix, and keep
+// the network error reachable with errors.Is and errors.As.
+func TestDialErrorText(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + l.Addr().String()
+	l.Close()
+	_, err = fleet.Dial(testCtx(t), closed, "tok")
+	if err == nil {
+		t.Fatal("Dial to a closed port succeeded")
+	}
+	msg := err.Error()
+	if strings.Count(msg, "fleet:") != 1 || strings.Count(msg, closed) != 1 || !strings.HasPrefix(msg, "fleet: dial "+closed+": ") {
+		t.Errorf("Dial error %q: want one prefix and the URL once", msg)
+	}
+	var ue *url.Error
+	if !errors.Is(err, syscall.ECONNREFUSED) || !errors.As(err, &ue) {
+		t.Errorf("Dial error %q does not unwrap to ECONNREFUSED and a *url.Error", msg)
+	}
+
+	p := outposttest.Start(t)
+	_, err = fleet.Dial(testCtx(t), p.HTTPURL(), "wrong")
+	if err == nil || strings.Count(err.Error(), "fleet:") != 1 || !errors.Is(err, fleet.ErrUnauthorized) {
+		t.Errorf("Dial with a wrong token: %v", err)
+	}
+	f := dial(t, p)
+	p.Close()
+	_, err = f.Devices(testCtx(t), fleet.DeviceFilter{})
+	if err == nil || strings.Count(err.Error(), "fleet:") != 1 || !strings.Contains(err.Error(), "GET "+p.HTTPURL()+"/api/v1/devices: ") {
+		t.Errorf("Devices on a stopped platform: %v", err)
 	}
 }
 
@@ -289,13 +329,17 @@ func TestCallAsyncWorkers(t *testing.T) {
 
 	for _, workers := range []int{1, 4} {
 		t.Run("workers="+strconv.Itoa(workers), func(t *testing.T) {
-			f := dial(t, p, fleet.WithWorkers(workers))
+			events := make(chan string, 100)
+			f := dial(t, p, fleet.WithWorkers(workers), fleet.WithHTTPClient(observedClient(t, events)))
 			started, release := make(chan struct{}), make(chan struct{})
 			unblock := sync.OnceFunc(func() { close(release) })
 			t.Cleanup(unblock) // before Close, which waits for the callback
+			var slowRunning, overlapped atomic.Bool
 			slow := func(json.RawMessage, error, any) {
+				slowRunning.Store(true)
 				close(started)
 				<-release
+				slowRunning.Store(false)
 			}
 			if err := f.CallAsync(ctx, d.ID, "echo", nil, slow, nil); err != nil {
 				t.Fatal(err)
@@ -303,7 +347,13 @@ func TestCallAsyncWorkers(t *testing.T) {
 			<-started
 			ch := make(chan outcome, 10)
 			for i := range 10 {
-				if err := f.CallAsync(ctx, d.ID, "echo", i, collect(ch), i); err != nil {
+				cb := func(res json.RawMessage, err error, param any) {
+					if slowRunning.Load() {
+						overlapped.Store(true)
+					}
+					collect(ch)(res, err, param)
+				}
+				if err := f.CallAsync(ctx, d.ID, "echo", i, cb, i); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -313,13 +363,17 @@ func TestCallAsyncWorkers(t *testing.T) {
 						t.Fatal(o.err)
 					}
 				}
+				if !overlapped.Load() {
+					t.Error("with several workers no callback ran beside the slow one")
+				}
 				unblock()
 				return
 			}
-			select {
-			case o := <-ch:
-				t.Fatalf("with one worker a callback (%v) ran while the slow one was running", o.param)
-			case <-time.After(300 * time.Millisecond):
+			// Every answer has reached the client (the slow call's and
+			// the ten others): only the single worker holds them back.
+			waitEvents(t, events, "echo", 11)
+			if len(ch) != 0 {
+				t.Fatal("with one worker a callback ran while the slow one was running")
 			}
 			unblock()
 			for want := range 10 {
@@ -330,6 +384,9 @@ func TestCallAsyncWorkers(t *testing.T) {
 				if o.err != nil {
 					t.Fatalf("callback %d: %v", want, o.err)
 				}
+			}
+			if overlapped.Load() {
+				t.Fatal("with one worker a callback ran while the slow one was running")
 			}
 		})
 	}
@@ -379,7 +436,8 @@ func TestCloseWaitsForCallbacks(t *testing.T) {
 	p := outposttest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	f, err := fleet.Dial(ctx, p.HTTPURL(), p.AdminToken(), fleet.WithWorkers(1))
+	events := make(chan string, 100)
+	f, err := fleet.Dial(ctx, p.HTTPURL(), p.AdminToken(), fleet.WithWorkers(1), fleet.WithHTTPClient(observedClient(t, events)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,16 +445,25 @@ func TestCloseWaitsForCallbacks(t *testing.T) {
 	unblock := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(func() { unblock(); f.Close() })
 	d := p.CreateDevice(t, "d")
-	answered := make(chan struct{}, 10)
+	answered, hanging := make(chan struct{}, 10), make(chan struct{}, 10)
 	connect(t, d.URL, map[string]device.Handler{
 		"echo": func(ctx context.Context, args json.RawMessage) (any, error) {
 			answered <- struct{}{}
 			return echo(ctx, args)
 		},
-		"hang": hang,
+		"hang": func(ctx context.Context, args json.RawMessage) (any, error) {
+			hanging <- struct{}{}
+			return hang(ctx, args)
+		},
 	})
 
-	if err := f.CallAsync(ctx, d.ID, "echo", nil, func(json.RawMessage, error, any) { close(started); <-release }, nil); err != nil {
+	var slowReturned atomic.Bool
+	slow := func(json.RawMessage, error, any) {
+		close(started)
+		<-release
+		slowReturned.Store(true)
+	}
+	if err := f.CallAsync(ctx, d.ID, "echo", nil, slow, nil); err != nil {
 		t.Fatal(err)
 	}
 	<-started
@@ -413,23 +480,28 @@ func TestCloseWaitsForCallbacks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(200 * time.Millisecond) // the echo answers reach the client
+	// The three hang calls have reached the device, and the answers of
+	// the slow call and of the three echo calls have reached the client.
+	for range 3 {
+		<-hanging
+	}
+	waitEvents(t, events, "echo", 4)
 
-	closed := make(chan struct{})
+	closed := make(chan bool, 1) // whether the slow callback had returned
 	start := time.Now()
 	go func() {
 		f.Close()
-		close(closed)
+		closed <- slowReturned.Load()
 	}()
-	time.Sleep(50 * time.Millisecond)
-	select {
-	case <-closed:
-		t.Fatal("Close returned while a callback was still running")
-	default:
-	}
+	// Close cuts the unanswered calls short first; only then release the
+	// slow callback, which Close must still be waiting for.
+	waitEvents(t, events, "hang:error", 3)
 	unblock()
 	select {
-	case <-closed:
+	case returned := <-closed:
+		if !returned {
+			t.Fatal("Close returned while a callback was still running")
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not return within 5s")
 	}

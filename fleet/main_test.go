@@ -3,6 +3,10 @@ package fleet_test
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -70,4 +74,62 @@ func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// observedClient is an HTTP client that reports, on events, every RPC
+// request the fleet client finished: "METHOD" once its answer has been read
+// to the end and closed, "METHOD:error" when the request failed (for
+// example cut short by Close). Tests wait on these instead of sleeping.
+func observedClient(t testing.TB, events chan<- string) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: observer{tr, events}}
+}
+
+type observer struct {
+	base   http.RoundTripper
+	events chan<- string
+}
+
+func (o observer) RoundTrip(req *http.Request) (*http.Response, error) {
+	_, method, isRPC := strings.Cut(req.URL.Path, "/rpc/")
+	resp, err := o.base.RoundTrip(req)
+	if !isRPC {
+		return resp, err
+	}
+	if err != nil {
+		o.events <- method + ":error"
+		return nil, err
+	}
+	resp.Body = &observedBody{ReadCloser: resp.Body, done: func() { o.events <- method }}
+	return resp, nil
+}
+
+type observedBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *observedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
+
+// waitEvents waits until n events equal to want have arrived; others are
+// skipped.
+func waitEvents(t testing.TB, events <-chan string, want string, n int) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for n > 0 {
+		select {
+		case e := <-events:
+			if e == want {
+				n--
+			}
+		case <-deadline:
+			t.Fatalf("still waiting for %d %q requests after 10s", n, want)
+		}
+	}
 }

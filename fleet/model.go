@@ -106,9 +106,12 @@ func (c *Client) UpdateParameters(ctx context.Context, deviceID string, changes 
 
 // DeviceEvent is an event or a notification a device sent.
 type DeviceEvent struct {
-	Seq      int64  `json:"seq"`
-	DeviceID string `json:"device_id"`
-	Kind     string `json:"kind"` // KindEvent or KindNotification
+	Seq int64 `json:"seq"`
+	// MessageID is the id the device gave the event, if any; the platform
+	// stores an event once per id.
+	MessageID string `json:"message_id,omitempty"`
+	DeviceID  string `json:"device_id"`
+	Kind      string `json:"kind"` // KindEvent or KindNotification
 	// Name and Data for events; Title and Text for notifications.
 	Name       string          `json:"name,omitempty"`
 	Data       json.RawMessage `json:"data,omitempty"`

@@ -110,4 +110,7 @@ func TestDeviceModel(t *testing.T) {
 	if err != nil || len(evs) != 1 || evs[0].Title != "Valve" {
 		t.Fatalf("events %+v %v", evs, err)
 	}
+	if evs[0].MessageID == "" {
+		t.Errorf("event %+v has no message_id (the SDK gives every event one)", evs[0])
+	}
 }

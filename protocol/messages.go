@@ -139,8 +139,14 @@ func DecodeTelemetry(payload []byte) (Telemetry, error) {
 }
 
 // ValidateReading checks one reading: feed reference, value type and size,
-// timestamp range. It returns a *Error with CodeInvalid or CodeTooLarge.
-func ValidateReading(r Reading) error {
+// timestamp range. It returns nil or an *Error with CodeInvalid or
+// CodeTooLarge.
+//
+// Like the other Validate functions it returns *Error rather than error,
+// so that callers read the code without a type assertion that could fail.
+// Test the result against nil before storing it in a variable of type
+// error: a nil *Error in an error variable is not a nil error.
+func ValidateReading(r Reading) *Error {
 	if err := ValidFeed(r.Feed); err != nil {
 		return &Error{Code: CodeInvalid, Message: err.Error()}
 	}

@@ -275,8 +275,9 @@ func DecodeFeeds(payload []byte) (FeedsMessage, error) {
 }
 
 // ValidateFeedDef checks a feed definition and fills in defaults (Type IN,
-// Name = Ref).
-func ValidateFeedDef(d *FeedDef) error {
+// Name = Ref). It returns nil or an *Error with CodeInvalid or CodeTooLarge
+// (see ValidateReading on why not error).
+func ValidateFeedDef(d *FeedDef) *Error {
 	if err := ValidFeed(d.Ref); err != nil {
 		return invalid("%v", err)
 	}
@@ -314,7 +315,7 @@ func ValidDataType(t string) bool {
 
 // checkText accepts valid UTF-8 of at most max bytes with no control
 // characters.
-func checkText(what, s string, max int) error {
+func checkText(what, s string, max int) *Error {
 	if len(s) > max {
 		return tooLarge("%s is longer than %d bytes", what, max)
 	}
@@ -330,9 +331,10 @@ func checkText(what, s string, max int) error {
 }
 
 // ValidateTyped checks that an encoded value has data type dataType. It
-// returns a *Error with CodeWrongType for a mismatch, or CodeInvalid /
-// CodeTooLarge for a value that is bad whatever the type.
-func ValidateTyped(dataType string, v json.RawMessage) error {
+// returns nil, or an *Error with CodeWrongType for a mismatch, or
+// CodeInvalid / CodeTooLarge for a value that is bad whatever the type
+// (see ValidateReading on why not error).
+func ValidateTyped(dataType string, v json.RawMessage) *Error {
 	kind, err := ValueKind(v)
 	if err != nil {
 		var pe *Error
@@ -405,8 +407,9 @@ func DecodeAttributes(payload []byte) (AttributesMessage, error) {
 	return m, nil
 }
 
-// ValidateAttribute checks an attribute's name, data type and value.
-func ValidateAttribute(a Attribute) error {
+// ValidateAttribute checks an attribute's name, data type and value. It
+// returns nil or an *Error (see ValidateReading on why not error).
+func ValidateAttribute(a Attribute) *Error {
 	if err := validName("attribute name", a.Name, MaxAttributeNameLen, true); err != nil {
 		return invalid("%v", err)
 	}
@@ -414,8 +417,7 @@ func ValidateAttribute(a Attribute) error {
 		return invalid("attribute %s: data_type must be number, bool, string, location or hex, not %.32q", a.Name, a.DataType)
 	}
 	if err := ValidateTyped(a.DataType, a.Value); err != nil {
-		err.(*Error).Message = "attribute " + a.Name + ": " + err.(*Error).Message
-		return err
+		return &Error{Code: err.Code, Message: "attribute " + a.Name + ": " + err.Message}
 	}
 	return nil
 }
@@ -442,8 +444,9 @@ func DecodeParametersReport(payload []byte) (ParametersReport, error) {
 // ValidateParameters checks a set of parameters: at most
 // MaxParametersPerDevice keys from the feed alphabet, each value valid JSON
 // of at most MaxParameterValue bytes. With allowNull, null values (meaning
-// "remove") are accepted.
-func ValidateParameters(m map[string]json.RawMessage, allowNull bool) error {
+// "remove") are accepted. It returns nil or an *Error with CodeInvalid or
+// CodeTooLarge (see ValidateReading on why not error).
+func ValidateParameters(m map[string]json.RawMessage, allowNull bool) *Error {
 	if len(m) > MaxParametersPerDevice {
 		return tooLarge("parameters: %d keys exceed %d", len(m), MaxParametersPerDevice)
 	}

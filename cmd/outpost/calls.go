@@ -2,103 +2,140 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/outpost-iot/outpost/fleet"
 )
 
-// queueFlags are rpc's flags for queued calls.
-type queueFlags struct {
-	queue bool
-	ttl   time.Duration
+var callGroup = group{
+	name: "call",
+	about: `Follow and cancel queued calls (see 'outpost rpc -h' on --queue).
+'outpost call DEVICE METHOD [JSON-ARGS]' is the same as 'outpost rpc'.`,
+	subs: []subcommand{
+		{name: "show", aliases: []string{"get"}, usage: "ID", summary: "show a queued call: its state and, once finished, its result", run: cmdCallShow},
+		{name: "cancel", usage: "ID", summary: "cancel a call that is still queued", run: cmdCallCancel},
+		{name: "list", aliases: []string{"ls"}, usage: "DEVICE", summary: "list a device's calls, newest first", run: cmdCallList},
+	},
 }
 
-func registerQueueFlags(fs *flag.FlagSet) *queueFlags {
-	var q queueFlags
-	fs.BoolVar(&q.queue, "queue", false, "queue the call for an offline or PULL device and print it (state, id) instead of waiting for the answer")
-	fs.DurationVar(&q.ttl, "ttl", time.Hour, "with --queue: how long the call may wait for the device")
-	return &q
-}
-
-// queueCall queues a call and prints it. --timeout is the device's time to
-// answer once the call is sent; when not given, the platform's default.
-func queueCall(ctx context.Context, f *fleet.Client, fs *flag.FlagSet, q *queueFlags, id, method string, args any, timeout time.Duration, stdout io.Writer) error {
-	o := fleet.QueueOptions{TTL: q.ttl}
-	fs.Visit(func(fl *flag.Flag) {
-		if fl.Name == "timeout" {
-			o.Timeout = timeout
-		}
-	})
-	c, err := f.CallQueued(ctx, id, method, args, o)
-	if err != nil {
-		return err
-	}
-	return printJSON(stdout, c)
-}
-
-func isCallSubcommand(args []string) bool {
-	if len(args) == 0 {
-		return false
-	}
-	switch args[0] {
-	case "show", "get", "cancel", "list":
-		return true
-	}
-	return false
-}
-
-// cmdCall shows, cancels and lists queued calls.
+// cmdCall shows, cancels and lists queued calls; "call DEVICE METHOD" is
+// rpc.
 func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	sub := args[0]
-	fs := flag.NewFlagSet("call "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cf clientFlags
-	cf.register(fs)
-	state := fs.String("state", "", "list: only calls in this state (queued, sent, delivered, succeeded, failed, expired, timed_out, cancelled)")
-	pos, err := parseInterleaved(fs, args[1:])
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		what := "ID"
-		if sub == "list" {
-			what = "DEVICE"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") && args[0] != "help" {
+		isSub := false
+		for _, s := range callGroup.subs {
+			isSub = isSub || args[0] == s.name || contains(s.aliases, args[0])
 		}
-		return usageError{fmt.Sprintf("call %s: want %s", sub, what)}
+		if !isSub {
+			return rpcAs("call", ctx, args, stdout)
+		}
 	}
-	f, err := cf.dial(ctx)
+	return callGroup.dispatch(ctx, args, stdout, stderr)
+}
+
+func cmdCallShow(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	sp := spec{name: "call show", args: "ID", min: 1, max: 1, about: "Show a queued call: its state (queued, sent, delivered, succeeded, failed, expired, timed_out, cancelled) and, once finished, its result or error."}
+	var out *string
+	cf, pos, err := clientCmd(sp, args, stdout, func(fs *flag.FlagSet) { out = outputFlag(fs, outJSON) })
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	switch sub {
-	case "show", "get":
+	if err := checkOutput(*out); err != nil {
+		return err
+	}
+	return withClient(ctx, cf, func(f *fleet.Client) error {
 		c, err := f.GetCall(ctx, pos[0])
 		if err != nil {
 			return err
 		}
-		return printJSON(stdout, c)
-	case "cancel":
+		return printCall(stdout, *out, c)
+	})
+}
+
+func cmdCallCancel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	sp := spec{name: "call cancel", args: "ID", min: 1, max: 1, about: "Cancel a queued call while it is still queued (once sent, it can no longer be cancelled) and print it."}
+	cf, pos, err := clientCmd(sp, args, stdout, nil)
+	if err != nil {
+		return err
+	}
+	return withClient(ctx, cf, func(f *fleet.Client) error {
 		c, err := f.CancelCall(ctx, pos[0])
 		if err != nil {
 			return err
 		}
 		return printJSON(stdout, c)
-	default: // list
-		id, err := resolve(ctx, f, pos[0])
-		if err != nil {
-			return err
-		}
-		cs, err := f.Calls(ctx, id, *state)
-		if err != nil {
-			return err
-		}
-		if cs == nil {
-			cs = []fleet.Call{}
-		}
-		return printJSON(stdout, map[string]any{"device_id": id, "calls": cs})
+	})
+}
+
+func printCall(w io.Writer, out string, c *fleet.Call) error {
+	if out == outJSON {
+		return printJSON(w, c)
 	}
+	tw := newTable(w)
+	fmt.Fprintf(tw, "ID\t%s\nDEVICE\t%s\nMETHOD\t%s\nSTATE\t%s\nCREATED\t%s\nEXPIRES\t%s\n", c.ID, c.DeviceID, c.Method, c.State, stamp(c.CreatedAt), stamp(c.ExpiresAt))
+	if len(c.Args) > 0 {
+		fmt.Fprintf(tw, "ARGS\t%s\n", compactJSON(c.Args))
+	}
+	if len(c.Result) > 0 {
+		fmt.Fprintf(tw, "RESULT\t%s\n", compactJSON(c.Result))
+	}
+	if c.Error != nil {
+		b, _ := json.Marshal(c.Error)
+		fmt.Fprintf(tw, "ERROR\t%s\n", b)
+	}
+	return tw.Flush()
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.DateTime)
+}
+
+func cmdCallList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	sp := spec{name: "call list", args: "DEVICE", min: 1, max: 1, about: "List a device's calls (by id or name), newest first."}
+	var state, out *string
+	cf, pos, err := clientCmd(sp, args, stdout, func(fs *flag.FlagSet) {
+		state = fs.String("state", "", "only calls in this `STATE`: queued, sent, delivered, succeeded, failed, expired, timed_out or cancelled")
+		out = outputFlag(fs, outTable)
+	})
+	if err != nil {
+		return err
+	}
+	if err := checkOutput(*out); err != nil {
+		return err
+	}
+	switch *state {
+	case "", fleet.CallQueued, fleet.CallSent, fleet.CallDelivered, fleet.CallSucceeded, fleet.CallFailed, fleet.CallExpired, fleet.CallTimedOut, fleet.CallCancelled:
+	default:
+		return usagef("--state %q: want queued, sent, delivered, succeeded, failed, expired, timed_out or cancelled", *state)
+	}
+	return withDevice(ctx, cf, pos[0], func(f *fleet.Client, id string) error {
+		var states []string
+		if *state != "" {
+			states = append(states, *state)
+		}
+		cs, err := f.Calls(ctx, id, states...)
+		if err != nil {
+			return err
+		}
+		if *out == outJSON {
+			if cs == nil {
+				cs = []fleet.Call{}
+			}
+			return printJSON(stdout, map[string]any{"device_id": id, "calls": cs})
+		}
+		tw := newTable(stdout)
+		fmt.Fprintln(tw, "ID\tMETHOD\tSTATE\tCREATED\tFINISHED")
+		for _, c := range cs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.ID, c.Method, c.State, stamp(c.CreatedAt), stamp(c.FinishedAt))
+		}
+		return tw.Flush()
+	})
 }

@@ -2,171 +2,166 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"text/tabwriter"
-	"time"
 
 	"github.com/outpost-iot/outpost/fleet"
+	"github.com/outpost-iot/outpost/internal/server"
 )
 
-// clientFlags are the flags every client command shares.
+// defaultServer is the platform URL when nothing else names one.
+const defaultServer = "http://127.0.0.1:8080"
+
+// clientFlags are the flags every client command shares, and where the
+// platform's URL and token came from, for error messages.
 type clientFlags struct {
-	server, token string
+	fs                    *flag.FlagSet
+	server, token, data   string
+	serverFrom, tokenFrom string
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
-	def := os.Getenv("OUTPOST_SERVER")
-	if def == "" {
-		def = "http://127.0.0.1:8080"
-	}
-	fs.StringVar(&c.server, "server", def, "platform URL (env OUTPOST_SERVER)")
-	fs.StringVar(&c.token, "token", os.Getenv("OUTPOST_TOKEN"), "API token (env OUTPOST_TOKEN)")
+	c.fs = fs
+	fs.StringVar(&c.server, "server", "", "platform `URL` (default: $OUTPOST_SERVER, else the platform running on --data, else "+defaultServer+")")
+	fs.StringVar(&c.token, "token", "", "API `TOKEN` (default: $OUTPOST_TOKEN, else the admin token in --data for a platform on this machine)")
+	fs.StringVar(&c.data, "data", "outpost-data", "data directory `DIR` of a platform on this machine, where its address and admin token are found")
 }
 
-func (c *clientFlags) dial(ctx context.Context) (*fleet.Client, error) {
-	token := c.token
-	if token == "" {
-		// Convenience on the platform's own machine: the admin token of a
-		// platform started from this directory with default flags.
-		if b, err := os.ReadFile(filepath.Join("outpost-data", "admin-token")); err == nil {
-			token = strings.TrimSpace(string(b))
+func (c *clientFlags) given(name string) bool {
+	set := false
+	c.fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// resolve settles the URL and the token: flags first, then the environment,
+// then the data directory of a platform on this machine.
+func (c *clientFlags) resolve() {
+	switch {
+	case c.given("server"):
+		c.serverFrom = "--server"
+	case os.Getenv("OUTPOST_SERVER") != "":
+		c.server, c.serverFrom = os.Getenv("OUTPOST_SERVER"), "OUTPOST_SERVER"
+	default:
+		if r, err := server.ReadRunning(c.data); err == nil {
+			c.server, c.serverFrom = r.HTTP, filepath.Join(c.data, server.RunningFile)
+		} else {
+			c.server, c.serverFrom = defaultServer, "the default"
 		}
 	}
-	if token == "" {
-		return nil, errors.New("no API token: set OUTPOST_TOKEN or pass --token (outpost serve printed it on first start and saved it in DATA/admin-token)")
+	switch {
+	case c.given("token"):
+		c.tokenFrom = "--token"
+	case os.Getenv("OUTPOST_TOKEN") != "":
+		c.token, c.tokenFrom = os.Getenv("OUTPOST_TOKEN"), "OUTPOST_TOKEN"
+	case isLocal(c.server):
+		// The admin token of a platform on this machine. It is never sent
+		// to a platform elsewhere.
+		path := filepath.Join(c.data, server.TokenFile)
+		if b, err := os.ReadFile(path); err == nil {
+			c.token, c.tokenFrom = strings.TrimSpace(string(b)), path
+		}
 	}
-	f, err := fleet.Dial(ctx, c.server, token)
+}
+
+// isLocal reports whether a platform URL points at this machine.
+func isLocal(raw string) bool {
+	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, err
+		return false
+	}
+	if u.Hostname() == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(u.Hostname())
+	return ip != nil && ip.IsLoopback()
+}
+
+// dial connects to the platform.
+func (c *clientFlags) dial(ctx context.Context) (*fleet.Client, error) {
+	c.resolve()
+	if c.token == "" {
+		return nil, fmt.Errorf("no API token for %s: set OUTPOST_TOKEN or pass --token; outpost serve printed the admin token on its first start and saved it in DATA/%s (run the CLI in the directory you started serve from, or pass --data DATA)", c.server, server.TokenFile)
+	}
+	f, err := fleet.Dial(ctx, c.server, c.token)
+	if err != nil {
+		return nil, c.explain(err)
 	}
 	return f, nil
 }
 
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-func cmdDevice(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageError{"device: want create, list, show, delete or rotate-secret"}
-	}
-	sub := args[0]
-	fs := flag.NewFlagSet("device "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cf clientFlags
-	cf.register(fs)
-	online := fs.String("online", "", "list: only devices online (true) or offline (false)")
-	name := fs.String("name", "", "list: only the device with this name")
-	pos, err := parseInterleaved(fs, args[1:])
-	if err != nil {
-		return err
-	}
-	need := func(n int, what string) error {
-		if len(pos) != n {
-			return usageError{fmt.Sprintf("device %s: want %s", sub, what)}
-		}
+// explain turns an error from the platform into one line that says what to
+// do about it.
+func (c *clientFlags) explain(err error) error {
+	if err == nil {
 		return nil
 	}
-	switch sub {
-	case "create", "list", "show", "get", "delete", "rm", "rotate-secret":
-	default:
-		return usageError{fmt.Sprintf("device: unknown subcommand %q", sub)}
+	var ue *url.Error
+	var ae *fleet.APIError
+	switch {
+	case errors.Is(err, context.Canceled):
+		return err
+	case errors.As(err, &ue) && !errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("cannot reach the platform at %s (from %s): %v. Is outpost serve running? Point the CLI at it with --server URL or OUTPOST_SERVER (serve prints its http: address), or run it in the directory you started serve from", c.server, c.serverFrom, ue.Err)
+	case errors.Is(err, fleet.ErrUnauthorized):
+		where := "the admin token that outpost serve printed on its first start, saved in DATA/" + server.TokenFile + " on the platform's machine"
+		return fmt.Errorf("the platform at %s refused the API token (from %s): set OUTPOST_TOKEN or pass --token with %s", c.server, c.tokenFrom, where)
+	case errors.Is(err, fleet.ErrOffline):
+		return fmt.Errorf("%s: add --queue to deliver the call when the device next connects (with --ttl to bound the wait)", apiText(err))
+	case errors.Is(err, fleet.ErrUnknownMethod):
+		return fmt.Errorf("%s: 'outpost rpc DEVICE rpc_list' lists the device's methods", apiText(err))
+	case errors.Is(err, fleet.ErrTimeout):
+		return fmt.Errorf("%s: the device did not answer in time; raise --timeout (at most 5m), or use --queue for a device that answers later", apiText(err))
+	case errors.As(err, &ae):
+		return errors.New(apiText(err))
 	}
+	return err
+}
+
+// apiText is the platform's message and code, without the "fleet:"
+// plumbing around them.
+func apiText(err error) string {
+	var ae *fleet.APIError
+	if errors.As(err, &ae) {
+		return ae.Error()
+	}
+	var re *fleet.RemoteError
+	if errors.As(err, &re) {
+		return re.Error()
+	}
+	return strings.TrimPrefix(err.Error(), "fleet: ")
+}
+
+// withClient dials, runs fn, and explains its error.
+func withClient(ctx context.Context, cf *clientFlags, fn func(f *fleet.Client) error) error {
 	f, err := cf.dial(ctx)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	switch sub {
-	case "create":
-		if err := need(1, "NAME"); err != nil {
-			return err
-		}
-		d, err := f.CreateDevice(ctx, pos[0])
-		if err != nil {
-			return err
-		}
-		return printJSON(stdout, d)
-	case "list":
-		if err := need(0, "no arguments"); err != nil {
-			return err
-		}
-		filter := fleet.DeviceFilter{Name: *name}
-		if *online != "" {
-			b, err := strconv.ParseBool(*online)
-			if err != nil {
-				return usageError{"--online must be true or false"}
-			}
-			filter.Online = &b
-		}
-		ds, err := f.Devices(ctx, filter)
-		if err != nil {
-			return err
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tONLINE\tLAST SEEN")
-		for _, d := range ds {
-			seen := "never"
-			if !d.LastSeen.IsZero() {
-				seen = d.LastSeen.Local().Format(time.DateTime)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", d.ID, d.Name, d.Online, seen)
-		}
-		return tw.Flush()
-	case "show", "get":
-		if err := need(1, "DEVICE"); err != nil {
-			return err
-		}
-		id, err := resolve(ctx, f, pos[0])
-		if err != nil {
-			return err
-		}
-		d, err := f.Device(ctx, id)
-		if err != nil {
-			return err
-		}
-		return printJSON(stdout, d)
-	case "delete", "rm":
-		if err := need(1, "DEVICE"); err != nil {
-			return err
-		}
-		id, err := resolve(ctx, f, pos[0])
-		if err != nil {
-			return err
-		}
-		if err := f.DeleteDevice(ctx, id); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "deleted %s\n", id)
-		return nil
-	default: // rotate-secret
-		if err := need(1, "DEVICE"); err != nil {
-			return err
-		}
-		id, err := resolve(ctx, f, pos[0])
-		if err != nil {
-			return err
-		}
-		d, err := f.RotateSecret(ctx, id)
-		if err != nil {
-			return err
-		}
-		return printJSON(stdout, d)
-	}
+	return cf.explain(fn(f))
 }
 
-// resolve accepts a device id or a device name.
-func resolve(ctx context.Context, f *fleet.Client, ref string) (string, error) {
+// withDevice is withClient for a command about one device, given by id or
+// name.
+func withDevice(ctx context.Context, cf *clientFlags, ref string, fn func(f *fleet.Client, id string) error) error {
+	return withClient(ctx, cf, func(f *fleet.Client) error {
+		id, err := resolveDevice(ctx, f, ref)
+		if err != nil {
+			return err
+		}
+		return fn(f, id)
+	})
+}
+
+// resolveDevice accepts a device id or a device name.
+func resolveDevice(ctx context.Context, f *fleet.Client, ref string) (string, error) {
 	if _, err := f.Device(ctx, ref); err == nil {
 		return ref, nil
 	} else if !errors.Is(err, fleet.ErrNotFound) {
@@ -179,112 +174,17 @@ func resolve(ctx context.Context, f *fleet.Client, ref string) (string, error) {
 	if len(ds) == 1 {
 		return ds[0].ID, nil
 	}
-	return "", fmt.Errorf("no device with id or name %q", ref)
+	return "", fmt.Errorf("no device with id or name %q ('outpost device list' shows them)", ref)
 }
 
-func cmdRPC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("rpc", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// clientCmd is a command that talks to the platform.
+func clientCmd(sp spec, args []string, stdout io.Writer, extra func(fs *flag.FlagSet)) (*clientFlags, []string, error) {
+	fs := newFlags(sp)
+	if extra != nil {
+		extra(fs)
+	}
 	var cf clientFlags
 	cf.register(fs)
-	timeout := fs.Duration("timeout", fleet.DefaultCallTimeout, "how long the device has to answer")
-	qf := registerQueueFlags(fs)
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) < 2 || len(pos) > 3 {
-		return usageError{"rpc: want DEVICE METHOD [JSON-ARGS]"}
-	}
-	var callArgs any
-	if len(pos) == 3 {
-		if !json.Valid([]byte(pos[2])) {
-			return usageError{fmt.Sprintf("rpc: arguments %q are not valid JSON (quote strings: '\"text\"')", pos[2])}
-		}
-		callArgs = json.RawMessage(pos[2])
-	}
-	if *timeout <= 0 {
-		return usageError{"--timeout must be positive"}
-	}
-	f, err := cf.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	id, err := resolve(ctx, f, pos[0])
-	if err != nil {
-		return err
-	}
-	if qf.queue {
-		return queueCall(ctx, f, fs, qf, id, pos[1], callArgs, *timeout, stdout)
-	}
-	cctx, cancel := context.WithTimeout(ctx, *timeout+50*time.Millisecond)
-	defer cancel()
-	res, err := f.Call(cctx, id, pos[1], callArgs)
-	if err != nil {
-		return err
-	}
-	return printJSON(stdout, res)
-}
-
-func cmdTelemetry(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("telemetry", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cf clientFlags
-	cf.register(fs)
-	feed := fs.String("feed", "", "feed reference (default: every feed)")
-	limit := fs.Int("limit", 100, "maximum number of readings (the most recent)")
-	since := fs.String("since", "", "only readings at or after this time (RFC 3339 or a duration ago, e.g. 1h)")
-	until := fs.String("until", "", "only readings before this time (RFC 3339 or a duration ago)")
-	out := fs.String("o", "json", "output: json or table")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usageError{"telemetry: want DEVICE"}
-	}
-	q := fleet.TelemetryQuery{Feed: *feed, Limit: *limit}
-	if q.Since, err = parseWhen(*since); err != nil {
-		return usageError{"--since: " + err.Error()}
-	}
-	if q.Until, err = parseWhen(*until); err != nil {
-		return usageError{"--until: " + err.Error()}
-	}
-	f, err := cf.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	id, err := resolve(ctx, f, pos[0])
-	if err != nil {
-		return err
-	}
-	rs, err := f.Telemetry(ctx, id, q)
-	if err != nil {
-		return err
-	}
-	if *out == "table" {
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "TIME\tFEED\tVALUE")
-		for _, r := range rs {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Time().Local().Format("2006-01-02 15:04:05.000"), r.Feed, r.Value)
-		}
-		return tw.Flush()
-	}
-	if rs == nil {
-		rs = []fleet.Reading{}
-	}
-	return printJSON(stdout, map[string]any{"device_id": id, "readings": rs})
-}
-
-// parseWhen accepts RFC 3339 or a duration meaning "that long ago".
-func parseWhen(s string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if d, err := time.ParseDuration(s); err == nil {
-		return time.Now().Add(-d), nil
-	}
-	return time.Parse(time.RFC3339, s)
+	pos, err := parse(fs, sp, args, stdout)
+	return &cf, pos, err
 }

@@ -7,8 +7,10 @@
 //	outpost telemetry DEVICE           print stored readings
 //	outpost bench ingest|rpc           measure the platform against raw limits
 //
-// Client commands read OUTPOST_SERVER and OUTPOST_TOKEN (or --server and
-// --token).
+// Client commands find the platform through --server and --token, else
+// OUTPOST_SERVER and OUTPOST_TOKEN, else the data directory of a platform
+// running on the same machine (--data, default ./outpost-data). Every
+// command and subcommand takes -h.
 package main
 
 import (
@@ -30,89 +32,100 @@ const usage = `Outpost — self-hosted IoT device platform
 Usage:
   outpost serve [--data DIR] [--mqtt ADDR] [--http ADDR] [--tls-cert F --tls-key F]
   outpost device create NAME
-  outpost device list [--online=true|false] [--name NAME]
+  outpost device list [--online=true|false] [--name NAME] [--limit N]
   outpost device show DEVICE
   outpost device delete DEVICE
   outpost device rotate-secret DEVICE
   outpost rpc DEVICE METHOD [JSON-ARGS] [--timeout 5s]
   outpost rpc DEVICE METHOD [JSON-ARGS] --queue [--ttl 1h] [--timeout 30s]
   outpost call show ID | cancel ID | list DEVICE [--state S]
-  outpost telemetry DEVICE [--feed REF] [--limit N] [--since T] [--until T] [-o json|table]
+  outpost telemetry DEVICE [--feed REF] [--limit N] [--since T] [--until T]
+  outpost model DEVICE                          feeds, attributes and parameters
+  outpost feed list DEVICE
+  outpost feed set DEVICE REF VALUE             set an IN_OUT feed (VALUE is JSON; bare words are strings)
+  outpost attributes DEVICE
+  outpost params DEVICE                         desired and reported parameters
+  outpost params set DEVICE KEY=VALUE…          change parameters (VALUE is JSON; bare words are strings)
+  outpost params unset DEVICE KEY…              remove parameters
+  outpost events DEVICE [--kind event|notification] [--limit N] [--since T]
+  outpost stream [--device ID]… [--kind KIND]…  print live events as JSON lines until interrupted
   outpost bench ingest|rpc [flags]
+  outpost env [--data DIR]                      print OUTPOST_SERVER and OUTPOST_TOKEN for curl: eval "$(outpost env)"
   outpost version
 
-Client commands take --server URL (env OUTPOST_SERVER, default http://127.0.0.1:8080)
-and --token TOKEN (env OUTPOST_TOKEN, default: the admin token in ./outpost-data).
-Run "outpost COMMAND -h" for a command's flags.
+DEVICE is a device id or name. Listings print a table and single objects
+JSON; -o table|json chooses. Times (--since, --until) are RFC 3339, a
+duration ago (-1h) or Unix milliseconds.
+
+Client commands find the platform through --server URL and --token TOKEN,
+else the environment (OUTPOST_SERVER, OUTPOST_TOKEN), else the data
+directory of a platform running on this machine (--data DIR, default
+./outpost-data: its address and admin token), else http://127.0.0.1:8080.
+Run 'outpost COMMAND -h' for a command's arguments and flags.
 `
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		var ue usageError
-		if errors.As(err, &ue) {
-			fmt.Fprintln(os.Stderr, "outpost:", err)
-			os.Exit(2)
-		}
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "outpost:", err)
-		}
-		os.Exit(1)
-	}
+	os.Exit(exitCode(err, os.Stderr))
 }
 
-type usageError struct{ msg string }
+// exitCode prints err on one line and returns the exit status: 0 for
+// success and for help, 2 for a mistake in the command line, 1 otherwise.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintln(stderr, "outpost:", oneLine(err.Error()))
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
 
-func (e usageError) Error() string { return e.msg }
+// commands are the top-level commands.
+var commands = map[string]cmdFunc{
+	"serve":      cmdServe,
+	"device":     cmdDevice,
+	"devices":    cmdDevice,
+	"rpc":        cmdRPC,
+	"call":       cmdCall,
+	"telemetry":  cmdTelemetry,
+	"bench":      cmdBench,
+	"model":      cmdModel,
+	"feed":       cmdFeed,
+	"feeds":      cmdFeed,
+	"attributes": cmdAttributes,
+	"params":     cmdParams,
+	"parameters": cmdParams,
+	"events":     cmdEvents,
+	"stream":     cmdStream,
+	"env":        cmdEnv,
+}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, fullUsage())
+		fmt.Fprint(stderr, usage)
 		return usageError{"no command given"}
 	}
+	if cmd, ok := commands[args[0]]; ok {
+		return cmd(ctx, args[1:], stdout, stderr)
+	}
 	switch args[0] {
-	case "serve":
-		return cmdServe(ctx, args[1:], stdout, stderr)
-	case "device", "devices":
-		return cmdDevice(ctx, args[1:], stdout, stderr)
-	case "rpc":
-		return cmdRPC(ctx, args[1:], stdout, stderr)
-	case "call":
-		if isCallSubcommand(args[1:]) {
-			return cmdCall(ctx, args[1:], stdout, stderr)
-		}
-		return cmdRPC(ctx, args[1:], stdout, stderr)
-	case "telemetry":
-		return cmdTelemetry(ctx, args[1:], stdout, stderr)
-	case "bench":
-		return cmdBench(ctx, args[1:], stdout, stderr)
-	case "feed", "feeds", "attributes", "params", "parameters", "events", "model", "stream":
-		return modelCommands[args[0]](ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "outpost", version)
 		return nil
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, fullUsage())
+	case "help", "-h", "-help", "--help":
+		if len(args) > 1 {
+			if cmd, ok := commands[args[1]]; ok {
+				return cmd(ctx, append(args[2:], "-h"), stdout, stderr)
+			}
+		}
+		fmt.Fprint(stdout, usage)
 		return nil
 	}
-	fmt.Fprint(stderr, fullUsage())
-	return usageError{fmt.Sprintf("unknown command %q", args[0])}
-}
-
-// parseInterleaved parses flags that may appear before, between or after
-// positional arguments ("rpc dev method '{}' --timeout 2s").
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
+	fmt.Fprint(stderr, usage)
+	return usagef("unknown command %q", args[0])
 }

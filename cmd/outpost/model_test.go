@@ -56,7 +56,7 @@ func TestModelCommands(t *testing.T) {
 		{[]string{"params", "set", d.ID, "rate=5", "name=x"}, `"rate": 5`},
 		{[]string{"params", "unset", d.ID, "name"}, `"version": 2`},
 		{[]string{"params", d.ID}, `"rate": 5`},
-		{[]string{"events", d.ID, "--kind", "notification"}, `"title": "Hello"`},
+		{[]string{"events", d.ID, "--kind", "notification", "-o", "json"}, `"title": "Hello"`},
 		{[]string{"model", d.ID}, `"data_type": "string"`},
 	} {
 		out, stderr, err := runCLI(t, p, tc.args...)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,15 +12,26 @@ import (
 	"github.com/outpost-iot/outpost/internal/server"
 )
 
+const serveAbout = `Start the platform: the embedded MQTT broker, the SQLite database in the
+data directory, the HTTP API. It prints its endpoints, one per line
+(mqtt: tcp://HOST:PORT, http: http://HOST:PORT), and on the first start
+the admin token (also saved in DATA/admin-token). While it runs, its
+addresses are in DATA/running.json, where the CLI finds them.
+
+It listens on 127.0.0.1 only unless given other addresses. When a default
+port is taken (Mosquitto often holds 1883), it listens on the next free
+port and says so; an address given with --mqtt or --http is used as is
+(port 0 picks a free port).`
+
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	sp := spec{name: "serve", about: serveAbout}
+	fs := newFlags(sp)
 	var cfg server.Config
 	var brokerURL, dbURL, logLevel string
-	fs.StringVar(&cfg.DataDir, "data", "outpost-data", "data directory (database, admin token)")
-	fs.StringVar(&cfg.MQTTAddr, "mqtt", ":1883", "MQTT listen address (port 0 picks a free port)")
-	fs.StringVar(&cfg.HTTPAddr, "http", ":8080", "HTTP API listen address (port 0 picks a free port)")
-	fs.StringVar(&cfg.MQTTTLSAddr, "mqtts", ":8883", "MQTT over TLS listen address (with --tls-cert)")
+	fs.StringVar(&cfg.DataDir, "data", "outpost-data", "data directory `DIR` (database, admin token)")
+	fs.StringVar(&cfg.MQTTAddr, "mqtt", "", "MQTT listen address `ADDR` (default 127.0.0.1:1883, or the next free port when 1883 is taken; port 0 picks a free port)")
+	fs.StringVar(&cfg.HTTPAddr, "http", "", "HTTP API listen address `ADDR` (default 127.0.0.1:8080, or the next free port when 8080 is taken; port 0 picks a free port)")
+	fs.StringVar(&cfg.MQTTTLSAddr, "mqtts", "", "MQTT over TLS listen address `ADDR`, with --tls-cert (default 127.0.0.1:8883, or the next free port)")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate: enables MQTT over TLS and HTTPS")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&cfg.Sync, "sync", "normal", "SQLite durability: normal (survives a crash of the process) or full (also a power cut)")
@@ -35,7 +45,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.BatchRetention, "batch-retention", 30*24*time.Hour, "how long telemetry batch ids are kept to recognise redelivered batches (longer than any device outbox holds data)")
 	fs.DurationVar(&cfg.QueueRetention, "queue-retention", 7*24*time.Hour, "how long finished calls and delivered or expired queued messages stay readable")
 	fs.DurationVar(&cfg.KeepAliveDefault, "keepalive", 60*time.Second, "keep-alive for devices that propose none; a device silent for two intervals is dropped")
-	if _, err := parseInterleaved(fs, args); err != nil {
+	if _, err := parse(fs, sp, args, stdout); err != nil {
 		return err
 	}
 	if brokerURL != "" {
@@ -60,8 +70,15 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "http: %s\n", s.HTTPURL())
 	fmt.Fprintf(stdout, "data: %s\n", s.DataDir())
-	if s.TokenIsNew() {
+	// The token is printed until a start has printed it: a first start
+	// that failed (a port in use) did not.
+	if !s.TokenShown() {
 		fmt.Fprintf(stdout, "admin token: %s\n", s.AdminToken())
+		if err := s.MarkTokenShown(); err != nil {
+			cfg.Logger.Warn(err.Error())
+		}
+	} else if p := s.TokenPath(); p != "" {
+		fmt.Fprintf(stdout, "admin token file: %s\n", p)
 	}
 	<-ctx.Done()
 	cfg.Logger.Info("shutting down")

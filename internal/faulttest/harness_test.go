@@ -261,7 +261,8 @@ func metricValue(httpURL, name string) float64 {
 
 // verifyExactlyOnce opens the stopped platform's database and checks that
 // device id holds exactly the readings of feed "seq" with values 0..n-1,
-// each once, in timestamp order.
+// each once, stored in the order they were produced. The readings share
+// one timestamp, so the store returns them in the order it stored them.
 func verifyExactlyOnce(t *testing.T, dir string, ids []string, n int) {
 	t.Helper()
 	ctx := context.Background()

@@ -280,3 +280,48 @@ func TestRestartKeepsDevicesAndData(t *testing.T) {
 		return dev.Online
 	})
 }
+
+// The online filter applies before the limit: listing online devices with
+// limit=N returns the first N online devices, however many offline ones
+// were created before them.
+func TestListOnlineDevicesWithLimit(t *testing.T) {
+	p := outposttest.Start(t)
+	var online []string
+	for i := range 5 {
+		d := p.CreateDevice(t, fmt.Sprintf("dev-%d", i))
+		if i >= 3 {
+			connect(t, d.URL)
+			online = append(online, d.ID)
+		}
+	}
+	list := func(query string) []string {
+		t.Helper()
+		var body struct {
+			Devices []struct {
+				ID     string `json:"id"`
+				Online bool   `json:"online"`
+			} `json:"devices"`
+		}
+		if st := p.Do(t, "GET", "/api/v1/devices"+query, nil, &body); st != http.StatusOK {
+			t.Fatalf("GET %s: status %d", query, st)
+		}
+		var ids []string
+		for _, d := range body.Devices {
+			ids = append(ids, d.ID)
+		}
+		return ids
+	}
+	outposttest.Eventually(t, 5*time.Second, "two devices online", func() bool { return len(list("?online=true")) == 2 })
+	if got := list("?online=true&limit=1"); len(got) != 1 || got[0] != online[0] {
+		t.Errorf("online=true&limit=1: %v, want [%s]", got, online[0])
+	}
+	if got := list("?online=true&limit=10"); strings.Join(got, ",") != strings.Join(online, ",") {
+		t.Errorf("online=true&limit=10: %v, want %v", got, online)
+	}
+	if got := list("?online=false&limit=2"); len(got) != 2 {
+		t.Errorf("online=false&limit=2: %v, want 2 devices", got)
+	}
+	if got := list("?limit=4"); len(got) != 4 {
+		t.Errorf("limit=4: %v, want 4 devices", got)
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -168,7 +167,7 @@ func (m *modelState) setFeeds(deviceID string, defs []outpost.Feed) {
 //
 // A device that never registered a feed keeps feeds auto-created from its
 // telemetry.
-func checkReading(feeds map[string]outpost.Feed, r protocol.Reading) error {
+func checkReading(feeds map[string]outpost.Feed, r protocol.Reading) *protocol.Error {
 	if len(feeds) == 0 {
 		return nil
 	}
@@ -183,9 +182,7 @@ func checkReading(feeds map[string]outpost.Feed, r protocol.Reading) error {
 		return &protocol.Error{Code: protocol.CodeUnknownFeed, Message: "feed " + r.Feed + " is not registered"}
 	}
 	if err := protocol.ValidateTyped(f.DataType, r.Value); err != nil {
-		var pe *protocol.Error
-		errors.As(err, &pe)
-		return &protocol.Error{Code: pe.Code, Message: "feed " + r.Feed + ": " + pe.Message}
+		return &protocol.Error{Code: err.Code, Message: "feed " + r.Feed + ": " + err.Message}
 	}
 	return nil
 }
@@ -223,17 +220,13 @@ func (s *Server) handleModelMessage(ctx context.Context, deviceID, kind string, 
 // partial reports a message of which some items were rejected: the device
 // gets one error reply with the first error and the count. It returns the
 // error for the broker when nothing was accepted.
-func (s *Server) partial(deviceID, kind, id string, bad, good int, first error) error {
-	if bad == 0 {
+func (s *Server) partial(deviceID, kind, id string, bad, good int, first *protocol.Error) error {
+	if bad == 0 || first == nil {
 		return nil
 	}
-	var pe *protocol.Error
-	if !errors.As(first, &pe) {
-		pe = &protocol.Error{Code: protocol.CodeInvalid, Message: first.Error()}
-	}
-	s.sendError(deviceID, protocol.ErrorReply{Kind: kind, ID: id, Code: pe.Code, Message: pe.Message, Rejected: bad})
+	s.sendError(deviceID, protocol.ErrorReply{Kind: kind, ID: id, Code: first.Code, Message: first.Message, Rejected: bad})
 	if good == 0 {
-		return pe
+		return first
 	}
 	return nil
 }
@@ -257,8 +250,8 @@ func (s *Server) handleFeeds(ctx context.Context, deviceID string, payload []byt
 		}
 	}
 	var bad int
-	var first error
-	fail := func(err error) {
+	var first *protocol.Error
+	fail := func(err *protocol.Error) {
 		bad++
 		if first == nil {
 			first = err
@@ -328,7 +321,7 @@ func (s *Server) handleAttributes(ctx context.Context, deviceID string, payload 
 		names[a.Name] = true
 	}
 	var bad int
-	var first error
+	var first *protocol.Error
 	var ok []outpost.Attribute
 	for _, a := range msg.Attributes {
 		err := protocol.ValidateAttribute(a)
@@ -529,7 +522,7 @@ func (v *service) SetFeedValue(ctx context.Context, id, ref string, value json.R
 		return nil, outpost.Errorf(outpost.EINVALID, "feed %s is %s; only IN_OUT feeds take values", ref, f.Type)
 	}
 	if err := protocol.ValidateTyped(f.DataType, value); err != nil {
-		return nil, outpost.Errorf(outpost.EINVALID, "feed %s: %s", ref, err.(*protocol.Error).Message)
+		return nil, outpost.Errorf(outpost.EINVALID, "feed %s: %s", ref, err.Message)
 	}
 	if ttl <= 0 {
 		ttl = feedCommandTTL
@@ -550,7 +543,7 @@ func (v *service) UpdateParameters(ctx context.Context, id string, changes map[s
 		return nil, outpost.Errorf(outpost.EINVALID, "no parameters to change")
 	}
 	if err := protocol.ValidateParameters(changes, true); err != nil {
-		return nil, outpost.Errorf(outpost.EINVALID, "%s", err.(*protocol.Error).Message)
+		return nil, outpost.Errorf(outpost.EINVALID, "%s", err.Message)
 	}
 	m := v.s.model
 	m.wmu.Lock()

@@ -635,6 +635,28 @@ func TestProtocolConformanceMQTT5(t *testing.T) {
 	if got := readings(t, p, d.ID, "?feed=t"); len(got.Readings) != 2 {
 		t.Fatalf("readings: %+v", got.Readings)
 	}
+	// A batch whose every reading breaks a feed rule is rejected for good
+	// with the reason code of its error code (§4.2, §5.5): 0x83 for
+	// unknown_feed and wrong_type, where invalid readings get 0x99.
+	if rc := pub("feeds", `{"register":[{"ref":"t","data_type":"number"}]}`); rc != 0x00 {
+		t.Fatalf("register feed t: PUBACK 0x%02x", rc)
+	}
+	for _, tc := range []struct {
+		payload string
+		rc      byte
+		code    string
+	}{
+		{`{"id":"v5-3","r":[{"f":"nope","v":1},{"f":"other","v":2}]}`, 0x83, "unknown_feed"},
+		{`{"id":"v5-4","r":[{"f":"t","v":"text"}]}`, 0x83, "wrong_type"},
+		{`{"id":"v5-5","r":[{"f":"t","v":null}]}`, 0x99, "invalid"},
+	} {
+		if rc := pub("telemetry", tc.payload); rc != tc.rc {
+			t.Errorf("%s: PUBACK 0x%02x, want 0x%02x", tc.payload, rc, tc.rc)
+		}
+		if e := nextError(); e.Code != tc.code || e.Kind != "telemetry" {
+			t.Errorf("%s: error reply %+v, want code %s", tc.payload, e, tc.code)
+		}
+	}
 
 	// RPC over MQTT 5.
 	call := callRPC(p, d.ID, "ping", `"hello"`)

@@ -6,6 +6,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,7 +18,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/broker"
@@ -33,15 +33,25 @@ import (
 
 // Config is the platform configuration, filled from flags by cmd/outpost.
 type Config struct {
-	// DataDir holds the database and the admin token (default
-	// "./outpost-data").
+	// DataDir holds the database, the admin token and, while the platform
+	// runs, its addresses (RunningFile) (default "./outpost-data"). One
+	// platform at a time may use it.
 	DataDir string
-	// MQTTAddr is the plain MQTT listen address (default ":1883").
+	// MQTTAddr is the plain MQTT listen address. Empty means the default,
+	// 127.0.0.1:1883, or the next free port above it when 1883 is taken
+	// (Open logs a warning); a given address is used as is. Port 0 picks
+	// a free port.
 	MQTTAddr string
 	// MQTTTLSAddr is the MQTT-over-TLS listen address, used when a
-	// certificate is configured (default ":8883").
+	// certificate is configured. Empty means 127.0.0.1:8883 or, if taken,
+	// the next free port.
 	MQTTTLSAddr string
-	// HTTPAddr is the API listen address (default ":8080").
+	// HTTPAddr is the API listen address. Empty means 127.0.0.1:8080 or,
+	// if taken, the next free port.
+	//
+	// The defaults listen on loopback only. An address that other machines
+	// can reach makes Open log a warning when the traffic on it is not
+	// encrypted: always for plain MQTT, for HTTP without TLSCertFile.
 	HTTPAddr string
 	// TLSCertFile and TLSKeyFile enable TLS on MQTTTLSAddr and on the
 	// HTTP API.
@@ -102,27 +112,22 @@ type Server struct {
 	// cancelHTTP ends long-lived requests (event streams) at shutdown.
 	cancelHTTP context.CancelFunc
 
-	token    string
-	newToken bool
+	token        string
+	newToken     bool
+	unlock       func()
+	wroteRunning bool
 
 	closeOnce sync.Once
 	closeErr  error
 }
 
 // Open starts the platform. Listeners are bound before it returns, so their
-// addresses are final; a port in use fails here with a message naming it.
+// addresses are final; a given address that is in use fails here with a
+// message naming its flag. Once started, the platform's addresses are in
+// RunningFile in the data directory until Close.
 func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.DataDir == "" {
 		cfg.DataDir = "outpost-data"
-	}
-	if cfg.MQTTAddr == "" {
-		cfg.MQTTAddr = ":1883"
-	}
-	if cfg.HTTPAddr == "" {
-		cfg.HTTPAddr = ":8080"
-	}
-	if cfg.MQTTTLSAddr == "" {
-		cfg.MQTTTLSAddr = ":8883"
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -147,6 +152,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	if s.unlock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	if s.token, s.newToken, err = loadToken(cfg.DataDir, cfg.AdminToken); err != nil {
 		return nil, err
@@ -178,14 +186,26 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	bcfg := broker.Config{Addr: cfg.MQTTAddr, Logger: s.log.With("component", "mqtt"),
+	mqttAddr, movedMQTT, err := pickAddr(cfg.MQTTAddr, defaultMQTTAddr)
+	if err != nil {
+		return nil, listenError("--mqtt", err)
+	}
+	bcfg := broker.Config{Addr: mqttAddr, Logger: s.log.With("component", "mqtt"),
 		KeepAlive: broker.KeepAlive{Min: cfg.KeepAliveMin, Max: cfg.KeepAliveMax, Default: cfg.KeepAliveDefault}}
+	movedMQTTS := false
 	if tlsCfg != nil {
-		bcfg.TLSAddr, bcfg.TLS = cfg.MQTTTLSAddr, tlsCfg
+		if bcfg.TLSAddr, movedMQTTS, err = pickAddr(cfg.MQTTTLSAddr, defaultMQTTTLSAddr); err != nil {
+			return nil, listenError("--mqtts", err)
+		}
+		bcfg.TLS = tlsCfg
 	}
 	s.broker, err = broker.New(bcfg, s, s)
 	if err != nil {
-		return nil, listenError("--mqtt", err)
+		flag := "--mqtt"
+		if strings.Contains(err.Error(), "tls listener") {
+			flag = "--mqtts"
+		}
+		return nil, listenError(flag, err)
 	}
 	s.relay = rpc.NewRelay(s.broker, s.presence)
 	s.model = newModelState(s)
@@ -195,9 +215,11 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.svc = &service{s: s}
 	s.metrics.register(s)
 
-	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
+	var movedHTTP bool
+	s.httpLn, movedHTTP, err = listen(cfg.HTTPAddr, defaultHTTPAddr)
 	if err != nil {
-		return nil, listenError("--http", fmt.Errorf("http listener %s: %w", cfg.HTTPAddr, err))
+		addr := cmp.Or(cfg.HTTPAddr, defaultHTTPAddr)
+		return nil, listenError("--http", fmt.Errorf("http listener %s: %w", addr, err))
 	}
 	api := httpapi.New(s.svc, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MQTTHostPort: s.MQTTAddr, Logger: s.log})
 	baseCtx, cancelBase := context.WithCancel(context.Background())
@@ -223,15 +245,39 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 			s.log.Error("http server", "error", err)
 		}
 	}()
+	if err := s.writeRunning(); err != nil {
+		return nil, err
+	}
+	s.warnListeners(movedMQTT, movedMQTTS, movedHTTP)
 	s.log.Info("outpost started", "mqtt", s.MQTTURL(), "http", s.HTTPURL(), "data", cfg.DataDir)
 	return s, nil
 }
 
-func listenError(flag string, err error) error {
-	if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {
-		return fmt.Errorf("%s: %v (another process is listening there; pick another address with %s)", flag, err, flag)
+// warnListeners logs the listeners that moved off a taken default port
+// and those that other machines can reach without encryption.
+func (s *Server) warnListeners(movedMQTT, movedMQTTS, movedHTTP bool) {
+	moved := func(flag, def string, a net.Addr) {
+		s.log.Warn(fmt.Sprintf("%s is taken (by another program); listening on %s instead. Pass %s ADDR to choose the address", def, hostPort(a), flag))
 	}
-	return fmt.Errorf("%s: %w", flag, err)
+	if movedMQTT {
+		moved("--mqtt", defaultMQTTAddr, s.broker.Addr())
+	}
+	if movedMQTTS {
+		moved("--mqtts", defaultMQTTTLSAddr, s.broker.TLSAddr())
+	}
+	if movedHTTP {
+		moved("--http", defaultHTTPAddr, s.httpLn.Addr())
+	}
+	if a := s.broker.Addr(); reachableFromOutside(a) {
+		hint := "use --tls-cert and --tls-key, and --mqtt 127.0.0.1:1883 to keep plain MQTT local"
+		if s.httpTLS {
+			hint = "devices on the network should use MQTT over TLS (" + s.MQTTSURL() + "); pass --mqtt 127.0.0.1:1883 to keep plain MQTT local"
+		}
+		s.log.Warn(fmt.Sprintf("plain MQTT on %s is reachable from other machines without TLS: device passwords and data cross the network in clear text; %s", a, hint))
+	}
+	if a := s.httpLn.Addr(); reachableFromOutside(a) && !s.httpTLS {
+		s.log.Warn(fmt.Sprintf("the HTTP API on %s is reachable from other machines without TLS: API tokens and data cross the network in clear text; use --tls-cert and --tls-key, or --http 127.0.0.1:8080", a))
+	}
 }
 
 // MQTTURL returns the plain MQTT endpoint as tcp://HOST:PORT.
@@ -287,6 +333,7 @@ func hostPort(a net.Addr) string {
 // everything already received, and closes the database.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
+		s.removeRunning()
 		var errs []error
 		if s.httpSrv != nil {
 			s.cancelHTTP()
@@ -315,6 +362,9 @@ func (s *Server) Close() error {
 		if s.db != nil {
 			errs = append(errs, s.db.Close())
 		}
+		if s.unlock != nil {
+			s.unlock()
+		}
 		s.closeErr = errors.Join(errs...)
 	})
 	return s.closeErr
@@ -326,7 +376,7 @@ func loadToken(dir, override string) (token string, created bool, err error) {
 	if override != "" {
 		return override, false, nil
 	}
-	path := filepath.Join(dir, "admin-token")
+	path := filepath.Join(dir, TokenFile)
 	b, err := os.ReadFile(path)
 	if err == nil {
 		if t := strings.TrimSpace(string(b)); t != "" {

@@ -65,14 +65,21 @@ func (v *service) live(d *outpost.Device) {
 }
 
 func (v *service) Devices(ctx context.Context, f outpost.DeviceFilter) ([]*outpost.Device, error) {
-	online := f.Online
-	f.Online = nil // filter on live state below
+	online, limit := f.Online, f.Limit
+	if online != nil {
+		// Presence is filtered on the live state below, so the limit can
+		// only be applied after it.
+		f.Online, f.Limit = nil, 0
+	}
 	ds, err := v.s.db.Devices(ctx, f)
 	if err != nil {
 		return nil, err
 	}
 	out := ds[:0]
 	for _, d := range ds {
+		if limit > 0 && len(out) == limit {
+			break
+		}
 		v.live(d)
 		if online == nil || d.Online == *online {
 			out = append(out, d)

@@ -64,7 +64,7 @@ func (s *Server) telemetryBatch(ctx context.Context, deviceID string, payload []
 	now := time.Now().UnixMilli()
 	b := &outpost.Batch{DeviceID: deviceID, ID: t.ID, Readings: make([]outpost.Reading, 0, len(t.Readings))}
 	var bad int
-	var firstErr error
+	var firstErr *protocol.Error
 	for _, r := range t.Readings {
 		err := protocol.ValidateReading(r)
 		if err == nil {
@@ -85,11 +85,9 @@ func (s *Server) telemetryBatch(ctx context.Context, deviceID string, payload []
 	}
 	if bad > 0 {
 		s.metrics.readingsRejected.Add(float64(bad))
-		var pe *protocol.Error
-		errors.As(firstErr, &pe)
-		s.sendError(deviceID, protocol.ErrorReply{Kind: protocol.KindTelemetry, ID: t.ID, Code: pe.Code, Message: pe.Message, Rejected: bad})
+		s.sendError(deviceID, protocol.ErrorReply{Kind: protocol.KindTelemetry, ID: t.ID, Code: firstErr.Code, Message: firstErr.Message, Rejected: bad})
 		if len(b.Readings) == 0 {
-			return nil, pe
+			return nil, firstErr
 		}
 	}
 	if len(b.Readings) == 0 {
