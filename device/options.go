@@ -38,6 +38,9 @@ type options struct {
 	outboxQueue    outbox.Queue
 	outboxOpts     []outbox.Option
 	autoPublish    time.Duration
+	// retryOnFailedConnect: Connect returns at once and the client keeps
+	// trying in the background.
+	retryOnFailedConnect bool
 }
 
 func defaultOptions() options {
@@ -104,6 +107,19 @@ func WithKeepAlive(d time.Duration) Option {
 			return errors.New("keep-alive must be between 1s and 18h")
 		}
 		o.keepAlive = d
+		return nil
+	}
+}
+
+// WithRetryOnFailedConnect makes Connect return at once and keep trying
+// in the background, like nats.go's RetryOnFailedConnect: a device that
+// boots with no network runs as usual, its readings and events wait in the
+// outbox, and Publish waits for the connection (within its context). Each
+// failed attempt is logged at Warn; refused credentials end the client
+// (Done, Err), as without the option.
+func WithRetryOnFailedConnect() Option {
+	return func(o *options) error {
+		o.retryOnFailedConnect = true
 		return nil
 	}
 }
