@@ -1,21 +1,57 @@
 // Package device is the Outpost device SDK: it connects a device to the
 // platform over MQTT 5, sends telemetry and answers remote procedure calls.
 //
-//	c, err := device.New(os.Getenv("OUTPOST_DEVICE_URL"))
+//	c, err := device.New(os.Getenv("OUTPOST_DEVICE_URL")) // mqtt://ID:PASSWORD@HOST:PORT
 //	c.Handle("blink", func(ctx context.Context, args json.RawMessage) (any, error) { … })
-//	err = c.Connect(ctx)
+//	c.Add("temperature", 21.5) // into the outbox on disk; works before Connect
+//	err = c.Connect(ctx)       // returns once the platform answered; may be retried
 //	defer c.Close()
-//	c.Add("temperature", 21.5)
-//	err = c.Publish(ctx)
+//	err = c.Publish(ctx)       // returns once the platform committed every reading
 //
-// The client reconnects on its own with exponential backoff. Readings (and
-// events and notifications) wait in a durable outbox on disk (see
-// WithOutbox and package device/outbox) until Publish has them acknowledged
-// by the platform, which acknowledges only what it has committed; a failed
-// Publish, a lost connection or a killed process keeps them for the next
-// Publish. The client also implements the rest of the device model (feeds,
-// feed commands, attributes, parameters, platform time, raw publish) and
-// PULL mode (WithPullMode, Pull).
+// # The outbox
+//
+// Readings (Add, AddAt, AddReadings), events (SendEvent) and notifications
+// (SendNotification) go into a durable outbox (package device/outbox)
+// before the call returns, and leave it, in the order they were added,
+// only when the platform has acknowledged them, which it does once they
+// are committed: a failed Publish, a lost connection or a killed process
+// keeps them for later. Publish sends what waits and returns when all of
+// it is acknowledged; events and notifications also go by themselves as
+// soon as the client is connected; WithAutoPublish sends readings in the
+// background too. The outbox lives in WithOutbox(dir), else under a state
+// directory ($STATE_DIRECTORY, $XDG_STATE_HOME or ~/.local/state, see
+// WithOutbox); a directory serves one client at a time.
+//
+// # Connecting
+//
+// Connect returns once the device is subscribed and the platform answered a
+// time request on the connection: an MQTT broker that is not the platform
+// never answers (ErrNotOutpost), and nothing is published through it. A
+// failed Connect leaves the client usable: Add keeps working and Connect
+// can be called again; with WithRetryOnFailedConnect it keeps trying in the
+// background. Each failed attempt is logged at Warn with its cause and the
+// time of the next one. Once connected, the client reconnects on its own
+// until Close.
+//
+// The client also implements the rest of the device model (feeds, feed
+// commands, attributes, parameters, platform time, raw publish) and PULL
+// mode (WithPullMode, Pull). A message the platform refuses for good, of
+// any kind, is reported as a *PublishError.
+//
+// # Changes in this version
+//
+//   - The client is safe for concurrent use from New on; a failed Connect
+//     no longer closes it, and Connect may be called again.
+//   - New: WithRetryOnFailedConnect, ErrNotOutpost, Client.OutboxDir.
+//   - SendEvent and SendNotification return once the message is queued
+//     (Publish waits for its delivery); they no longer publish the backlog.
+//   - PublishError replaces ModelError for refused device-model messages.
+//   - HandleParameters returns an error, like Handle and HandleFeed.
+//   - Close returns what failed while closing the outbox.
+//   - The default outbox directory moved from the user's cache directory
+//     to a state directory (an old outbox is moved over), and is locked.
+//   - WithReconnectBackoff accepts min == max; outbox options return
+//     errors for values out of range instead of keeping their defaults.
 package device
 
 import (
@@ -157,7 +193,7 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 	u.User = nil
 	c := &Client{
 		id: id, secret: secret, server: u, opt: o,
-		handlers:   map[string]Handler{},
+		handlers: map[string]Handler{},
 		sem:      make(chan struct{}, o.concurrency),
 		changed:  make(chan struct{}),
 		fatalCh:  make(chan struct{}),

@@ -109,3 +109,39 @@ func TestOutboxDirectoryLocked(t *testing.T) {
 	}
 	c3.Close()
 }
+
+// Item 5: an outbox that an earlier version left in the user's cache
+// directory moves to the state directory with its readings.
+func TestOutboxMovedOutOfCache(t *testing.T) {
+	home := t.TempDir()
+	for _, k := range []string{"OUTPOST_OUTBOX_DIR", "STATE_DIRECTORY", "XDG_STATE_HOME", "XDG_CACHE_HOME"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	t.Setenv("HOME", home)
+	url := "mqtt://d-old:secret@127.0.0.1:1"
+	old := filepath.Join(home, ".cache", "outpost", "outbox", "d-old")
+	c, err := device.New(url, device.WithOutbox(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Add("f", 1); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	c, err = device.New(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if want := filepath.Join(home, ".local", "state", "outpost", "outbox", "d-old"); c.OutboxDir() != want {
+		t.Errorf("outbox in %s, want %s", c.OutboxDir(), want)
+	}
+	if c.Pending() != 1 {
+		t.Fatalf("%d readings pending after the move, want 1", c.Pending())
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("old outbox still there: %v", err)
+	}
+}
