@@ -29,6 +29,13 @@
 // stopped when the platform still holds the missed events; when it does
 // not, the handler gets a KindGap event saying so.
 //
+// # Options
+//
+// Dial takes functional options (WithWorkers, WithCallTimeout, …). As in
+// package device, an option given a value out of its range makes Dial fail
+// with an error naming it; no value is silently replaced by another (this
+// changed: options used to clamp such values).
+//
 // # Errors
 //
 // Errors from the platform come back typed: errors.Is(err, fleet.ErrOffline),
