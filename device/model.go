@@ -189,9 +189,9 @@ func (c *Client) PullParameters(ctx context.Context) error {
 // SendEvent queues an event with JSON-encodable data (nil for none) and
 // returns once it is in the outbox, connected or not: it is then as safe
 // as a reading, and an error means that it was not queued. The client
-// sends it as soon as it is connected, in outbox order (after the readings
-// added before it), and the platform stores it once however often it is
-// resent. To wait until the platform has stored it, call Publish, which
+// sends it as soon as it is connected, in outbox order: after the readings
+// added before it, which go with it. The platform stores it once however
+// often it is resent. To wait until the platform has stored it, call Publish, which
 // returns once everything queued before it is acknowledged. ctx only
 // matters when it has already ended: then nothing is queued.
 func (c *Client) SendEvent(ctx context.Context, name string, data any) error {

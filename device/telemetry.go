@@ -103,6 +103,9 @@ func (t *telemetry) init(c *Client) error {
 		}
 	}
 	ob, err := outbox.OpenDir(dir, opts...)
+	if errors.Is(err, outbox.ErrLocked) {
+		return fmt.Errorf("%w; give each client its own directory (WithOutbox)", err)
+	}
 	if err != nil {
 		return fmt.Errorf("outbox %s: %w", dir, err)
 	}

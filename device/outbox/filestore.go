@@ -137,7 +137,7 @@ var _ Store = (*FileStore)(nil)
 
 // ErrLocked is returned by NewFileStore (and OpenDir) when another
 // FileStore holds the directory.
-var ErrLocked = errors.New("store directory locked by another outbox")
+var ErrLocked = errors.New("store directory locked")
 
 // FileOption configures a FileStore.
 type FileOption func(*FileStore) error

@@ -23,15 +23,15 @@ func lockDir(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("outbox: lock store directory: %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		owner := ""
+		owner := "another outbox"
 		if b, rerr := os.ReadFile(path); rerr == nil {
 			if pid := strings.TrimSpace(string(b)); pid != "" {
-				owner = " (by process " + pid + ")"
+				owner += " (process " + pid + ")"
 			}
 		}
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("outbox: %s is in use%s: %w", dir, owner, ErrLocked)
+			return nil, fmt.Errorf("outbox: %s is in use by %s: %w", dir, owner, ErrLocked)
 		}
 		return nil, fmt.Errorf("outbox: lock store directory: %w", err)
 	}
