@@ -67,7 +67,7 @@ func (c *Client) Pull(ctx context.Context) (PullResult, error) {
 	}()
 	payload, _ := json.Marshal(protocol.PullRequest{ID: id})
 	if err := c.publishUp(ctx, protocol.KindPull, payload); err != nil {
-		return PullResult{}, fmt.Errorf("device: pull: %w", err)
+		return PullResult{}, err // names the pull already
 	}
 	var end pullEnd
 	select {
