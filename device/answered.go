@@ -100,14 +100,19 @@ func (l *answeredLog) rewrite() error {
 	return err
 }
 
-func (l *answeredLog) close() {
+func (l *answeredLog) close() error {
 	if l == nil {
-		return
+		return nil
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.f != nil {
-		l.f.Close()
-		l.f = nil
+	if l.f == nil {
+		return nil
 	}
+	err := l.f.Close()
+	l.f = nil
+	if err != nil {
+		return fmt.Errorf("answered requests: %w", err)
+	}
+	return nil
 }

@@ -1,21 +1,57 @@
 // Package device is the Outpost device SDK: it connects a device to the
 // platform over MQTT 5, sends telemetry and answers remote procedure calls.
 //
-//	c, err := device.New(os.Getenv("OUTPOST_DEVICE_URL"))
+//	c, err := device.New(os.Getenv("OUTPOST_DEVICE_URL")) // mqtt://ID:PASSWORD@HOST:PORT
 //	c.Handle("blink", func(ctx context.Context, args json.RawMessage) (any, error) { … })
-//	err = c.Connect(ctx)
+//	c.Add("temperature", 21.5) // into the outbox on disk; works before Connect
+//	err = c.Connect(ctx)       // returns once the platform answered; may be retried
 //	defer c.Close()
-//	c.Add("temperature", 21.5)
-//	err = c.Publish(ctx)
+//	err = c.Publish(ctx)       // returns once the platform committed every reading
 //
-// The client reconnects on its own with exponential backoff. Readings (and
-// events and notifications) wait in a durable outbox on disk (see
-// WithOutbox and package device/outbox) until Publish has them acknowledged
-// by the platform, which acknowledges only what it has committed; a failed
-// Publish, a lost connection or a killed process keeps them for the next
-// Publish. The client also implements the rest of the device model (feeds,
-// feed commands, attributes, parameters, platform time, raw publish) and
-// PULL mode (WithPullMode, Pull).
+// # The outbox
+//
+// Readings (Add, AddAt, AddReadings), events (SendEvent) and notifications
+// (SendNotification) go into a durable outbox (package device/outbox)
+// before the call returns, and leave it, in the order they were added,
+// only when the platform has acknowledged them, which it does once they
+// are committed: a failed Publish, a lost connection or a killed process
+// keeps them for later. Publish sends what waits and returns when all of
+// it is acknowledged; events and notifications also go by themselves as
+// soon as the client is connected; WithAutoPublish sends readings in the
+// background too. The outbox lives in WithOutbox(dir), else under a state
+// directory ($STATE_DIRECTORY, $XDG_STATE_HOME or ~/.local/state, see
+// WithOutbox); a directory serves one client at a time.
+//
+// # Connecting
+//
+// Connect returns once the device is subscribed and the platform answered a
+// time request on the connection: an MQTT broker that is not the platform
+// never answers (ErrNotOutpost), and nothing is published through it. A
+// failed Connect leaves the client usable: Add keeps working and Connect
+// can be called again; with WithRetryOnFailedConnect it keeps trying in the
+// background. Each failed attempt is logged at Warn with its cause and the
+// time of the next one. Once connected, the client reconnects on its own
+// until Close.
+//
+// The client also implements the rest of the device model (feeds, feed
+// commands, attributes, parameters, platform time, raw publish) and PULL
+// mode (WithPullMode, Pull). A message the platform refuses for good, of
+// any kind, is reported as a *PublishError.
+//
+// # Changes in this version
+//
+//   - The client is safe for concurrent use from New on; a failed Connect
+//     no longer closes it, and Connect may be called again.
+//   - New: WithRetryOnFailedConnect, ErrNotOutpost, Client.OutboxDir.
+//   - SendEvent and SendNotification return once the message is queued
+//     (Publish waits for its delivery); they no longer publish the backlog.
+//   - PublishError replaces ModelError for refused device-model messages.
+//   - HandleParameters returns an error, like Handle and HandleFeed.
+//   - Close returns what failed while closing the outbox.
+//   - The default outbox directory moved from the user's cache directory
+//     to a state directory (an old outbox is moved over), and is locked.
+//   - WithReconnectBackoff accepts min == max; outbox options return
+//     errors for values out of range instead of keeping their defaults.
 package device
 
 import (
@@ -30,7 +66,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/outpost-iot/outpost/protocol"
@@ -43,15 +78,24 @@ type Handler func(ctx context.Context, args json.RawMessage) (any, error)
 
 // Errors returned by the client.
 var (
-	// ErrAuth: the platform refused the credentials.
+	// ErrAuth: the platform refused the credentials. Retrying with the
+	// same ones cannot help: the client stops for good.
 	ErrAuth = errors.New("device: platform refused the credentials")
+	// ErrNotOutpost: the server accepted the MQTT connection but did not
+	// answer the platform time request that the Outpost platform answers
+	// on every connection (docs/protocol.md §16). It is some other MQTT
+	// broker (a Mosquitto on the same port?), or a broker whose platform
+	// is not running. Nothing is published through such a connection; the
+	// client keeps trying.
+	ErrNotOutpost = errors.New("device: not an Outpost platform")
 	// ErrTakenOver: another connection with the same credentials took
 	// over this device's session; the client does not reconnect.
 	ErrTakenOver = errors.New("device: session taken over by another connection with the same credentials")
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("device: client closed")
-	// ErrNotConnected: the operation needs a connection and there is none
-	// right now (the client keeps trying to reconnect).
+	// ErrNotConnected: the operation needs a connection and there is none:
+	// Connect was not called or gave up, or (wrapped with the context's
+	// error) the connection did not come back before the context ended.
 	ErrNotConnected = errors.New("device: not connected")
 )
 
@@ -61,7 +105,8 @@ var (
 type Error = protocol.Error
 
 // Client is a device's connection to the platform. It is safe for
-// concurrent use.
+// concurrent use, from New on: Add, SendEvent and the handlers work before
+// the first connection.
 type Client struct {
 	id, secret string
 	server     *url.URL
@@ -70,20 +115,24 @@ type Client struct {
 	hmu      sync.RWMutex
 	handlers map[string]Handler
 
+	// lifetime runs from New to Close; handlers get contexts derived
+	// from it.
 	lifetime context.Context
 	stop     context.CancelFunc
-	cm       *autopaho.ConnectionManager
-	cmReady  chan struct{}  // closed once cm is set (handlers can run before Connect returns)
-	wg       sync.WaitGroup // handler and subscription goroutines
+	wg       sync.WaitGroup // handler, check and watch goroutines
 	sem      chan struct{}
 
-	started    atomic.Bool
-	connected  atomic.Bool
-	subscribed chan struct{} // closed after the first subscription
-	subOnce    sync.Once
-	fatalMu    sync.Mutex
-	fatal      error // ErrAuth, ErrTakenOver: no more reconnects
-	fatalCh    chan struct{}
+	mu        sync.Mutex    // guards the connection state below
+	closed    bool          //
+	run       *run          // the connection cycle, nil when not connecting
+	link      *link         // the network connection, nil when down
+	changed   chan struct{} // closed and replaced when any of the above changes
+	lastErr   error         // why the last connection attempt failed
+	everReady atomic.Bool   // a connection was ready once
+
+	fatalMu sync.Mutex
+	fatal   error // ErrAuth, ErrTakenOver, ErrClosed: no more connections
+	fatalCh chan struct{}
 
 	answered *recentIDs
 	answers  answers // answers sent, for redelivered requests
@@ -93,9 +142,10 @@ type Client struct {
 	requests    requests // requests from arrival to acknowledged answer
 	pulls       pulls
 
-	tele   telemetry
-	obOnce sync.Once
-	model  modelClient
+	tele     telemetry
+	obOnce   sync.Once
+	obCloseE error
+	model    modelClient
 }
 
 // New prepares a client for endpoint, a URL of the form
@@ -143,17 +193,17 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 	u.User = nil
 	c := &Client{
 		id: id, secret: secret, server: u, opt: o,
-		handlers:   map[string]Handler{},
-		sem:        make(chan struct{}, o.concurrency),
-		subscribed: make(chan struct{}),
-		fatalCh:    make(chan struct{}),
-		answered:   newRecentIDs(4096),
-		cmReady:    make(chan struct{}),
+		handlers: map[string]Handler{},
+		sem:      make(chan struct{}, o.concurrency),
+		changed:  make(chan struct{}),
+		fatalCh:  make(chan struct{}),
+		answered: newRecentIDs(4096),
 	}
 	c.model.init()
 	if err := c.tele.init(c); err != nil {
 		return nil, fmt.Errorf("device: %w", err)
 	}
+	c.lifetime, c.stop = context.WithCancel(context.Background())
 	return c, nil
 }
 
@@ -193,79 +243,8 @@ func (c *Client) Methods() []string {
 	return names
 }
 
-// Connect starts the connection and returns once the device is connected
-// and subscribed, or with an error when ctx ends first or the platform
-// refuses the credentials (ErrAuth). After a successful Connect the client
-// keeps reconnecting on its own until Close.
-func (c *Client) Connect(ctx context.Context) error {
-	if !c.started.CompareAndSwap(false, true) {
-		return errors.New("device: Connect called twice")
-	}
-	c.lifetime, c.stop = context.WithCancel(context.Background())
-	cfg := autopaho.ClientConfig{
-		ServerUrls:                    []*url.URL{c.server},
-		TlsCfg:                        c.opt.tls,
-		KeepAlive:                     uint16(c.opt.keepAlive / time.Second),
-		CleanStartOnInitialConnection: false,
-		SessionExpiryInterval:         uint32(c.opt.sessionExpiry / time.Second),
-		ReconnectBackoff:              autopaho.NewExponentialBackoff(c.opt.minBackoff, c.opt.maxBackoff, min(c.opt.minBackoff*4, c.opt.maxBackoff), 2),
-		ConnectTimeout:                c.opt.connectTimeout,
-		AttemptConnection:             c.dial,
-		ConnectUsername:               c.id,
-		ConnectPassword:               []byte(c.secret),
-		OnConnectionUp:                c.onUp,
-		OnConnectionDown:              c.onDown,
-		OnConnectError:                c.onConnectError,
-		ConnectPacketBuilder: func(p *paho.Connect, _ *url.URL) (*paho.Connect, error) {
-			if err := c.Err(); err != nil {
-				return nil, err // never reconnect after a takeover
-			}
-			if c.opt.pull {
-				if p.Properties == nil {
-					p.Properties = &paho.ConnectProperties{}
-				}
-				p.Properties.User = append(p.Properties.User, paho.UserProperty{Key: protocol.PropMode, Value: protocol.ModePull})
-			}
-			return p, nil
-		},
-		ClientConfig: paho.ClientConfig{
-			ClientID:           c.id,
-			OnPublishReceived:  []func(paho.PublishReceived) (bool, error){c.onPublish},
-			OnServerDisconnect: c.onServerDisconnect,
-		},
-	}
-	if c.server.Scheme == "mqtts" && cfg.TlsCfg == nil {
-		cfg.TlsCfg = nil // system roots; autopaho builds a default config
-	}
-	cm, err := autopaho.NewConnection(c.lifetime, cfg)
-	if err != nil {
-		c.stop()
-		return fmt.Errorf("device: %w", err)
-	}
-	c.cm = cm
-	if c.opt.autoPublish > 0 {
-		c.wg.Add(1)
-		go c.autoPublish(c.opt.autoPublish)
-	}
-	close(c.cmReady)
-	select {
-	case <-c.subscribed:
-		return nil
-	case <-c.fatalCh:
-		err := c.Err()
-		c.Close()
-		return err
-	case <-ctx.Done():
-		c.Close()
-		return fmt.Errorf("device: connect to %s: %w", c.server.Host, ctx.Err())
-	}
-}
-
-// Connected reports whether the client is connected right now.
-func (c *Client) Connected() bool { return c.connected.Load() }
-
-// Err returns why the client stopped for good (ErrAuth, ErrTakenOver), or
-// nil while it is running or reconnecting.
+// Err returns why the client stopped for good (ErrAuth, ErrTakenOver,
+// ErrClosed), or nil while it is running, reconnecting or not connected.
 func (c *Client) Err() error {
 	c.fatalMu.Lock()
 	defer c.fatalMu.Unlock()
@@ -273,7 +252,7 @@ func (c *Client) Err() error {
 }
 
 // Done is closed when the client stops for good: after Close, a takeover
-// or refused credentials.
+// or refused credentials. The outbox stays usable until Close.
 func (c *Client) Done() <-chan struct{} { return c.fatalCh }
 
 func (c *Client) setFatal(err error) {
@@ -286,119 +265,31 @@ func (c *Client) setFatal(err error) {
 }
 
 // Close disconnects, waits for every goroutine the client started and
-// closes the outbox. Readings not yet published stay in a durable outbox
-// for the next client on the same directory; with WithMemoryOutbox they are
-// lost, so call Publish first.
+// closes the outbox. It returns what went wrong on the way, typically an
+// outbox that could not be synced to disk; calls after the first return
+// nil. Readings not yet published stay in a durable outbox for the next
+// client on the same directory; with WithMemoryOutbox they are lost, so
+// call Publish first.
 func (c *Client) Close() error {
-	defer c.closeOutbox()
-	if !c.started.Load() || c.stop == nil {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
 		return nil
 	}
-	if c.cm != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = c.cm.Disconnect(ctx)
-		cancel()
+	c.closed = true
+	r := c.run
+	c.mu.Unlock()
+	if r != nil {
+		c.endRun(r, ErrClosed)
+		<-r.done
 	}
 	c.stop()
-	if c.cm != nil {
-		<-c.cm.Done()
-	}
 	c.wg.Wait()
 	c.setFatal(ErrClosed)
-	c.connected.Store(false)
+	if err := c.closeOutbox(); err != nil {
+		return fmt.Errorf("device: close: %w", err)
+	}
 	return nil
-}
-
-func (c *Client) onUp(cm *autopaho.ConnectionManager, ca *paho.Connack) {
-	c.opt.log.Info("connected", "device_id", c.id, "server", c.server.Host)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		ctx, cancel := context.WithTimeout(c.lifetime, c.opt.connectTimeout)
-		defer cancel()
-		if err := c.subscribe(ctx, cm); err != nil {
-			// Without the subscription the device hears nothing: drop
-			// the connection so that autopaho connects afresh.
-			c.opt.log.Warn("subscribe failed; reconnecting", "device_id", c.id, "error", err)
-			dctx, dcancel := context.WithTimeout(c.lifetime, time.Second)
-			_ = cm.Disconnect(dctx)
-			dcancel()
-			return
-		}
-		c.connected.Store(true)
-		c.modelConnected(cm, ca)
-		c.subOnce.Do(func() { close(c.subscribed) })
-		if c.opt.onUp != nil {
-			c.opt.onUp()
-		}
-		c.tele.kick()
-	}()
-}
-
-// subscribe subscribes to the device's down/ topics, retrying while ctx
-// allows. A refusal can be transient: right after a persistent session is
-// resumed, the embedded broker answers 0x91 (packet identifier in use)
-// while the packet id of the SUBSCRIBE is also that of a message it is
-// resending to the device; the next attempt uses another id.
-func (c *Client) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) error {
-	pause := 20 * time.Millisecond
-	for {
-		_, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
-			{Topic: protocol.DeviceFilter(c.id), QoS: 1},
-		}})
-		if err == nil {
-			return nil
-		}
-		c.opt.log.Debug("subscribe refused; retrying", "device_id", c.id, "error", err)
-		t := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%w (last attempt: %v)", ctx.Err(), err)
-		case <-t.C:
-		}
-		pause = min(2*pause, time.Second)
-	}
-}
-
-func (c *Client) onDown() bool {
-	c.connected.Store(false)
-	c.opt.log.Info("connection lost", "device_id", c.id)
-	if c.opt.onDown != nil {
-		c.opt.onDown()
-	}
-	return c.Err() == nil
-}
-
-func (c *Client) onConnectError(err error) {
-	var ce *autopaho.ConnackError
-	if errors.As(err, &ce) && (ce.ReasonCode == 0x86 || ce.ReasonCode == 0x87 || ce.ReasonCode == 0x85) {
-		if !c.connected.Load() && !isClosed(c.subscribed) {
-			// Never connected: wrong credentials will not fix themselves.
-			c.setFatal(fmt.Errorf("%w (reason code 0x%02x)", ErrAuth, ce.ReasonCode))
-			return
-		}
-	}
-	c.opt.log.Debug("connect attempt failed", "device_id", c.id, "error", err)
-}
-
-func (c *Client) onServerDisconnect(d *paho.Disconnect) {
-	if d.ReasonCode == 0x8E { // session taken over
-		c.opt.log.Warn("session taken over by another connection", "device_id", c.id)
-		c.setFatal(ErrTakenOver)
-		c.stop()
-		return
-	}
-	c.opt.log.Info("platform closed the connection", "device_id", c.id, "reason_code", d.ReasonCode)
-}
-
-func isClosed(ch chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
 }
 
 func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
@@ -497,7 +388,7 @@ func (c *Client) serveRPC(req protocol.RPCRequest, done func()) {
 	c.answers.remember(req.ID, payload)
 	pctx, pcancel := context.WithTimeout(c.lifetime, 10*time.Second)
 	defer pcancel()
-	if _, err := c.manager().Publish(pctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindRPC), QoS: 1, Payload: payload}); err != nil {
+	if err := c.publishUp(pctx, protocol.KindRPC, payload); err != nil {
 		c.opt.log.Warn("rpc response not delivered", "device_id", c.id, "method", req.Method, "error", err)
 	}
 	if after != nil {
@@ -565,12 +456,10 @@ func (r *recentIDs) add(id string) bool {
 	return true
 }
 
-// closeOutbox closes the outbox once.
-func (c *Client) closeOutbox() {
+// closeOutbox closes the outbox once and returns what failed.
+func (c *Client) closeOutbox() error {
 	c.obOnce.Do(func() {
-		c.answeredLog.close()
-		if err := c.tele.ob.Close(); err != nil {
-			c.opt.log.Warn("close outbox", "device_id", c.id, "error", err)
-		}
+		c.obCloseE = errors.Join(c.answeredLog.close(), c.tele.ob.Close())
 	})
+	return c.obCloseE
 }

@@ -8,12 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/outpost-iot/outpost/protocol"
@@ -107,13 +105,18 @@ func (c *Client) HandleFeed(ref string, h FeedHandler) error {
 	return nil
 }
 
-// HandleParameters sets the function that receives parameter updates.
-// With a handler set, the client asks for the full set every time it
-// connects, so a device that was offline catches up.
-func (c *Client) HandleParameters(h ParametersHandler) {
+// HandleParameters sets the function that receives parameter updates,
+// replacing any previous one. With a handler set, the client asks for the
+// full set every time it connects, so a device that was offline catches
+// up. Like Handle and HandleFeed it returns an error for a nil handler.
+func (c *Client) HandleParameters(h ParametersHandler) error {
+	if h == nil {
+		return errors.New("device: nil parameters handler")
+	}
 	c.model.mu.Lock()
 	c.model.paramHandler = h
 	c.model.mu.Unlock()
+	return nil
 }
 
 // Parameters returns the parameters received so far and their version.
@@ -183,11 +186,14 @@ func (c *Client) PullParameters(ctx context.Context) error {
 	return c.sendModel(ctx, protocol.KindParameters, protocol.ParametersReport{Pull: true})
 }
 
-// SendEvent sends an event with JSON-encodable data (nil for none); the
-// platform stores it and streams it to applications. The event goes into
-// the outbox first (durable, in order with readings), then SendEvent
-// publishes everything waiting; if that fails the event stays in the
-// outbox for the next Publish.
+// SendEvent queues an event with JSON-encodable data (nil for none) and
+// returns once it is in the outbox, connected or not: it is then as safe
+// as a reading, and an error means that it was not queued. The client
+// sends it as soon as it is connected, in outbox order: after the readings
+// added before it, which go with it. The platform stores it once however
+// often it is resent. To wait until the platform has stored it, call Publish, which
+// returns once everything queued before it is acknowledged. ctx only
+// matters when it has already ended: then nothing is queued.
 func (c *Client) SendEvent(ctx context.Context, name string, data any) error {
 	e := protocol.Event{ID: c.messageID(), Name: name, T: time.Now().UnixMilli()}
 	if data != nil {
@@ -200,18 +206,19 @@ func (c *Client) SendEvent(ctx context.Context, name string, data any) error {
 	if _, err := protocol.DecodeEvent(mustJSON(e)); err != nil {
 		return fmt.Errorf("device: %w", err)
 	}
-	return c.sendDurable(ctx, protocol.KindEvent, mustJSON(e))
+	return c.queueMessage(ctx, protocol.KindEvent, mustJSON(e))
 }
 
-// SendNotification sends a notification for people (title and text); the
+// SendNotification queues a notification for people (title and text); the
 // platform stores it and streams it to applications. Like SendEvent it
-// goes through the outbox.
+// returns once the notification is in the outbox; Publish waits for its
+// delivery.
 func (c *Client) SendNotification(ctx context.Context, title, text string) error {
 	n := protocol.Notification{ID: c.messageID(), Title: title, Text: text, T: time.Now().UnixMilli()}
 	if _, err := protocol.DecodeNotification(mustJSON(n)); err != nil {
 		return fmt.Errorf("device: %w", err)
 	}
-	return c.sendDurable(ctx, protocol.KindNotification, mustJSON(n))
+	return c.queueMessage(ctx, protocol.KindNotification, mustJSON(n))
 }
 
 // messageID returns a new id for an event or notification: random, so it
@@ -221,17 +228,6 @@ func (c *Client) messageID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// sendDurable puts a message in the outbox, behind the readings and
-// messages already there, and publishes everything waiting. Once it is in
-// the outbox the message is not lost: if Publish fails (ctx ends, no
-// connection) it goes with the next Publish, in order.
-func (c *Client) sendDurable(ctx context.Context, kind string, payload []byte) error {
-	if _, err := c.tele.ob.AddMessage(kind, payload); err != nil {
-		return fmt.Errorf("device: %s: %w", kind, err)
-	}
-	return c.Publish(ctx)
 }
 
 // PublishRaw publishes payload (any bytes, at most
@@ -255,7 +251,14 @@ func (c *Client) PublishRaw(ctx context.Context, subtopic string, payload []byte
 // PlatformTime asks the platform for its time and returns it, corrected
 // for half the round trip. It also updates ClockOffset.
 func (c *Client) PlatformTime(ctx context.Context) (time.Time, error) {
-	id := "t" + strconv.FormatUint(c.model.timeSeq.Add(1), 10)
+	return c.askTime(ctx, "t", func(ctx context.Context, payload []byte) error {
+		return c.publishUp(ctx, protocol.KindTime, payload)
+	})
+}
+
+// askTime publishes a time request with publish and waits for the reply.
+func (c *Client) askTime(ctx context.Context, prefix string, publish func(context.Context, []byte) error) (time.Time, error) {
+	id := probeID(prefix, c.model.timeSeq.Add(1))
 	ch := make(chan protocol.TimeReply, 1)
 	c.model.mu.Lock()
 	c.model.timeWait[id] = ch
@@ -266,7 +269,7 @@ func (c *Client) PlatformTime(ctx context.Context) (time.Time, error) {
 		c.model.mu.Unlock()
 	}()
 	sent := time.Now()
-	if err := c.sendModel(ctx, protocol.KindTime, protocol.TimeRequest{ID: id, Sent: sent.UnixMilli()}); err != nil {
+	if err := publish(ctx, mustJSON(protocol.TimeRequest{ID: id, Sent: sent.UnixMilli()})); err != nil {
 		return time.Time{}, err
 	}
 	select {
@@ -322,64 +325,9 @@ func (c *Client) sendModel(ctx context.Context, kind string, msg any) error {
 	return c.publishUp(ctx, kind, b)
 }
 
-// ModelError reports that the platform refused a device-model message for
-// good; the error handler (WithErrorHandler) gets the details.
-type ModelError struct {
-	Kind       string
-	ReasonCode byte
-}
-
-// Error describes the rejection with its MQTT reason code.
-func (e *ModelError) Error() string {
-	return fmt.Sprintf("device: platform rejected %s message with reason code 0x%02x", e.Kind, e.ReasonCode)
-}
-
-// publishUp publishes one QoS 1 message and waits for the platform's
-// acknowledgement, riding out reconnects until ctx ends.
-func (c *Client) publishUp(ctx context.Context, kind string, payload []byte) error {
-	if !c.started.Load() {
-		return ErrNotConnected
-	}
-	select {
-	case <-c.cmReady:
-	case <-ctx.Done():
-		return fmt.Errorf("device: %s: %w", kind, ctx.Err())
-	case <-c.Done():
-		return c.Err()
-	}
-	for {
-		if err := c.Err(); err != nil {
-			return err
-		}
-		if err := c.cm.AwaitConnection(ctx); err != nil {
-			return fmt.Errorf("device: %s: %w", kind, err)
-		}
-		resp, err := c.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, kind), QoS: 1, Payload: payload})
-		if err == nil {
-			return nil
-		}
-		if resp != nil && resp.ReasonCode >= 0x80 {
-			switch resp.ReasonCode {
-			case 0x87, 0x90, 0x99, 0x83:
-				return &ModelError{Kind: kind, ReasonCode: resp.ReasonCode}
-			}
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("device: %s: %w", kind, ctx.Err())
-		}
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-			return fmt.Errorf("device: %s: %w", kind, ctx.Err())
-		case <-c.Done():
-			return c.Err()
-		}
-	}
-}
-
-// modelConnected runs after every (re)connection, once subscribed. It
-// uses cm rather than c.cm, which Connect may not have set yet.
-func (c *Client) modelConnected(cm *autopaho.ConnectionManager, ca *paho.Connack) {
+// modelConnected runs after every (re)connection, once subscribed and the
+// platform checked, before the connection is ready.
+func (c *Client) modelConnected(ctx context.Context, l *link, ca *paho.Connack) {
 	if ca != nil && ca.Properties != nil && ca.Properties.ServerKeepAlive != nil {
 		c.model.keepAlive.Store(int64(*ca.Properties.ServerKeepAlive))
 	} else {
@@ -389,9 +337,7 @@ func (c *Client) modelConnected(cm *autopaho.ConnectionManager, ca *paho.Connack
 	pull := c.model.paramHandler != nil
 	c.model.mu.Unlock()
 	if pull {
-		ctx, cancel := context.WithTimeout(c.lifetime, c.opt.connectTimeout)
-		defer cancel()
-		if _, err := cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindParameters), QoS: 1,
+		if _, err := l.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindParameters), QoS: 1,
 			Payload: mustJSON(protocol.ParametersReport{Pull: true})}); err != nil {
 			c.opt.log.Warn("pull parameters", "device_id", c.id, "error", err)
 		}

@@ -38,6 +38,9 @@ type options struct {
 	outboxQueue    outbox.Queue
 	outboxOpts     []outbox.Option
 	autoPublish    time.Duration
+	// retryOnFailedConnect: Connect returns at once and the client keeps
+	// trying in the background.
+	retryOnFailedConnect bool
 }
 
 func defaultOptions() options {
@@ -108,13 +111,26 @@ func WithKeepAlive(d time.Duration) Option {
 	}
 }
 
-// WithReconnectBackoff bounds the wait between reconnection attempts; the
-// wait grows exponentially from min to max, with jitter (default 250ms to
-// 30s).
+// WithRetryOnFailedConnect makes Connect return at once and keep trying
+// in the background, like nats.go's RetryOnFailedConnect: a device that
+// boots with no network runs as usual, its readings and events wait in the
+// outbox, and Publish waits for the connection (within its context). Each
+// failed attempt is logged at Warn; refused credentials end the client
+// (Done, Err), as without the option.
+func WithRetryOnFailedConnect() Option {
+	return func(o *options) error {
+		o.retryOnFailedConnect = true
+		return nil
+	}
+}
+
+// WithReconnectBackoff bounds the wait between connection attempts,
+// 0 < min <= max; the wait doubles from min to max while attempts fail,
+// with jitter (default 250ms to 30s).
 func WithReconnectBackoff(min, max time.Duration) Option {
 	return func(o *options) error {
-		if min <= 0 || max <= min {
-			return errors.New("reconnect backoff needs 0 < min < max")
+		if min <= 0 || max < min {
+			return fmt.Errorf("reconnect backoff needs 0 < min <= max, not %s and %s", min, max)
 		}
 		o.minBackoff, o.maxBackoff = min, max
 		return nil
@@ -211,11 +227,19 @@ func WithLogger(l *slog.Logger) Option {
 // dir (created if needed): a reading is written to the outbox before Add
 // returns and leaves it only once the platform has acknowledged (committed)
 // it, so readings survive the device process being killed and the network
-// being down for hours. Only one client may use a directory at a time.
+// being down for hours. A directory serves one client at a time: it is
+// locked while the client is open, and New fails for a second one, in this
+// process or another.
 //
 // Without WithOutbox, WithMemoryOutbox or WithOutboxQueue, the client uses
-// a durable outbox in $OUTPOST_OUTBOX_DIR/{device id} or, when that is not
-// set, in the user's cache directory (os.UserCacheDir()/outpost/outbox/{device id}).
+// a durable outbox in $OUTPOST_OUTBOX_DIR/{device id} when that is set, or
+// else in a state directory, never in a cache that may be purged:
+// $STATE_DIRECTORY/outbox/{device id} (set by systemd's StateDirectory=),
+// $XDG_STATE_HOME/outpost/outbox/{device id}, or
+// ~/.local/state/outpost/outbox/{device id}. When none of them can be
+// found (no $HOME, as under some service managers), New fails and asks for
+// WithOutbox. An outbox left in the user's cache directory by an earlier
+// version is moved to the new place.
 func WithOutbox(dir string) Option {
 	return func(o *options) error {
 		if dir == "" {
@@ -247,7 +271,8 @@ func WithOutboxQueue(q outbox.Queue) Option {
 	}
 }
 
-// WithOutboxOptions tunes the built-in outbox: its bound (outbox.WithCapacity,
+// WithOutboxOptions tunes the built-in outbox (a value out of range makes
+// New fail): its bound (outbox.WithCapacity,
 // default 500,000 readings; outbox.WithMaxBytes), what happens when it is
 // full (default: Add fails with ErrOutboxFull; outbox.WithDropOldest drops
 // the oldest readings instead) and how often it syncs to disk

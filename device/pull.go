@@ -9,9 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/eclipse/paho.golang/autopaho"
-	"github.com/eclipse/paho.golang/paho"
-
 	"github.com/outpost-iot/outpost/protocol"
 )
 
@@ -47,7 +44,7 @@ type PullResult struct {
 // (ErrNotConnected). Handlers for other kinds of messages are not waited
 // for.
 func (c *Client) Pull(ctx context.Context) (PullResult, error) {
-	if !c.started.Load() || c.cm == nil || !c.Connected() {
+	if !c.Connected() {
 		return PullResult{}, ErrNotConnected
 	}
 	if err := c.Publish(ctx); err != nil {
@@ -69,8 +66,8 @@ func (c *Client) Pull(ctx context.Context) (PullResult, error) {
 		c.pulls.mu.Unlock()
 	}()
 	payload, _ := json.Marshal(protocol.PullRequest{ID: id})
-	if _, err := c.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindPull), QoS: 1, Payload: payload}); err != nil {
-		return PullResult{}, fmt.Errorf("device: pull: %w", err)
+	if err := c.publishUp(ctx, protocol.KindPull, payload); err != nil {
+		return PullResult{}, err // names the pull already
 	}
 	var end pullEnd
 	select {
@@ -210,15 +207,7 @@ func (c *Client) answerAgain(req protocol.RPCRequest) {
 	}
 	ctx, cancel := context.WithTimeout(c.lifetime, 10*time.Second)
 	defer cancel()
-	if _, err := c.manager().Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindRPC), QoS: 1, Payload: payload}); err != nil {
+	if err := c.publishUp(ctx, protocol.KindRPC, payload); err != nil {
 		c.opt.log.Warn("rpc answer not delivered again", "device_id", c.id, "id", req.ID, "error", err)
 	}
-}
-
-// manager returns the connection manager once Connect has set it: a
-// request queued on the platform can arrive, and its handler finish,
-// before Connect returns.
-func (c *Client) manager() *autopaho.ConnectionManager {
-	<-c.cmReady
-	return c.cm
 }

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/outpost-iot/outpost/device/outbox"
@@ -22,13 +25,17 @@ type Reading struct {
 }
 
 // PublishError reports that the platform refused a message for good (for
-// example because it was malformed). The readings in it were dropped; the
-// platform also sent an error reply with details.
+// example because it was malformed, or broke a limit): resending it cannot
+// help. It is the one error for such refusals, whatever the message:
+// telemetry from Publish, events and notifications queued in the outbox,
+// and the device-model, raw and RPC messages. A refused outbox message
+// was dropped from the outbox. The platform also sent an error reply with
+// the details (WithErrorHandler).
 type PublishError struct {
-	Kind       string // the message kind: telemetry, event, notification
+	Kind       string // the message kind: telemetry, event, feeds, time, raw/…
 	BatchID    string // for telemetry
-	Readings   int
-	ReasonCode byte
+	Readings   int    // for telemetry: the readings dropped
+	ReasonCode byte   // the MQTT 5 PUBACK reason code
 }
 
 // Error describes the rejected message with its MQTT reason code.
@@ -48,8 +55,10 @@ func (e *PublishError) Error() string {
 type telemetry struct {
 	c      *Client
 	ob     outbox.Queue
-	pubMu  sync.Mutex // one Publish at a time keeps messages in order
-	kickCh chan struct{}
+	dir    string        // of a durable outbox opened by the client
+	sendMu chan struct{} // one sender at a time keeps messages in order
+	kickCh chan struct{} // wakes the background sender
+	want   atomic.Uint64 // the background sender sends up to this seq
 	wire   *wire
 }
 
@@ -66,8 +75,10 @@ type sealedMsg struct {
 func (t *telemetry) init(c *Client) error {
 	t.c = c
 	t.kickCh = make(chan struct{}, 1)
-	t.wire = newWire(c.id)
+	t.sendMu = make(chan struct{}, 1)
+	t.wire = newWire()
 	o := c.opt
+	// The one bound on the size of what the outbox seals.
 	opts := append([]outbox.Option{
 		outbox.WithMessageLimits(o.maxBatch, protocol.MaxMessageBytes),
 		outbox.WithLogger(o.log),
@@ -86,30 +97,83 @@ func (t *telemetry) init(c *Client) error {
 	}
 	dir := o.outboxDir
 	if dir == "" {
-		base := os.Getenv("OUTPOST_OUTBOX_DIR")
-		if base == "" {
-			cache, err := os.UserCacheDir()
-			if err != nil {
-				return fmt.Errorf("no outbox directory (set WithOutbox or OUTPOST_OUTBOX_DIR): %w", err)
-			}
-			base = filepath.Join(cache, "outpost", "outbox")
+		var err error
+		if dir, err = defaultOutboxDir(c.id, o.log); err != nil {
+			return err
 		}
-		dir = filepath.Join(base, c.id)
 	}
 	ob, err := outbox.OpenDir(dir, opts...)
+	if errors.Is(err, outbox.ErrLocked) {
+		return fmt.Errorf("%w; give each client its own directory (WithOutbox)", err)
+	}
 	if err != nil {
 		return fmt.Errorf("outbox %s: %w", dir, err)
 	}
 	if rerr := ob.Recovery(); rerr != nil {
-		o.log.Warn("outbox was damaged (power cut?); the damaged records were skipped", "device_id", c.id, "dir", dir, "error", rerr)
+		o.log.Warn("outbox was damaged (power cut?); the damaged records were skipped and the batch ids start afresh", "device_id", c.id, "dir", dir, "instance_id", ob.InstanceID(), "error", rerr)
 	}
 	t.ob = ob
+	t.dir = dir
 	if c.answeredLog, err = openAnsweredLog(dir, c.answered, c.model.commands); err != nil {
 		ob.Close()
 		return err
 	}
 	return nil
 }
+
+// defaultOutboxDir chooses the directory of the durable outbox when the
+// application did not: $OUTPOST_OUTBOX_DIR/{id}, else a state directory
+// (never a cache, which may be purged): $STATE_DIRECTORY/outbox/{id}
+// (systemd's StateDirectory=), $XDG_STATE_HOME/outpost/outbox/{id}, or
+// ~/.local/state/outpost/outbox/{id}. An outbox left by an earlier version
+// in the user's cache directory is moved there.
+func defaultOutboxDir(id string, log *slog.Logger) (string, error) {
+	if base := os.Getenv("OUTPOST_OUTBOX_DIR"); base != "" {
+		return filepath.Join(base, id), nil
+	}
+	var dir string
+	if sd, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); filepath.IsAbs(sd) {
+		dir = filepath.Join(sd, "outbox", id)
+	} else if x := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(x) {
+		dir = filepath.Join(x, "outpost", "outbox", id)
+	} else if home, err := os.UserHomeDir(); err == nil && filepath.IsAbs(home) {
+		dir = filepath.Join(home, ".local", "state", "outpost", "outbox", id)
+	} else {
+		return "", errors.New("no directory for the durable outbox: none of $STATE_DIRECTORY, $XDG_STATE_HOME and $HOME is set; " +
+			"choose one with WithOutbox(dir), or keep readings in memory only with WithMemoryOutbox")
+	}
+	moveOldOutbox(id, dir, log)
+	return dir, nil
+}
+
+// moveOldOutbox moves the outbox of an earlier version of the SDK, which
+// kept it in the user's cache directory, to dir when dir does not exist
+// yet, so that its readings are not stranded.
+func moveOldOutbox(id, dir string, log *slog.Logger) {
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		return
+	}
+	old := filepath.Join(cache, "outpost", "outbox", id)
+	if _, err := os.Stat(old); err != nil {
+		return
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err == nil {
+		err = os.Rename(old, dir)
+	}
+	if err != nil {
+		log.Warn("could not move the outbox from the cache directory; its readings stay there", "device_id", id, "from", old, "to", dir, "error", err)
+		return
+	}
+	log.Info("moved the outbox out of the cache directory", "device_id", id, "from", old, "to", dir)
+}
+
+// OutboxDir returns the directory of the client's durable outbox, empty
+// for WithMemoryOutbox and WithOutboxQueue.
+func (c *Client) OutboxDir() string { return c.tele.dir }
 
 func (t *telemetry) kick() {
 	select {
@@ -118,24 +182,51 @@ func (t *telemetry) kick() {
 	}
 }
 
-// autoPublish publishes every interval and after each reconnect, until
-// the client stops.
-func (c *Client) autoPublish(interval time.Duration) {
-	defer c.wg.Done()
-	tk := time.NewTicker(interval)
-	defer tk.Stop()
+// acquire takes the right to send outbox messages; one sender at a time
+// keeps them in order.
+func (t *telemetry) acquire(ctx context.Context) error {
+	select {
+	case t.sendMu <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (t *telemetry) release() { <-t.sendMu }
+
+// sender is the background sender of run r: it sends the events and
+// notifications queued since the last Publish (and what is before them in
+// the outbox) as soon as the connection is ready, and with WithAutoPublish
+// publishes every interval and after each reconnect.
+func (c *Client) sender(r *run) {
+	defer r.wg.Done()
+	var tick <-chan time.Time
+	if c.opt.autoPublish > 0 {
+		tk := time.NewTicker(c.opt.autoPublish)
+		defer tk.Stop()
+		tick = tk.C
+	}
 	for {
 		select {
-		case <-c.lifetime.Done():
+		case <-r.ctx.Done():
 			return
-		case <-tk.C:
+		case <-tick:
 		case <-c.tele.kickCh:
 		}
-		if !c.Connected() || c.Pending() == 0 {
-			continue
+		if !c.Connected() {
+			continue // kicked again once ready
 		}
-		if err := c.Publish(c.lifetime); err != nil && c.lifetime.Err() == nil {
-			c.opt.log.Warn("auto-publish", "device_id", c.id, "error", err)
+		var err error
+		if c.opt.autoPublish > 0 {
+			if c.Pending() > 0 || c.OutboxStats().PendingMessages > 0 {
+				err = c.Publish(r.ctx)
+			}
+		} else if want := c.tele.want.Load(); want > 0 {
+			err = c.flush(r.ctx, want)
+		}
+		if err != nil && r.ctx.Err() == nil {
+			c.opt.log.Warn("background publish", "device_id", c.id, "error", err)
 		}
 	}
 }
@@ -215,17 +306,24 @@ func (c *Client) Pending() int {
 // records skipped at start-up, and more.
 func (c *Client) OutboxStats() outbox.Stats { return c.tele.ob.Stats() }
 
-// Publish sends every queued reading and returns when the platform has
-// acknowledged (committed) all of them, or with the first error. Up to
-// WithMaxInFlight messages travel at once, in order. Readings that were not
-// acknowledged stay in the outbox for the next Publish, in order. When the
-// platform is overloaded (MQTT reason code 0x97) Publish backs off and
-// resends until ctx ends. Readings added while Publish runs wait for the
-// next one.
+// Publish seals every queued reading into messages and sends them, and
+// whatever else waits in the outbox (events, notifications), in outbox
+// order, up to WithMaxInFlight messages at once. It returns when the
+// platform has acknowledged (committed) all of them, or with the first
+// error: ErrNotConnected when the client is not connecting (Connect was not
+// called, or gave up), a *PublishError when the platform refused a message
+// for good, the context's error (wrapped with ErrNotConnected when no
+// connection came). Messages not acknowledged stay in the outbox for the
+// next Publish, in order; a connection lost on the way is waited for and
+// the messages resent. When the platform is overloaded (MQTT reason code
+// 0x97) Publish backs off and resends until ctx ends. Readings added while
+// Publish runs wait for the next one.
 func (c *Client) Publish(ctx context.Context) error {
 	t := &c.tele
-	t.pubMu.Lock()
-	defer t.pubMu.Unlock()
+	if err := t.acquire(ctx); err != nil {
+		return fmt.Errorf("device: publish: %w", err)
+	}
+	defer t.release()
 	if err := t.ob.Seal(); err != nil {
 		return fmt.Errorf("device: publish: %w", err)
 	}
@@ -236,6 +334,48 @@ func (c *Client) Publish(ctx context.Context) error {
 	if n := t.ob.Stats().NextSeq; n > 0 {
 		last = n - 1
 	}
+	return c.send(ctx, last)
+}
+
+// flush sends the sealed messages numbered up to last, without sealing.
+func (c *Client) flush(ctx context.Context, last uint64) error {
+	t := &c.tele
+	if err := t.acquire(ctx); err != nil {
+		return fmt.Errorf("device: publish: %w", err)
+	}
+	defer t.release()
+	return c.send(ctx, last)
+}
+
+// queueMessage puts a message of kind in the outbox behind everything
+// already added, readings included, and has the background sender send it.
+func (c *Client) queueMessage(ctx context.Context, kind string, payload []byte) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("device: %s: %w", kind, err)
+	}
+	t := &c.tele
+	// Seal the open readings first, so that the message follows them.
+	if err := t.ob.Seal(); err != nil {
+		return fmt.Errorf("device: %s: %w", kind, err)
+	}
+	seq, err := t.ob.AddMessage(kind, payload)
+	if err != nil {
+		return fmt.Errorf("device: %s: %w", kind, err)
+	}
+	for {
+		old := t.want.Load()
+		if seq <= old || t.want.CompareAndSwap(old, seq) {
+			break
+		}
+	}
+	t.kick()
+	return nil
+}
+
+// send sends the sealed messages numbered up to last. The caller holds
+// the sending right.
+func (c *Client) send(ctx context.Context, last uint64) error {
+	t := &c.tele
 	pause := retryMin
 	for {
 		obm, err := t.ob.Next(0, 4*c.opt.maxInFlight)
@@ -252,14 +392,9 @@ func (c *Client) Publish(ctx context.Context) error {
 		if len(msgs) == 0 {
 			return nil
 		}
-		if c.cm == nil || c.Err() != nil {
-			if err := c.Err(); err != nil {
-				return err
-			}
-			return ErrNotConnected
-		}
-		if err := c.cm.AwaitConnection(ctx); err != nil {
-			return fmt.Errorf("device: publish: %w", err)
+		l, err := c.waitReady(ctx)
+		if err != nil {
+			return err
 		}
 		var (
 			refused *PublishError
@@ -267,7 +402,7 @@ func (c *Client) Publish(ctx context.Context) error {
 			failed  error
 			head    int // messages acknowledged in this round
 		)
-		c.window(ctx, msgs, c.opt.maxInFlight, func(i int, err error) {
+		c.window(ctx, l, msgs, c.opt.maxInFlight, func(i int, err error) {
 			var pe *PublishError
 			switch {
 			case err == nil:
@@ -306,10 +441,12 @@ func (c *Client) Publish(ctx context.Context) error {
 			}
 			pause = min(2*pause, retryMax)
 		case failed != nil:
-			// Connection dropped mid-publish: wait for the reconnect and
-			// resend.
-			if err := c.sleep(ctx, 50*time.Millisecond); err != nil {
-				return err
+			// The connection dropped mid-publish: wait for the reconnect
+			// (waitReady) and resend. Anything else: pause first.
+			if l.ctx.Err() == nil {
+				if err := c.sleep(ctx, 50*time.Millisecond); err != nil {
+					return err
+				}
 			}
 		default:
 			pause = retryMin

@@ -2,48 +2,63 @@ package device
 
 import (
 	"bufio"
+	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"sync"
 	"sync/atomic"
 
-	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/outpost-iot/outpost/protocol"
 )
 
-// This file keeps several telemetry messages in flight while putting them
-// on the wire strictly in order. paho's Publish blocks until the PUBACK, so
-// each message in flight has its own goroutine; to keep their order on the
-// wire the window starts message k+1 only once message k has been written
-// to the connection, which the connection wrapper below reports.
+// This file keeps several outbox messages in flight while putting them on
+// the wire strictly in outbox order. paho's Publish blocks until the
+// PUBACK, so each message in flight has its own goroutine; to keep their
+// order on the wire the window starts message k+1 only once message k has
+// been written to the connection, which the connection wrapper below
+// reports. Only message k itself counts: RPC answers, pull requests and
+// device-model messages go up at the same time without moving the window.
 
 // errRetryLater: the platform did not take a message for now (MQTT 5
 // reason code 0x97 "quota exceeded", or another transient failure code);
 // the same message is sent again after a pause.
 var errRetryLater = errors.New("device: platform busy, retry later")
 
-// wire counts the PUBLISH packets (first transmissions, not
-// retransmissions) the device writes on its own up/ topics.
+// wire tells the window when the message it waits for has been written.
 type wire struct {
-	prefix string // "outpost/v1/{id}/up/"
-	sent   atomic.Uint64
-	notify chan struct{} // a token after each count, for the waiting window
+	mu      sync.Mutex
+	topic   string
+	payload []byte // nil: waiting for nothing
+	hit     bool
+	notify  chan struct{} // a token after the hit
 }
 
-func newWire(deviceID string) *wire {
-	return &wire{prefix: protocol.Topic(deviceID, protocol.Up, ""), notify: make(chan struct{}, 1)}
+func newWire() *wire { return &wire{notify: make(chan struct{}, 1)} }
+
+// expect makes the next first transmission of a QoS 1 PUBLISH of payload
+// on topic the one to report.
+func (w *wire) expect(topic string, payload []byte) {
+	w.mu.Lock()
+	w.topic, w.payload, w.hit = topic, payload, false
+	w.mu.Unlock()
 }
 
-// written inspects one complete packet as written and counts it if it is a
-// first transmission of a QoS 1 PUBLISH on one of the device's up/ topics.
-func (w *wire) written(pkt []byte) {
-	// Fixed header 0x32: PUBLISH, QoS 1, DUP and RETAIN clear.
+// written reports whether the expected packet has been written.
+func (w *wire) written() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.hit
+}
+
+// saw inspects one complete packet as written, and notes it if it is the
+// expected one: a first transmission of a QoS 1 PUBLISH (DUP and RETAIN
+// clear) on the expected topic whose payload is the expected payload (the
+// payload ends the packet; batch and event ids make it unique).
+func (w *wire) saw(pkt []byte) {
 	if len(pkt) < 2 || pkt[0] != 0x32 {
 		return
 	}
@@ -56,10 +71,16 @@ func (w *wire) written(pkt []byte) {
 		return
 	}
 	n := int(pkt[i])<<8 | int(pkt[i+1])
-	if n < len(w.prefix) || len(pkt) < i+2+len(w.prefix) || string(pkt[i+2:i+2+len(w.prefix)]) != w.prefix {
+	if len(pkt) < i+2+n {
 		return
 	}
-	w.sent.Add(1)
+	topic := pkt[i+2 : i+2+n]
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.payload == nil || w.hit || string(topic) != w.topic || !bytes.HasSuffix(pkt[i+2+n:], w.payload) {
+		return
+	}
+	w.hit = true
 	select {
 	case w.notify <- struct{}{}:
 	default:
@@ -93,7 +114,7 @@ func (c *wireConn) Unlock() {
 			// unacknowledged messages are resent after the reconnect.
 			c.Conn.Close()
 		} else {
-			c.w.written(c.buf)
+			c.w.saw(c.buf)
 		}
 		if cap(c.buf) > 64<<10 {
 			c.buf = nil // do not hold on to the largest message ever sent
@@ -114,23 +135,8 @@ func (c *wireConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// dial opens the connection to the platform (autopaho's AttemptConnection).
-func (c *Client) dial(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.opt.connectTimeout)
-	defer cancel()
-	var conn net.Conn
-	var err error
-	if u.Scheme == "mqtts" {
-		d := tls.Dialer{Config: cfg.TlsCfg}
-		conn, err = d.DialContext(ctx, "tcp", u.Host)
-	} else {
-		var d net.Dialer
-		conn, err = d.DialContext(ctx, "tcp", u.Host)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &wireConn{Conn: conn, r: bufio.NewReaderSize(conn, 16<<10), w: c.tele.wire}, nil
+func newWireConn(conn net.Conn, w *wire) *wireConn {
+	return &wireConn{Conn: conn, r: bufio.NewReaderSize(conn, 16<<10), w: w}
 }
 
 type sendResult struct {
@@ -138,17 +144,18 @@ type sendResult struct {
 	err error
 }
 
-// window sends msgs in order, keeping at most max of them waiting for
-// their acknowledgement, and calls done(i, err) for each message it sent as
-// its outcome arrives (err nil: acknowledged; a *PublishError: refused for
-// good; errRetryLater: not taken for now; anything else: not delivered,
-// e.g. the connection dropped). After the first failure it sends nothing
-// more. It returns once nothing is in flight.
-//
-// It knows nothing about where messages come from or go once answered, so
-// the queue behind it can change (memory today, a durable outbox later).
-func (c *Client) window(ctx context.Context, msgs []sealedMsg, max int, done func(i int, err error)) {
+// window sends msgs in order on link l, keeping at most max of them
+// waiting for their acknowledgement, and calls done(i, err) for each
+// message it sent as its outcome arrives (err nil: acknowledged; a
+// *PublishError: refused for good; errRetryLater: not taken for now;
+// anything else: not delivered, e.g. the connection dropped, which also
+// ends the publications in flight on it). After the first failure it sends
+// nothing more. It returns once nothing is in flight.
+func (c *Client) window(ctx context.Context, l *link, msgs []sealedMsg, max int, done func(i int, err error)) {
 	w := c.tele.wire
+	ctx, cancel := onLink(ctx, l)
+	defer cancel()
+	defer w.expect("", nil)
 	results := make(chan sendResult, max)
 	inflight, stopped := 0, false
 	receive := func(r sendResult) {
@@ -163,14 +170,15 @@ func (c *Client) window(ctx context.Context, msgs []sealedMsg, max int, done fun
 			i, m := next, msgs[next]
 			next++
 			inflight++
-			before := w.sent.Load()
+			topic := protocol.UpTopic(c.id, m.kind)
+			w.expect(topic, m.payload)
 			go func() {
-				resp, err := c.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, m.kind), QoS: 1, Payload: m.payload})
+				resp, err := l.cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: m.payload})
 				results <- sendResult{i, publishOutcome(ctx, m, resp, err)}
 			}()
 			// Start the next message only once this one is on the wire
 			// (or finished without getting there).
-			for finished := false; !finished && w.sent.Load() == before; {
+			for finished := false; !finished && !w.written(); {
 				select {
 				case <-w.notify:
 				case r := <-results:
@@ -187,14 +195,13 @@ func (c *Client) window(ctx context.Context, msgs []sealedMsg, max int, done fun
 	}
 }
 
-// publishOutcome classifies the answer to one telemetry message.
+// publishOutcome classifies the answer to one outbox message.
 func publishOutcome(ctx context.Context, m sealedMsg, resp *paho.PublishResponse, err error) error {
 	if err == nil {
 		return nil
 	}
 	if resp != nil && resp.ReasonCode >= 0x80 {
-		switch resp.ReasonCode {
-		case 0x87, 0x90, 0x99, 0x83: // refused for good
+		if refusedForGood(resp.ReasonCode) {
 			return &PublishError{Kind: m.kind, BatchID: m.id, Readings: m.readings, ReasonCode: resp.ReasonCode}
 		}
 		// Overloaded or failed to commit: the same batch is resent later

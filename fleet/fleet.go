@@ -29,6 +29,13 @@
 // stopped when the platform still holds the missed events; when it does
 // not, the handler gets a KindGap event saying so.
 //
+// # Options
+//
+// Dial takes functional options (WithWorkers, WithCallTimeout, …). As in
+// package device, an option given a value out of its range makes Dial fail
+// with an error naming it; no value is silently replaced by another (this
+// changed: options used to clamp such values).
+//
 // # Errors
 //
 // Errors from the platform come back typed: errors.Is(err, fleet.ErrOffline),
@@ -151,16 +158,9 @@ type Client struct {
 	closeOnce sync.Once
 }
 
-// Option configures a Client.
-type Option func(*Client)
-
-// WithHTTPClient sets the HTTP client (for TLS settings or proxies). Its
-// Timeout, if any, also cuts live subscriptions, which then reconnect; leave
-// it zero and bound calls with contexts instead.
-func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
-
 // Dial checks that the platform at serverURL answers and accepts token, and
-// starts the client's asynchronous machinery (see CallAsync).
+// starts the client's asynchronous machinery (see CallAsync). An option
+// given a value out of its range is an error.
 func Dial(ctx context.Context, serverURL, token string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(strings.TrimRight(serverURL, "/"))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -177,9 +177,10 @@ func Dial(ctx context.Context, serverURL, token string, opts ...Option) (*Client
 		maxBackoff:  10 * time.Second,
 	}
 	for _, o := range opts {
-		o(c)
+		if err := o(c); err != nil {
+			return nil, fmt.Errorf("fleet: %w", err)
+		}
 	}
-	c.maxBackoff = max(c.maxBackoff, c.minBackoff)
 	if c.hc == nil {
 		// The default transport keeps only two idle connections per host,
 		// so concurrent calls would open a new connection each time.

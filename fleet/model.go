@@ -65,12 +65,17 @@ func (c *Client) Model(ctx context.Context, deviceID string) (*Model, error) {
 
 // FeedCommand is a value sent to a device's IN_OUT feed.
 type FeedCommand struct {
-	ID        string          `json:"id"`
-	MessageID string          `json:"message_id"`
-	DeviceID  string          `json:"device_id"`
-	Feed      string          `json:"feed"`
-	Value     json.RawMessage `json:"value"`
-	IssuedAt  int64           `json:"issued_at"` // ms
+	ID string `json:"id"`
+	// MessageID identifies the command's message in the device's down
+	// queue.
+	MessageID string `json:"message_id"`
+	// State is the queued message's state when the command was issued:
+	// "queued" (the device is offline or pulls) or "sent".
+	State    string          `json:"state"`
+	DeviceID string          `json:"device_id"`
+	Feed     string          `json:"feed"`
+	Value    json.RawMessage `json:"value"`
+	IssuedAt int64           `json:"issued_at"` // ms
 }
 
 // SetFeedValue sends value to a device's IN_OUT feed ref. Errors:
@@ -108,7 +113,7 @@ func (c *Client) UpdateParameters(ctx context.Context, deviceID string, changes 
 type DeviceEvent struct {
 	Seq int64 `json:"seq"`
 	// MessageID is the id the device gave the event, if any; the platform
-	// stores an event once per id.
+	// stores a device's event once per id.
 	MessageID string `json:"message_id,omitempty"`
 	DeviceID  string `json:"device_id"`
 	Kind      string `json:"kind"` // KindEvent or KindNotification

@@ -81,6 +81,9 @@ func TestDeviceModel(t *testing.T) {
 	if err := c.SendNotification(ctx, "Valve", "opened to 40%"); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.Publish(ctx); err != nil { // both queued: wait for their delivery
+		t.Fatal(err)
+	}
 	if err := c.PublishRaw(ctx, "debug", []byte("plain text")); err != nil {
 		t.Fatal(err)
 	}

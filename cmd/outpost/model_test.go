@@ -34,6 +34,9 @@ func TestModelCommands(t *testing.T) {
 	if err := c.SendNotification(ctx, "Hello", "from the device"); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.Publish(ctx); err != nil { // the notification is queued: wait for its delivery
+		t.Fatal(err)
+	}
 
 	out, _, err := runCLI(t, p, "feed", "set", "cli-model", "mode", "eco")
 	if err != nil || !strings.Contains(out, `"feed": "mode"`) {

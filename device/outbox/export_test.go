@@ -5,8 +5,9 @@ package outbox
 var WithStartSeq = withStartSeq
 
 // Abandon simulates the process dying: the background flusher stops, but
-// nothing is synced, written or closed. Whatever Add returned for must be
-// found by the next Open on the same store.
+// nothing is synced, written or closed; only the directory lock goes, as
+// it goes with a dead process. Whatever Add returned for must be found by
+// the next Open on the same store.
 func Abandon(o *Outbox) {
 	o.mu.Lock()
 	o.closed = true
@@ -14,5 +15,10 @@ func Abandon(o *Outbox) {
 	if o.stop != nil {
 		close(o.stop)
 		<-o.done
+	}
+	if fs, ok := o.st.(*FileStore); ok {
+		fs.mu.Lock()
+		fs.unlock()
+		fs.mu.Unlock()
 	}
 }

@@ -110,10 +110,14 @@ func DecodeFrames(data []byte) ([][]byte, Damage) {
 // for a segment that starts with a snapshot (the log starts at the newest
 // snapshot), NNN.tmp for a snapshot being written (removed on Load).
 //
-// Only one FileStore may use a directory at a time.
+// Only one FileStore may use a directory at a time: NewFileStore locks the
+// directory (flock on its file "lock", on Unix systems) until Close, and
+// fails with ErrLocked while another FileStore, in this process or
+// another, holds it.
 type FileStore struct {
 	dir     string
 	segSize int64
+	lock    *os.File // released by Close
 
 	mu     sync.Mutex
 	f      *os.File // current segment, nil before Load and after Close
@@ -131,16 +135,22 @@ type FileStore struct {
 
 var _ Store = (*FileStore)(nil)
 
+// ErrLocked is returned by NewFileStore (and OpenDir) when another
+// FileStore holds the directory.
+var ErrLocked = errors.New("store directory locked")
+
 // FileOption configures a FileStore.
-type FileOption func(*FileStore)
+type FileOption func(*FileStore) error
 
 // WithSegmentSize sets the size at which a FileStore starts a new segment
-// file (default 4 MiB).
+// file (default DefaultSegmentSize); it must be positive.
 func WithSegmentSize(n int64) FileOption {
-	return func(s *FileStore) {
-		if n > 0 {
-			s.segSize = n
+	return func(s *FileStore) error {
+		if n <= 0 {
+			return fmt.Errorf("segment size must be positive, not %d", n)
 		}
+		s.segSize = n
+		return nil
 	}
 }
 
@@ -148,16 +158,24 @@ func WithSegmentSize(n int64) FileOption {
 // WithSegmentSize says otherwise.
 const DefaultSegmentSize = 4 << 20
 
-// NewFileStore returns a FileStore on dir, creating the directory if needed.
-// Nothing is read until Load.
+// NewFileStore returns a FileStore on dir, creating the directory if
+// needed, and locks the directory until Close (ErrLocked when another
+// FileStore holds it). Nothing is read until Load.
 func NewFileStore(dir string, opts ...FileOption) (*FileStore, error) {
+	s := &FileStore{dir: dir, segSize: DefaultSegmentSize}
+	for _, o := range opts {
+		if err := o(s); err != nil {
+			return nil, fmt.Errorf("outbox: %w", err)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("outbox: create store directory: %w", err)
 	}
-	s := &FileStore{dir: dir, segSize: DefaultSegmentSize}
-	for _, o := range opts {
-		o(s)
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
 	}
+	s.lock = lock
 	return s, nil
 }
 
@@ -190,7 +208,7 @@ func (s *FileStore) list() ([]segFile, error) {
 		name := e.Name()
 		ext := filepath.Ext(name)
 		if ext != extSeg && ext != extSnap && ext != extTmp {
-			continue
+			continue // the lock file, and anything else
 		}
 		base := strings.TrimSuffix(name, ext)
 		idx, err := strconv.ParseUint(base, 16, 64)
@@ -435,22 +453,30 @@ func (s *FileStore) Size() int64 {
 	return s.total
 }
 
-// Close implements Store.
+// Close implements Store. It releases the directory.
 func (s *FileStore) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.f == nil {
-		return nil
-	}
 	var err error
-	for _, f := range append(s.unsynced, s.f) {
-		err = errors.Join(err, s.fsync(f), f.Close())
+	if s.f != nil {
+		for _, f := range append(s.unsynced, s.f) {
+			err = errors.Join(err, s.fsync(f), f.Close())
+		}
 	}
 	s.f, s.unsynced = nil, nil
+	s.unlock()
 	if err != nil {
 		return fmt.Errorf("outbox: close store: %w", err)
 	}
 	return nil
+}
+
+// unlock releases the directory lock. Called with mu held.
+func (s *FileStore) unlock() {
+	if s.lock != nil {
+		_ = s.lock.Close()
+		s.lock = nil
+	}
 }
 
 func (s *FileStore) fsync(f *os.File) error {

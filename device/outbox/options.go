@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -48,8 +49,9 @@ func SyncEvery(d time.Duration) SyncPolicy {
 	return SyncPolicy(d)
 }
 
-// Option configures an Outbox.
-type Option func(*options)
+// Option configures an Outbox. An option given a value out of its range
+// makes Open fail, naming it; no value is silently replaced.
+type Option func(*options) error
 
 type options struct {
 	capacity    int
@@ -75,72 +77,105 @@ func defaultOptions() options {
 }
 
 // WithCapacity bounds the pending readings (open and sealed, not yet
-// acknowledged); default DefaultCapacity. n <= 0 keeps the default.
+// acknowledged) to n, at least 1; default DefaultCapacity.
 func WithCapacity(n int) Option {
-	return func(o *options) {
-		if n > 0 {
-			o.capacity = n
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("capacity must be at least 1, not %d", n)
 		}
+		o.capacity = n
+		return nil
 	}
 }
 
 // WithMaxBytes bounds the pending payload bytes (reading encodings and
-// message payloads); default unbounded. n <= 0 means unbounded.
+// message payloads) to n; 0 means unbounded, the default.
 func WithMaxBytes(n int64) Option {
-	return func(o *options) { o.maxBytes = max(n, 0) }
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("max bytes must not be negative, not %d", n)
+		}
+		o.maxBytes = n
+		return nil
+	}
 }
 
 // WithDropOldest makes a full Outbox make room for new data by dropping the
 // oldest pending messages and readings (counted in Stats) instead of
 // refusing the new data with ErrFull.
 func WithDropOldest() Option {
-	return func(o *options) { o.dropOldest = true }
+	return func(o *options) error {
+		o.dropOldest = true
+		return nil
+	}
 }
 
-// WithSync sets the fsync policy; default DefaultSync.
+// WithSync sets the fsync policy: SyncAlways, SyncNever or SyncEvery(d);
+// default DefaultSync.
 func WithSync(p SyncPolicy) Option {
-	return func(o *options) { o.sync = p }
+	return func(o *options) error {
+		if p < SyncNever {
+			return fmt.Errorf("sync policy %d is none of SyncAlways, SyncNever and SyncEvery(d)", p)
+		}
+		o.sync = p
+		return nil
+	}
 }
 
-// WithMessageLimits sets the most readings and the largest payload in bytes
-// of a sealed telemetry message; defaults DefaultMessageReadings and
-// DefaultMessageBytes. Values <= 0 keep the default. A single reading larger
-// than the byte limit still travels, alone. The limits apply when sealing;
-// messages sealed before a restart keep the limits they were sealed with.
+// WithMessageLimits sets the most readings (at most
+// protocol.MaxReadingsPerMessage) and the largest payload in bytes of a
+// sealed telemetry message; defaults DefaultMessageReadings and
+// DefaultMessageBytes. 0 leaves that limit at its default. A single
+// reading larger than the byte limit still travels, alone. The limits
+// apply when sealing; messages sealed before a restart keep the limits
+// they were sealed with.
 func WithMessageLimits(readings, bytes int) Option {
-	return func(o *options) {
+	return func(o *options) error {
+		if readings < 0 || readings > protocol.MaxReadingsPerMessage {
+			return fmt.Errorf("readings per message must be between 1 and %d (0: default), not %d", protocol.MaxReadingsPerMessage, readings)
+		}
+		if bytes < 0 {
+			return fmt.Errorf("message bytes must be positive (0: default), not %d", bytes)
+		}
 		if readings > 0 {
-			o.msgReadings = min(readings, protocol.MaxReadingsPerMessage)
+			o.msgReadings = readings
 		}
 		if bytes > 0 {
 			o.msgBytes = bytes
 		}
+		return nil
 	}
 }
 
-// WithCompactThreshold sets the store size below which the Outbox never
-// compacts (default DefaultCompactThreshold). Above it, the Outbox rewrites
-// its live data and removes old segments once the store holds more than
-// twice the live data.
+// WithCompactThreshold sets the store size, at least 1, below which the
+// Outbox never compacts (default DefaultCompactThreshold). Above it, the
+// Outbox rewrites its live data and removes old segments once the store
+// holds more than twice the live data.
 func WithCompactThreshold(n int64) Option {
-	return func(o *options) {
-		if n > 0 {
-			o.compactMin = n
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("compact threshold must be at least 1, not %d", n)
 		}
+		o.compactMin = n
+		return nil
 	}
 }
 
 // WithLogger sets the logger for damaged data found on Open and for
-// background failures; default discards.
+// background failures; default (and nil) discards.
 func WithLogger(l *slog.Logger) Option {
-	return func(o *options) {
+	return func(o *options) error {
 		if l != nil {
 			o.logger = l
 		}
+		return nil
 	}
 }
 
 // withStartSeq makes a new store number its first message seq (tests).
 func withStartSeq(seq uint64) Option {
-	return func(o *options) { o.startSeq = seq }
+	return func(o *options) error {
+		o.startSeq = seq
+		return nil
+	}
 }

@@ -13,7 +13,9 @@
 //
 // Messages are numbered with 64-bit sequence numbers of the outbox's own,
 // increasing and never reused. Telemetry batch ids are the outbox's random
-// instance id, a dash and the sequence number.
+// instance id, a dash and the sequence number; the instance id changes
+// whenever Open had to skip damaged data, since the lost records may have
+// been the ones that made a batch id used.
 //
 // A typical sender seals, then keeps a window of messages in flight:
 //
@@ -195,12 +197,16 @@ func OpenDir(dir string, opts ...Option) (*Outbox, error) {
 
 // Open rebuilds an Outbox from st, which it then owns: Close closes it.
 // Damaged data in the store is skipped, counted in Stats and described by
-// Recovery; it never makes Open fail. Open fails only when the store cannot
-// be read or written.
+// Recovery; it never makes Open fail. After damage the Outbox takes a new
+// instance id (InstanceID), so that no batch id already sent can be
+// sealed again with other readings. Open fails only when the store cannot
+// be read or written, or an option is out of range.
 func Open(st Store, opts ...Option) (*Outbox, error) {
 	o := &Outbox{opt: defaultOptions(), st: st}
 	for _, f := range opts {
-		f(&o.opt)
+		if err := f(&o.opt); err != nil {
+			return nil, fmt.Errorf("outbox: %w", err)
+		}
 	}
 	var bad []error
 	o.replaying = true
@@ -235,9 +241,14 @@ func Open(st Store, opts ...Option) (*Outbox, error) {
 		if err := st.Append(o.stateRecord()); err != nil {
 			return nil, fmt.Errorf("outbox: init: %w", err)
 		}
-	case o.id == "":
-		// The state record was lost: start a new instance and write a
-		// snapshot so the log starts with a state record again.
+	case o.id == "" || o.recovery != nil:
+		// Damage was skipped, or the state record itself was lost. A lost
+		// seal record (with later records kept) would let readings
+		// already sent under a batch id be sealed again, with others,
+		// under the same id, and the platform would take the new batch
+		// for a duplicate. A new instance id makes every batch id sealed
+		// from now on new; messages sealed before keep theirs. The
+		// snapshot makes the log start with the new state.
 		o.id = newInstanceID()
 		o.nextSeq = max(o.nextSeq, 1)
 		o.nextRIdx = max(o.nextRIdx, 1)

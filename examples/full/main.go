@@ -85,6 +85,7 @@ func run(ctx context.Context, url string, rounds int, w io.Writer, log *slog.Log
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 
 	var relay atomic.Bool
 	var interval atomic.Int64
@@ -116,7 +117,7 @@ func run(ctx context.Context, url string, rounds int, w io.Writer, log *slog.Log
 	}
 	// Parameters: the platform's "interval" (seconds) sets the reporting
 	// interval. The SDK pulls the full set on every connection.
-	c.HandleParameters(func(ctx context.Context, u device.ParametersUpdate) {
+	err = c.HandleParameters(func(ctx context.Context, u device.ParametersUpdate) {
 		raw, ok := u.Values["interval"]
 		if !ok {
 			return
@@ -132,13 +133,15 @@ func run(ctx context.Context, url string, rounds int, w io.Writer, log *slog.Log
 			log.Warn("report parameters", "error", err)
 		}
 	})
+	if err != nil {
+		return err
+	}
 
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := c.Connect(cctx); err != nil {
 		return err
 	}
-	defer c.Close()
 	out.printf("connected as %s; platform keep-alive %s", c.ID(), c.KeepAlive())
 
 	// Device model.

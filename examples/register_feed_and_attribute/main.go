@@ -42,10 +42,10 @@ func run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	if err := c.Connect(ctx); err != nil {
 		return err
 	}
-	defer c.Close()
 
 	err = c.RegisterFeeds(ctx,
 		device.Feed{Ref: "temperature", Name: "Temperature", Type: device.FeedIn, DataType: device.Number, Unit: "CELSIUS"},

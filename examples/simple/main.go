@@ -42,6 +42,7 @@ func run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	defer c.Close() // also when Connect fails: the outbox stays on disk
 	var interval atomic.Int64
 	interval.Store(int64(2 * time.Second))
 	err = c.Handle("set_interval", func(ctx context.Context, args json.RawMessage) (any, error) {
@@ -58,13 +59,16 @@ func run(log *slog.Logger) error {
 		return err
 	}
 
+	// Connect fails with the cause of the last attempt (connection
+	// refused, bad credentials, not an Outpost platform…) when the
+	// platform cannot be reached within 30 s; every failed attempt is
+	// logged on the way.
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = c.Connect(cctx)
 	cancel()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
 	log.Info("connected; sending temperature readings", "device_id", c.ID())
 
 	start := time.Now()

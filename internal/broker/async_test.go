@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"strconv"
@@ -77,12 +78,33 @@ func (h *heldHandler) release(n int, err error) []string {
 	return ids
 }
 
-func startBroker(t *testing.T, h broker.Handler) *broker.Broker {
+// answersTime answers the time requests of devices, as the platform does
+// on every connection: the device SDK checks it before it sends anything.
+type answersTime struct {
+	broker.AsyncHandler
+	b *broker.Broker
+}
+
+func (h *answersTime) StartMessage(ctx context.Context, id, kind string, payload []byte, done func(error)) (bool, error) {
+	if kind == protocol.KindTime {
+		req, err := protocol.DecodeTimeRequest(payload)
+		if err != nil {
+			return false, err
+		}
+		reply, _ := json.Marshal(protocol.TimeReply{ID: req.ID, Sent: req.Sent, T: time.Now().UnixMilli()})
+		return false, h.b.PublishToDevice(id, protocol.KindTime, reply)
+	}
+	return h.AsyncHandler.StartMessage(ctx, id, kind, payload, done)
+}
+
+func startBroker(t *testing.T, h broker.AsyncHandler) *broker.Broker {
 	t.Helper()
-	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0"}, anyPassword{}, h)
+	at := &answersTime{AsyncHandler: h}
+	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0"}, anyPassword{}, at)
 	if err != nil {
 		t.Fatal(err)
 	}
+	at.b = b
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}

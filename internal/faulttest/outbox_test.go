@@ -118,11 +118,15 @@ func TestEventWaitsInOutbox(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := c.SendEvent(ctx, "door_open", map[string]int{"door": 2}); !errors.Is(err, device.ErrNotConnected) {
-		t.Fatalf("SendEvent before Connect = %v, want ErrNotConnected (event kept)", err)
+	// Both return once queued (nil: the message is in the outbox).
+	if err := c.SendEvent(ctx, "door_open", map[string]int{"door": 2}); err != nil {
+		t.Fatalf("SendEvent before Connect = %v, want nil (queued)", err)
 	}
-	if err := c.SendNotification(ctx, "Battery low", "12 %"); !errors.Is(err, device.ErrNotConnected) {
+	if err := c.SendNotification(ctx, "Battery low", "12 %"); err != nil {
 		t.Fatalf("SendNotification before Connect = %v", err)
+	}
+	if n := c.OutboxStats().PendingMessages; n < 2 {
+		t.Fatalf("%d messages in the outbox, want the event and the notification", n)
 	}
 	c.Close()
 

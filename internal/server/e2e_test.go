@@ -198,6 +198,7 @@ func TestWrongPasswordRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.Close() // a failed Connect leaves the client open
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err = c.Connect(ctx)
@@ -215,7 +216,9 @@ func TestTakeover(t *testing.T) {
 	p := outposttest.Start(t)
 	d := p.CreateDevice(t, "twin")
 	first := connect(t, d.URL)
-	second := connect(t, d.URL)
+	// Another process with the same credentials (on another machine: its
+	// own outbox directory; the first one's is locked).
+	second := connect(t, d.URL, device.WithOutbox(t.TempDir()))
 	select {
 	case <-first.Done():
 	case <-time.After(5 * time.Second):

@@ -474,6 +474,9 @@ func TestEventsNotificationsAndStreamFilter(t *testing.T) {
 	if err := cb.SendEvent(ctx, "b_event", nil); err != nil {
 		t.Fatal(err)
 	}
+	if err := cb.Publish(ctx); err != nil { // SendEvent queues; Publish waits for the delivery
+		t.Fatal(err)
+	}
 	ca.Add("temp", 1)
 	if err := ca.Publish(ctx); err != nil {
 		t.Fatal(err)

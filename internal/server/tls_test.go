@@ -88,6 +88,7 @@ func TestTLSEverywhere(t *testing.T) {
 		t.Fatal("connected to a self-signed platform without trusting its CA")
 	}
 	cancelShort()
+	untrusted.Close() // a failed Connect leaves the client (and its outbox) open
 
 	c := connect(t, url, device.WithCAFile(certFile))
 	c.Handle("ping", func(context.Context, json.RawMessage) (any, error) { return "pong", nil })
