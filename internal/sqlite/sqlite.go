@@ -38,6 +38,7 @@ type DB struct {
 	path string
 	w    *sql.DB // single writer connection
 	r    *sql.DB // read pool
+	scan *sql.DB // read pool for long scans that stream to a client
 
 	// wmu serialises writes and guards the id caches, so a deletion can
 	// never race an append that still holds a stale cached key.
@@ -107,6 +108,15 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	}
 	r.SetMaxOpenConns(4)
 	db.r = r
+	scan, err := sql.Open("sqlite", dsn("query_only(1)"))
+	if err != nil {
+		r.Close()
+		w.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	scan.SetMaxOpenConns(4)
+	scan.SetMaxIdleConns(1)
+	db.scan = scan
 	return db, nil
 }
 
@@ -114,7 +124,7 @@ var uriPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")
 
 // Close closes the database. Pending writes must have finished.
 func (db *DB) Close() error {
-	return errors.Join(db.r.Close(), db.w.Close())
+	return errors.Join(db.scan.Close(), db.r.Close(), db.w.Close())
 }
 
 // Path returns the database file path.
