@@ -12,11 +12,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -31,6 +33,13 @@ type Options struct {
 	// CacheMiB is the writer's page cache in MiB (default 256). A large cache
 	// keeps the readings index in memory and decides ingest speed.
 	CacheMiB int
+	// IntegrityCheck bounds the quick integrity check (PRAGMA quick_check)
+	// Open runs before anything else (default DefaultIntegrityCheck;
+	// negative: skip it). Damage found fails Open with ErrCorrupt; a check
+	// that runs out of time is skipped with a warning.
+	IntegrityCheck time.Duration
+	// Logger receives what Open finds wrong; default: discard.
+	Logger *slog.Logger
 }
 
 // DB is an open Outpost database.
@@ -46,6 +55,8 @@ type DB struct {
 	devSeq  map[string]int64 // device id → devices.seq
 	feedSeq map[feedKey]int64
 	readSeq int64 // last readings.seq used (counters.readings_seq)
+
+	walLost bool // see checkWAL
 }
 
 type feedKey struct {
@@ -72,9 +83,17 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	if o.CacheMiB <= 0 {
 		o.CacheMiB = 256
 	}
+	if o.IntegrityCheck == 0 {
+		o.IntegrityCheck = DefaultIntegrityCheck
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
+	_, err := os.Stat(path + walSuffix)
+	walFound := err == nil
 	dsn := func(extra ...string) string {
 		q := url.Values{}
 		for _, p := range append([]string{"busy_timeout(10000)", "journal_mode(WAL)", "foreign_keys(1)"}, extra...) {
@@ -93,6 +112,12 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
 	db := &DB{path: path, w: w, devSeq: map[string]int64{}, feedSeq: map[feedKey]int64{}}
+	if o.IntegrityCheck > 0 {
+		if err := db.quickCheck(ctx, o.IntegrityCheck, o.Logger); err != nil {
+			w.Close()
+			return nil, err
+		}
+	}
 	if err := db.migrate(ctx); err != nil {
 		w.Close()
 		return nil, err
@@ -117,6 +142,7 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	scan.SetMaxOpenConns(4)
 	scan.SetMaxIdleConns(1)
 	db.scan = scan
+	db.checkWAL(walFound, o.Logger)
 	return db, nil
 }
 
@@ -124,7 +150,12 @@ var uriPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")
 
 // Close closes the database. Pending writes must have finished.
 func (db *DB) Close() error {
-	return errors.Join(db.scan.Close(), db.r.Close(), db.w.Close())
+	err := errors.Join(db.scan.Close(), db.r.Close(), db.w.Close())
+	// A clean stop: the next start need not look for this run's WAL.
+	if rerr := os.Remove(db.path + runningSuffix); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		err = errors.Join(err, fmt.Errorf("sqlite: %w", rerr))
+	}
+	return err
 }
 
 // Path returns the database file path.
