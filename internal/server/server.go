@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -43,6 +44,25 @@ type Config struct {
 	MQTTTLSAddr string
 	// HTTPAddr is the API listen address (default ":8080").
 	HTTPAddr string
+	// HTTPReadHeaderTimeout bounds reading a request's header (default
+	// 10s), HTTPReadTimeout reading a whole request, body included
+	// (default 15s), HTTPWriteTimeout writing a response (default 60s;
+	// not the event stream, and a synchronous RPC gets its call's timeout
+	// on top), HTTPIdleTimeout how long a keep-alive connection may wait
+	// for its next request (default 60s). Negative: no bound.
+	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
+	// HTTPMaxConns bounds the open HTTP connections (default 1024): at
+	// the bound, the connection that has waited longest without a request
+	// in progress is closed to make room; when all are busy, the new one
+	// is closed.
+	HTTPMaxConns int
+	// MetricsAuth makes /metrics require the admin token (default: open;
+	// it shows counts only, never device ids or secrets).
+	MetricsAuth bool
+	// IntegrityCheck bounds the quick integrity check of the database at
+	// start (default 10s; negative: skip). A damaged database stops the
+	// start.
+	IntegrityCheck time.Duration
 	// TLSCertFile and TLSKeyFile enable TLS on MQTTTLSAddr and on the
 	// HTTP API.
 	TLSCertFile, TLSKeyFile string
@@ -95,10 +115,15 @@ type Server struct {
 	svc                          *service
 	model                        *modelState
 
-	httpSrv  *http.Server
-	httpLn   net.Listener
-	httpTLS  bool
-	httpDone chan struct{}
+	httpSrv   *http.Server
+	httpLn    net.Listener
+	httpTLS   bool
+	httpDone  chan struct{}
+	httpConns *httpConns
+	httpErr   atomic.Pointer[error] // why the HTTP server stopped serving
+	// readyErr is the last readiness failure, to log changes only.
+	readyMu  sync.Mutex
+	readyErr string
 	// cancelHTTP ends long-lived requests (event streams) at shutdown.
 	cancelHTTP context.CancelFunc
 
@@ -136,6 +161,24 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.RetentionInterval <= 0 {
 		cfg.RetentionInterval = defaultRetentionInterval
 	}
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{
+		{&cfg.HTTPReadHeaderTimeout, defaultHTTPReadHeaderTimeout},
+		{&cfg.HTTPReadTimeout, defaultHTTPReadTimeout},
+		{&cfg.HTTPWriteTimeout, defaultHTTPWriteTimeout},
+		{&cfg.HTTPIdleTimeout, defaultHTTPIdleTimeout},
+	} {
+		if *d.v == 0 {
+			*d.v = d.def
+		} else if *d.v < 0 {
+			*d.v = 0 // net/http: none
+		}
+	}
+	if cfg.HTTPMaxConns <= 0 {
+		cfg.HTTPMaxConns = defaultHTTPMaxConns
+	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	}
@@ -151,13 +194,20 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.token, s.newToken, err = loadToken(cfg.DataDir, cfg.AdminToken); err != nil {
 		return nil, err
 	}
-	s.db, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "outpost.db"), sqlite.Options{Synchronous: strings.ToUpper(cfg.Sync)})
+	s.db, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "outpost.db"), sqlite.Options{
+		Synchronous: strings.ToUpper(cfg.Sync), IntegrityCheck: cfg.IntegrityCheck, Logger: s.log})
 	if err != nil {
+		if errors.Is(err, sqlite.ErrCorrupt) {
+			err = fmt.Errorf("%w\nrestore the database from a backup (docs/architecture.md, \"Backup and restore\"), or start with --integrity-check=-1 to skip the check at your own risk", err)
+		}
 		return nil, err
 	}
-	// No session survives a restart of the embedded broker.
+	// No session survives a restart of the embedded broker. On a full disk
+	// this write fails: start anyway, read-only in effect (the API reads,
+	// devices are not acknowledged until space returns), and say so. The
+	// API shows a device offline until it connects, whatever the stale row.
 	if err := s.db.ResetPresence(ctx); err != nil {
-		return nil, err
+		s.log.Error("storage is not writable: starting anyway; writes fail until it is (see /readyz)", "data", cfg.DataDir, "error", err)
 	}
 
 	// Event ids start at the start time in microseconds: they keep growing
@@ -195,14 +245,27 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.svc = &service{s: s}
 	s.metrics.register(s)
 
-	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, listenError("--http", fmt.Errorf("http listener %s: %w", cfg.HTTPAddr, err))
 	}
-	api := httpapi.New(s.svc, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MQTTHostPort: s.MQTTAddr, Logger: s.log})
+	s.httpConns = newHTTPConns(cfg.HTTPMaxConns)
+	s.httpLn = s.httpConns.listener(ln)
+	s.metrics.registerHTTP(s.httpConns)
+	api := httpapi.New(s.svc, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
+		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: s.log})
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	s.cancelHTTP = cancelBase
-	s.httpSrv = &http.Server{Handler: api, BaseContext: func(net.Listener) context.Context { return baseCtx }, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	s.httpSrv = &http.Server{
+		Handler:           api,
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
+		ReadTimeout:       cfg.HTTPReadTimeout,
+		WriteTimeout:      cfg.HTTPWriteTimeout,
+		IdleTimeout:       cfg.HTTPIdleTimeout,
+		ConnState:         s.httpConns.connState,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
 	if tlsCfg != nil {
 		s.httpTLS = true
 		s.httpSrv.TLSConfig = tlsCfg.Clone()
@@ -220,6 +283,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 			err = s.httpSrv.Serve(s.httpLn)
 		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.httpErr.Store(&err)
 			s.log.Error("http server", "error", err)
 		}
 	}()
