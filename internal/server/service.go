@@ -146,7 +146,9 @@ func (v *service) Health(ctx context.Context) error {
 func (v *service) Ready(ctx context.Context) error {
 	s := v.s
 	var errs []error
-	if err := s.db.CheckWrite(ctx); err != nil {
+	if err := s.db.ReadOnly(); err != nil {
+		errs = append(errs, fmt.Errorf("store opened read-only at start (%w): free space, then restart", err))
+	} else if err := s.db.CheckWrite(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	if err := s.broker.Ready(); err != nil {
@@ -154,6 +156,11 @@ func (v *service) Ready(ctx context.Context) error {
 	}
 	if p := s.httpErr.Load(); p != nil {
 		errs = append(errs, fmt.Errorf("http listener stopped: %w", *p))
+	}
+	if len(errs) > 0 {
+		if free, _, ok := diskSpace(s.cfg.DataDir); ok && free < 1<<20 {
+			errs = append(errs, fmt.Errorf("data directory %s: %d bytes free", s.cfg.DataDir, free))
+		}
 	}
 	err := errors.Join(errs...)
 	msg := ""

@@ -45,6 +45,8 @@ func (db *DB) quickCheck(ctx context.Context, limit time.Duration, log *slog.Log
 	case err != nil && ctx.Err() != nil:
 		log.Warn("sqlite: quick integrity check did not finish in time; skipped", "path", db.path, "limit", limit)
 		return nil
+	case unwritable(err):
+		return err // Open decides what a full disk means
 	case isCorrupt(err):
 		return fmt.Errorf("sqlite: %w: %s fails its integrity check: %v", ErrCorrupt, db.path, err)
 	case err != nil:
@@ -84,6 +86,23 @@ const (
 	sqliteCorrupt = 11 // SQLITE_CORRUPT
 	sqliteNotADB  = 26 // SQLITE_NOTADB
 )
+
+// SQLite's primary result codes for a file that cannot be written.
+const (
+	sqliteIOErr = 10 // SQLITE_IOERR (including SHMSIZE: no room for the WAL index)
+	sqliteFull  = 13 // SQLITE_FULL
+)
+
+// unwritable reports whether err is SQLite failing to write: a full disk,
+// or an I/O error such as the WAL index that cannot be sized.
+func unwritable(err error) bool {
+	var se *sqlitedrv.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	c := se.Code() & 0xff
+	return c == sqliteIOErr || c == sqliteFull
+}
 
 // isCorrupt reports whether err is SQLite finding the file damaged.
 func isCorrupt(err error) bool {

@@ -56,7 +56,8 @@ type DB struct {
 	feedSeq map[feedKey]int64
 	readSeq int64 // last readings.seq used (counters.readings_seq)
 
-	walLost bool // see checkWAL
+	walLost  bool  // see checkWAL
+	readOnly error // see ReadOnly
 }
 
 type feedKey struct {
@@ -92,12 +93,48 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	_, err := os.Stat(path + walSuffix)
+	st, err := os.Stat(path + walSuffix)
 	walFound := err == nil
+	db, err := open(ctx, path, o, false)
+	if err == nil {
+		db.checkWAL(walFound, o.Logger)
+		return db, nil
+	}
+	if !unwritable(err) {
+		return nil, err
+	}
+	// A full disk (or a file system that refuses writes) must not stop the
+	// start: open the database read-only so the API can still read, and
+	// say why. Without shared memory SQLite cannot apply a WAL, so this
+	// is only safe when there is none to apply.
+	if walFound && st.Size() > 0 {
+		return nil, fmt.Errorf("sqlite: %w (the write-ahead log %s must be applied first: free some space and start again)", err, path+walSuffix)
+	}
+	o.Logger.Error("sqlite: the database cannot be opened for writing; opening it read-only: writes fail until space is freed and the platform restarted",
+		"path", path, "error", err)
+	db, rerr := open(ctx, path, o, true)
+	if rerr != nil {
+		return nil, errors.Join(err, rerr)
+	}
+	db.readOnly = err
+	return db, nil
+}
+
+// open opens the three pools; readOnly opens every one of them read-only
+// and immutable (no WAL index, no lock files, nothing written).
+func open(ctx context.Context, path string, o Options, readOnly bool) (*DB, error) {
 	dsn := func(extra ...string) string {
 		q := url.Values{}
-		for _, p := range append([]string{"busy_timeout(10000)", "journal_mode(WAL)", "foreign_keys(1)"}, extra...) {
+		base := []string{"busy_timeout(10000)", "journal_mode(WAL)", "foreign_keys(1)"}
+		if readOnly {
+			base = []string{"busy_timeout(10000)", "foreign_keys(1)", "query_only(1)"}
+		}
+		for _, p := range append(base, extra...) {
 			q.Add("_pragma", p)
+		}
+		if readOnly {
+			q.Set("mode", "ro")
+			q.Set("immutable", "1")
 		}
 		// SQLite reads the DSN as a URI: a '#' or '?' in the path would
 		// end the file name early, so they (and '%') are escaped.
@@ -118,7 +155,12 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 			return nil, err
 		}
 	}
-	if err := db.migrate(ctx); err != nil {
+	if readOnly {
+		err = db.checkVersion(ctx)
+	} else {
+		err = db.migrate(ctx)
+	}
+	if err != nil {
 		w.Close()
 		return nil, err
 	}
@@ -142,9 +184,13 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	scan.SetMaxOpenConns(4)
 	scan.SetMaxIdleConns(1)
 	db.scan = scan
-	db.checkWAL(walFound, o.Logger)
 	return db, nil
 }
+
+// ReadOnly returns why Open could only open the database read-only (nil
+// when it is writable). Writes then fail until the platform restarts with
+// space to write.
+func (db *DB) ReadOnly() error { return db.readOnly }
 
 var uriPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")
 
@@ -265,6 +311,19 @@ func (db *DB) migrate(ctx context.Context) error {
 		if err := tx.Commit(); err != nil {
 			return fmt.Errorf("sqlite: migration %d: %w", v, err)
 		}
+	}
+	return nil
+}
+
+// checkVersion fails unless the schema is the current one (a read-only
+// database cannot be migrated).
+func (db *DB) checkVersion(ctx context.Context) error {
+	var have int
+	if err := db.w.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+		return fmt.Errorf("sqlite: schema version: %w", err)
+	}
+	if have != len(migrations) {
+		return fmt.Errorf("sqlite: database schema version %d needs migrating to %d, which a read-only database cannot do", have, len(migrations))
 	}
 	return nil
 }
