@@ -71,10 +71,12 @@ func TestUnknownKindsKeepLabelsBounded(t *testing.T) {
 	}
 }
 
-// TestInvalidUTF8Rejected sends string values, event data and RPC
-// results holding invalid UTF-8 (\xff\xfe, as in the report). Each gets an
-// error reply like other bad input, nothing of it is stored, and the API
-// and the stream only ever return valid JSON.
+// TestInvalidUTF8Rejected sends string values, event data and other
+// fields holding invalid UTF-8 (\xff\xfe, as in the report; item 8), and
+// messages the lenient decoder used to accept (item 16: duplicate keys
+// with the last one winning, field names in another case, a 200,003-byte
+// number). Each gets an error reply like other bad input, nothing of it is
+// stored, and the API and the stream only ever return valid JSON.
 func TestInvalidUTF8Rejected(t *testing.T) {
 	p := outposttest.Start(t)
 	d := p.CreateDevice(t, "utf8")
@@ -92,13 +94,17 @@ func TestInvalidUTF8Rejected(t *testing.T) {
 		{"notification", `{"title":"t","text":"` + bad + `"}`},
 		{"attributes", `{"attributes":[{"name":"model","data_type":"string","value":"` + bad + `"}]}`},
 		{"parameters", `{"reported":{"mode":"` + bad + `"}}`},
+		{"telemetry", `{"id":"b-4","r":[{"f":"s","v":1,"v":"x"}]}`},
+		{"telemetry", `{"id":"b-5","r":[{"F":"s","v":1}]}`},
+		{"telemetry", `{"id":"b-6","r":[{"f":"s","v":1` + strings.Repeat("0", 200_002) + `}]}`},
+		{"event", `{"name":"door","name":"window"}`},
 	} {
 		c.publish(t, topicOf(d.ID, "up", m.kind), m.payload)
 		var e protocol.ErrorReply
 		if err := json.Unmarshal(c.next(t, errTopic), &e); err != nil {
 			t.Fatal(err)
 		}
-		if e.Kind != m.kind || e.Code != protocol.CodeInvalid {
+		if e.Kind != m.kind || (e.Code != protocol.CodeInvalid && e.Code != protocol.CodeTooLarge) {
 			t.Errorf("%s %q: error reply %+v, want kind %s code invalid", m.kind, m.payload, e, m.kind)
 		}
 	}
