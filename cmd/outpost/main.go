@@ -6,6 +6,7 @@
 //	outpost rpc DEVICE METHOD [ARGS]   call a function on a device
 //	outpost telemetry DEVICE           print stored readings
 //	outpost bench ingest|rpc           measure the platform against raw limits
+//	outpost backup FILE                copy the database consistently, even while it runs
 //
 // Client commands read OUTPOST_SERVER and OUTPOST_TOKEN (or --server and
 // --token).
@@ -39,6 +40,7 @@ Usage:
   outpost call show ID | cancel ID | list DEVICE [--state S]
   outpost telemetry DEVICE [--feed REF] [--limit N] [--since T] [--until T] [-o json|table]
   outpost bench ingest|rpc [flags]
+  outpost backup [--data DIR] FILE
   outpost version
 
 Client commands take --server URL (env OUTPOST_SERVER, default http://127.0.0.1:8080)
@@ -88,6 +90,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdTelemetry(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return cmdBench(ctx, args[1:], stdout, stderr)
+	case "backup":
+		return cmdBackup(ctx, args[1:], stdout, stderr)
 	case "feed", "feeds", "attributes", "params", "parameters", "events", "model", "stream":
 		return modelCommands[args[0]](ctx, args[1:], stdout, stderr)
 	case "version", "--version":
