@@ -59,6 +59,18 @@ func validUTF8(s string) string {
 	return b.String()
 }
 
+// strictOK fails the test unless an accepted payload is strict JSON: valid
+// UTF-8, no duplicate keys, no oversized number (issue 12, items 8, 16).
+func strictOK(t *testing.T, payload []byte) {
+	t.Helper()
+	if !utf8.Valid(payload) {
+		t.Fatalf("accepted a payload that is not valid UTF-8: %q", payload)
+	}
+	if err := protocol.CheckJSON(payload); err != nil {
+		t.Fatalf("accepted a payload that is not strict JSON (%v): %q", err, payload)
+	}
+}
+
 func mustMarshal(t *testing.T, v any) []byte {
 	t.Helper()
 	b, err := json.Marshal(v)
@@ -99,6 +111,7 @@ func FuzzDecodeTelemetry(f *testing.F) {
 		if len(payload) > protocol.MaxMessageBytes {
 			t.Fatalf("accepted a payload of %d bytes", len(payload))
 		}
+		strictOK(t, payload)
 		if tm.Readings == nil || len(tm.Readings) > protocol.MaxReadingsPerMessage || len(tm.ID) > protocol.MaxBatchIDLen {
 			t.Fatalf("accepted a batch breaking the limits: id %q, %d readings (nil %v)", tm.ID, len(tm.Readings), tm.Readings == nil)
 		}
@@ -389,6 +402,7 @@ func FuzzDecodeRPCResponse(f *testing.F) {
 		if resp.ID == "" || len(resp.ID) > protocol.MaxBatchIDLen {
 			t.Fatalf("accepted id %q", resp.ID)
 		}
+		strictOK(t, payload)
 		if resp.Error != nil && resp.Error.Code == "" {
 			t.Fatalf("error without a code: %+v", resp.Error)
 		}

@@ -123,8 +123,8 @@ func DecodeTelemetry(payload []byte) (Telemetry, error) {
 	if len(payload) > MaxMessageBytes {
 		return t, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("payload of %d bytes exceeds %d", len(payload), MaxMessageBytes)}
 	}
-	if err := json.Unmarshal(payload, &t); err != nil {
-		return Telemetry{}, &Error{Code: CodeInvalid, Message: "telemetry: " + err.Error()}
+	if err := decodeJSON("telemetry", payload, &t); err != nil {
+		return Telemetry{}, err
 	}
 	if t.Readings == nil {
 		return Telemetry{}, &Error{Code: CodeInvalid, Message: `telemetry: missing "r" array`}
@@ -188,13 +188,22 @@ func ValueKind(v json.RawMessage) (string, error) {
 		if len(v) > MaxStringValue {
 			return "", &Error{Code: CodeTooLarge, Message: fmt.Sprintf("string value of %d bytes exceeds %d", len(v), MaxStringValue)}
 		}
-		var s string
-		if json.Unmarshal(v, &s) == nil {
-			return ValueString, nil
+		// Valid UTF-8, no lone surrogate escapes: stored as sent, the value
+		// must come back out of the API as valid JSON.
+		if err := checkJSON(v, nil); err != nil {
+			return "", errors.New("string value: " + err.(*Error).Message)
 		}
+		return ValueString, nil
 	case c == '-' || (c >= '0' && c <= '9'):
+		if err := checkJSON(v, nil); err != nil {
+			var pe *Error
+			if errors.As(err, &pe) && pe.Code == CodeTooLarge {
+				return "", &Error{Code: CodeTooLarge, Message: fmt.Sprintf("number of %d bytes exceeds %d", len(v), MaxNumberLen)}
+			}
+			break
+		}
 		f, err := strconv.ParseFloat(string(v), 64)
-		if err == nil && !math.IsInf(f, 0) && json.Valid(v) {
+		if err == nil && !math.IsInf(f, 0) {
 			return ValueNumber, nil
 		}
 	case c == 'n':
@@ -202,6 +211,9 @@ func ValueKind(v json.RawMessage) (string, error) {
 	case c == '{':
 		if len(v) > MaxStringValue {
 			return "", &Error{Code: CodeTooLarge, Message: fmt.Sprintf("location value of %d bytes exceeds %d", len(v), MaxStringValue)}
+		}
+		if err := checkJSON(v, nil); err != nil {
+			return "", errors.New("location: " + err.(*Error).Message)
 		}
 		if _, err := parseLocation(v); err != nil {
 			return "", err
@@ -262,8 +274,8 @@ func DecodeRPCRequest(payload []byte) (RPCRequest, error) {
 	if len(payload) > MaxMessageBytes {
 		return r, &Error{Code: CodeTooLarge, Message: "rpc request too large"}
 	}
-	if err := json.Unmarshal(payload, &r); err != nil {
-		return RPCRequest{}, &Error{Code: CodeInvalid, Message: "rpc request: " + err.Error()}
+	if err := decodeJSON("rpc request", payload, &r); err != nil {
+		return RPCRequest{}, err
 	}
 	if r.ID == "" || len(r.ID) > MaxBatchIDLen {
 		return RPCRequest{}, &Error{Code: CodeInvalid, Message: "rpc request: id must be 1 to 64 bytes"}
@@ -280,8 +292,8 @@ func DecodeRPCResponse(payload []byte) (RPCResponse, error) {
 	if len(payload) > MaxMessageBytes {
 		return r, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("rpc response of %d bytes exceeds %d", len(payload), MaxMessageBytes)}
 	}
-	if err := json.Unmarshal(payload, &r); err != nil {
-		return RPCResponse{}, &Error{Code: CodeInvalid, Message: "rpc response: " + err.Error()}
+	if err := decodeJSON("rpc response", payload, &r); err != nil {
+		return RPCResponse{}, err
 	}
 	if r.ID == "" || len(r.ID) > MaxBatchIDLen {
 		return RPCResponse{}, &Error{Code: CodeInvalid, Message: "rpc response: id must be 1 to 64 bytes"}
@@ -298,8 +310,8 @@ func DecodeRPCResponse(payload []byte) (RPCResponse, error) {
 // DecodeErrorReply parses an error reply published to a device.
 func DecodeErrorReply(payload []byte) (ErrorReply, error) {
 	var e ErrorReply
-	if err := json.Unmarshal(payload, &e); err != nil {
-		return ErrorReply{}, fmt.Errorf("error reply: %w", err)
+	if err := decodeJSON("error reply", payload, &e); err != nil {
+		return ErrorReply{}, err
 	}
 	return e, nil
 }

@@ -242,10 +242,7 @@ func decodeStrict(what string, payload []byte, v any) error {
 	if len(p) == 0 || p[0] != '{' {
 		return invalid("%s: payload must be a JSON object", what)
 	}
-	if err := json.Unmarshal(p, v); err != nil {
-		return invalid("%s: %v", what, err)
-	}
-	return nil
+	return decodeJSON(what, p, v)
 }
 
 func checkMsgID(what, id string) error {
@@ -458,8 +455,11 @@ func ValidateParameters(m map[string]json.RawMessage, allowNull bool) *Error {
 		if len(v) > MaxParameterValue {
 			return tooLarge("parameter %s: value of %d bytes exceeds %d", k, len(v), MaxParameterValue)
 		}
-		if len(v) == 0 || !json.Valid(v) {
+		if len(v) == 0 {
 			return invalid("parameter %s: value is not JSON", k)
+		}
+		if err := checkJSON(v, nil); err != nil {
+			return &Error{Code: err.(*Error).Code, Message: "parameter " + k + ": " + err.(*Error).Message}
 		}
 		if !allowNull && string(v) == "null" {
 			return invalid("parameter %s: value is null", k)

@@ -154,6 +154,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		if len(m.Data) > 0 && !json.Valid(m.Data) {
 			t.Fatalf("accepted invalid data %q", m.Data)
 		}
+		strictOK(t, b)
 	})
 }
 

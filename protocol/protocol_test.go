@@ -192,6 +192,15 @@ func TestValueKind(t *testing.T) {
 		{`"a"b"`, "", ""},
 		{`{}`, "", ""},
 		{`[1]`, "", ""},
+		// Strict JSON (issue 12, items 8 and 16).
+		{"\"\xff\xfe\"", "", ""},
+		{`"\ud800"`, "", ""},
+		{`"\udc00\ud800"`, "", ""},
+		{`"\ud83d\ude00"`, protocol.ValueString, ""},
+		{"1" + strings.Repeat("0", protocol.MaxNumberLen-1), protocol.ValueNumber, ""},
+		{"1" + strings.Repeat("0", protocol.MaxNumberLen), "", protocol.CodeTooLarge},
+		{"0." + strings.Repeat("0", 200_000) + "1", "", protocol.CodeTooLarge},
+		{`{"lat":1,"lon":2,"lat":3}`, "", ""},
 	} {
 		kind, err := protocol.ValueKind(json.RawMessage(tc.v))
 		if kind != tc.kind || (err == nil) != (tc.kind != "") {

@@ -1,9 +1,6 @@
 package protocol
 
-import (
-	"encoding/json"
-	"fmt"
-)
+import "fmt"
 
 // KindPull carries a PullRequest (up) or a PullEnd (down): a device in
 // PULL mode asks for what the platform queued for it, and the platform
@@ -58,8 +55,8 @@ func DecodePullRequest(payload []byte) (PullRequest, error) {
 	if len(payload) > MaxMessageBytes {
 		return r, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("pull request of %d bytes exceeds %d", len(payload), MaxMessageBytes)}
 	}
-	if err := json.Unmarshal(payload, &r); err != nil {
-		return PullRequest{}, &Error{Code: CodeInvalid, Message: "pull request: " + err.Error()}
+	if err := decodeJSON("pull request", payload, &r); err != nil {
+		return PullRequest{}, err
 	}
 	if r.ID == "" || len(r.ID) > MaxBatchIDLen {
 		return PullRequest{}, &Error{Code: CodeInvalid, Message: "pull request: id must be 1 to 64 bytes"}
@@ -73,8 +70,8 @@ func DecodePullEnd(payload []byte) (PullEnd, error) {
 	if len(payload) > MaxMessageBytes {
 		return e, &Error{Code: CodeTooLarge, Message: "pull end too large"}
 	}
-	if err := json.Unmarshal(payload, &e); err != nil {
-		return PullEnd{}, &Error{Code: CodeInvalid, Message: "pull end: " + err.Error()}
+	if err := decodeJSON("pull end", payload, &e); err != nil {
+		return PullEnd{}, err
 	}
 	if e.ID == "" || e.Delivered < 0 || e.Expired < 0 {
 		return PullEnd{}, &Error{Code: CodeInvalid, Message: "pull end: needs an id and non-negative counts"}

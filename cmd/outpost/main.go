@@ -6,6 +6,7 @@
 //	outpost rpc DEVICE METHOD [ARGS]   call a function on a device
 //	outpost telemetry DEVICE           print stored readings
 //	outpost bench ingest|rpc           measure the platform against raw limits
+//	outpost backup FILE                copy the database consistently, even while it runs
 //
 // Client commands find the platform through --server and --token, else
 // OUTPOST_SERVER and OUTPOST_TOKEN, else the data directory of a platform
@@ -51,6 +52,7 @@ Usage:
   outpost stream [--device ID]… [--kind KIND]…  print live events as JSON lines until interrupted
   outpost bench ingest|rpc [flags]
   outpost env [--data DIR]                      print OUTPOST_SERVER and OUTPOST_TOKEN for curl: eval "$(outpost env)"
+  outpost backup [--data DIR] FILE              copy the database consistently, even while the platform runs
   outpost version
 
 DEVICE is a device id or name. Listings print a table and single objects
@@ -103,6 +105,7 @@ var commands = map[string]cmdFunc{
 	"events":     cmdEvents,
 	"stream":     cmdStream,
 	"env":        cmdEnv,
+	"backup":     cmdBackup,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

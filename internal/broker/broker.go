@@ -136,7 +136,7 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 		}
 		nl := NewListener(id, l, tc, cfg.Logger)
 		b.lns = append(b.lns, nl)
-		return srv.AddListener(nl)
+		return srv.AddListener(serveTracker{nl}) // see ready.go
 	}
 	if cfg.Addr != "" {
 		if err := bind("mqtt", cfg.Addr, nil); err != nil {
@@ -234,6 +234,8 @@ type Listener struct {
 	tls  *tls.Config
 	log  *slog.Logger
 	done atomic.Bool
+	// exited: Serve returned without Stop (see ready.go).
+	exited atomic.Bool
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}

@@ -2,10 +2,18 @@
 // event stream (server-sent events), /healthz and /metrics.
 //
 // Errors are JSON bodies {"error":{"code":"…","message":"…"}}; the code is
-// the outpost error code and decides the HTTP status (see statusOf).
+// the outpost error code and decides the HTTP status (see statusOf). Every
+// 500 is logged with its cause.
+//
+// Request bodies are strict JSON (protocol.Unmarshal): valid UTF-8, no
+// duplicate keys, field names exactly as documented, no unknown fields, no
+// number longer than protocol.MaxNumberLen bytes and nothing after the
+// value.
 package httpapi
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -22,6 +30,7 @@ import (
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/rpc"
 	"github.com/outpost-iot/outpost/internal/stream"
+	"github.com/outpost-iot/outpost/protocol"
 )
 
 // Service is what the API needs from the platform.
@@ -35,15 +44,42 @@ type Service interface {
 	Readings(ctx context.Context, f outpost.ReadingFilter) ([]outpost.Reading, error)
 	Feeds(ctx context.Context, id string) ([]string, error)
 	Subscribe(f stream.Filter, afterID uint64) (*stream.Subscription, uint64)
+	// Health is the liveness check behind /healthz: the process serves and
+	// its store answers.
 	Health(ctx context.Context) error
+	// Ready is the readiness check behind /readyz: the store takes a write
+	// and reads it back, and every listener accepts connections. The error
+	// says what is wrong.
+	Ready(ctx context.Context) error
+}
+
+// ReadingStreamer is implemented by a Service that can hand over the
+// readings of a query one by one, as the store reads them; the API then
+// writes them out as they come instead of holding the whole page.
+type ReadingStreamer interface {
+	// EachReading calls fn for each reading Readings would return, in
+	// order; ENOTFOUND (before any call of fn) for an unknown device.
+	EachReading(ctx context.Context, f outpost.ReadingFilter, fn func(outpost.Reading) error) error
 }
 
 // Options configure the API.
 type Options struct {
-	// Token is the bearer token every /api/v1 request must carry.
+	// Token is the bearer token every /api/v1 request must carry. Only the
+	// event stream also takes it as ?access_token=, for browsers'
+	// EventSource, which cannot set headers.
 	Token string
 	// Metrics serves /metrics; nil disables it.
 	Metrics http.Handler
+	// MetricsAuth makes /metrics require the token too; by default it is
+	// open (it shows counts, never device ids or secrets).
+	MetricsAuth bool
+	// TLS tells the API it is served over HTTPS: responses then carry
+	// Strict-Transport-Security.
+	TLS bool
+	// WriteTimeout is the HTTP server's write timeout. A synchronous RPC
+	// may wait longer for its device: the API extends the deadline of that
+	// response by the call's timeout. The event stream has none.
+	WriteTimeout time.Duration
 	// MQTTHostPort, when set, lets device creation return a ready-made
 	// mqtt://ID:PASSWORD@HOST:PORT url.
 	MQTTHostPort func() string
@@ -77,8 +113,13 @@ func New(svc Service, o Options) http.Handler {
 	a := &api{svc: svc, opt: o, log: o.Logger}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", a.health)
+	mux.HandleFunc("GET /readyz", a.ready)
 	if o.Metrics != nil {
-		mux.Handle("GET /metrics", o.Metrics)
+		if o.MetricsAuth {
+			mux.HandleFunc("GET /metrics", a.auth(o.Metrics.ServeHTTP))
+		} else {
+			mux.Handle("GET /metrics", o.Metrics)
+		}
 	}
 	mux.HandleFunc("POST /api/v1/devices", a.auth(a.createDevice))
 	mux.HandleFunc("GET /api/v1/devices", a.auth(a.listDevices))
@@ -88,21 +129,32 @@ func New(svc Service, o Options) http.Handler {
 	mux.HandleFunc("POST /api/v1/devices/{id}/rpc/{method}", a.auth(a.callRPC))
 	mux.HandleFunc("GET /api/v1/devices/{id}/telemetry", a.auth(a.telemetry))
 	mux.HandleFunc("GET /api/v1/devices/{id}/feeds", a.auth(a.feeds))
-	mux.HandleFunc("GET /api/v1/stream", a.auth(a.stream))
+	mux.HandleFunc("GET /api/v1/stream", a.authQuery(a.stream))
 	a.registerModel(mux)
 	a.routeCalls(mux)
 	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))
 	}))
-	return mux
+	return a.serve(mux)
 }
 
+// auth requires the bearer token in the Authorization header.
 func (a *api) auth(next http.HandlerFunc) http.HandlerFunc {
+	return a.checkToken(next, false)
+}
+
+// authQuery is auth that also takes the token as ?access_token=, for the
+// event stream only: browsers' EventSource cannot set headers. Anywhere
+// else a token in a URL would end up in logs and browser histories.
+func (a *api) authQuery(next http.HandlerFunc) http.HandlerFunc {
+	return a.checkToken(next, true)
+}
+
+func (a *api) checkToken(next http.HandlerFunc, query bool) http.HandlerFunc {
 	want := []byte("Bearer " + a.opt.Token)
 	return func(w http.ResponseWriter, r *http.Request) {
 		got := r.Header.Get("Authorization")
-		if got == "" && r.URL.Query().Get("access_token") != "" {
-			// EventSource in browsers cannot set headers.
+		if query && got == "" && r.URL.Query().Get("access_token") != "" {
 			got = "Bearer " + r.URL.Query().Get("access_token")
 		}
 		if a.opt.Token == "" || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
@@ -122,6 +174,18 @@ func (a *api) health(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// ready serves /readyz: 200 when the platform can take traffic, 503 with
+// the reason when it cannot (store not writable, a listener down).
+func (a *api) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	if err := a.svc.Ready(ctx); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
 // createdDevice is a device with the credentials shown once, at creation.
@@ -238,15 +302,15 @@ func (a *api) callRPC(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	body, err := readBody(w, r)
 	if err != nil {
-		writeError(w, outpost.Errorf(outpost.EINVALID, "read arguments: %v", err))
+		writeError(w, err)
 		return
 	}
 	var args json.RawMessage
-	if len(strings.TrimSpace(string(body))) > 0 {
-		if !json.Valid(body) {
-			writeError(w, outpost.Errorf(outpost.EINVALID, "arguments must be JSON"))
+	if len(bytes.TrimSpace(body)) > 0 {
+		if err := protocol.CheckJSON(body); err != nil {
+			writeError(w, outpost.Errorf(outpost.EINVALID, "arguments must be JSON: %s", err.(*protocol.Error).Message))
 			return
 		}
 		args = body
@@ -254,6 +318,15 @@ func (a *api) callRPC(w http.ResponseWriter, r *http.Request) {
 	if queued {
 		a.queueRPC(w, r, args)
 		return
+	}
+	// The device may take up to the call's timeout to answer: the response
+	// gets that much longer than the server's write timeout.
+	if a.opt.WriteTimeout > 0 {
+		t := timeout
+		if t <= 0 || t > rpc.MaxTimeout {
+			t = rpc.DefaultTimeout
+		}
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(t + a.opt.WriteTimeout))
 	}
 	id, method := r.PathValue("id"), r.PathValue("method")
 	res, err := a.svc.Call(r.Context(), id, method, args, timeout)
@@ -308,6 +381,10 @@ func (a *api) telemetry(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if st, ok := a.svc.(ReadingStreamer); ok {
+		a.streamReadings(w, r, st, f)
+		return
+	}
 	rs, err := a.svc.Readings(r.Context(), f)
 	if err != nil {
 		writeError(w, err)
@@ -317,6 +394,55 @@ func (a *api) telemetry(w http.ResponseWriter, r *http.Request) {
 		rs = []outpost.Reading{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"device_id": f.DeviceID, "readings": rs})
+}
+
+// streamReadings writes the telemetry response as the store reads it: the
+// memory a request holds is one reading and a write buffer, whatever its
+// limit. An error after the first reading was sent can no longer become an
+// error status: the response is cut off, so the client sees a truncated
+// body rather than a short but valid-looking page.
+func (a *api) streamReadings(w http.ResponseWriter, r *http.Request, st ReadingStreamer, f outpost.ReadingFilter) {
+	var bw *bufio.Writer
+	begin := func() {
+		id, _ := json.Marshal(f.DeviceID)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		bw = bufio.NewWriterSize(w, 32<<10)
+		bw.WriteString(`{"device_id":`)
+		bw.Write(id)
+		bw.WriteString(`,"readings":[`)
+	}
+	n := 0
+	err := st.EachReading(r.Context(), f, func(rd outpost.Reading) error {
+		b, err := json.Marshal(rd)
+		if err != nil {
+			return fmt.Errorf("encode reading: %w", err)
+		}
+		if bw == nil {
+			begin()
+		}
+		if n > 0 {
+			bw.WriteByte(',')
+		}
+		n++
+		_, err = bw.Write(b)
+		return err
+	})
+	if err != nil {
+		if bw == nil {
+			writeError(w, err)
+			return
+		}
+		if r.Context().Err() == nil {
+			a.log.Error("telemetry response cut off", "device_id", f.DeviceID, "readings_sent", n, "error", err)
+		}
+		panic(http.ErrAbortHandler)
+	}
+	if bw == nil {
+		begin()
+	}
+	bw.WriteString("]}\n")
+	bw.Flush()
 }
 
 // parseTime accepts milliseconds since the epoch or RFC 3339.
@@ -363,6 +489,11 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) {
 	}
 	sub, missed := a.svc.Subscribe(f, after)
 	defer sub.Close()
+	// The stream outlives the server's write timeout by design; its
+	// heartbeat finds clients that went away.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	_ = rc.SetReadDeadline(time.Time{})
 
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -424,8 +555,35 @@ func set(vals []string) map[string]bool {
 	return m
 }
 
+// readBody reads a request body of at most maxBodyBytes.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, outpost.Errorf(outpost.EINVALID, "request body exceeds %d bytes", maxBodyBytes)
+		}
+		return nil, outpost.Errorf(outpost.EINVALID, "read request body: %v", err)
+	}
+	return body, nil
+}
+
+// decodeBody decodes a strict JSON request body into v (see the package
+// comment).
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	body, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return outpost.Errorf(outpost.EINVALID, "request body is empty: want a JSON object")
+	}
+	if err := protocol.Unmarshal(body, v); err != nil {
+		return outpost.Errorf(outpost.EINVALID, "request body: %s", err.(*protocol.Error).Message)
+	}
+	// Unlike device messages, API bodies have no future fields to skip:
+	// an unknown field is a mistake worth reporting.
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return outpost.Errorf(outpost.EINVALID, "request body: %v", err)
@@ -475,6 +633,9 @@ func writeError(w http.ResponseWriter, err error) {
 	code := outpost.ErrorCode(err)
 	if errors.Is(err, context.Canceled) {
 		code = outpost.EUNAVAILABLE
+	}
+	if rec, ok := w.(*recorder); ok {
+		rec.cause = err // logged by serve
 	}
 	var b ErrorBody
 	b.Error.Code, b.Error.Message = code, outpost.ErrorMessage(err)

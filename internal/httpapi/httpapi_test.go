@@ -116,6 +116,10 @@ func (s *recordingService) Health(ctx context.Context) error {
 	return s.record(func() {})
 }
 
+func (s *recordingService) Ready(ctx context.Context) error {
+	return s.record(func() {})
+}
+
 func (s *recordingService) callCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -209,9 +213,11 @@ func TestAuth(t *testing.T) {
 		{"token prefix", "/api/v1/devices", "Bearer " + token[:4], http.StatusUnauthorized},
 		{"token without scheme", "/api/v1/devices", token, http.StatusUnauthorized},
 		{"other scheme", "/api/v1/devices", "Basic " + token, http.StatusUnauthorized},
-		{"query token", "/api/v1/devices?access_token=" + token, "", http.StatusOK},
-		{"wrong query token", "/api/v1/devices?access_token=nope", "", http.StatusUnauthorized},
-		{"header wins over query", "/api/v1/devices?access_token=" + token, "Bearer op_wrong", http.StatusUnauthorized},
+		// ?access_token= only where EventSource needs it: the stream.
+		{"query token off the stream", "/api/v1/devices?access_token=" + token, "", http.StatusUnauthorized},
+		{"query token on the stream", "/api/v1/stream?access_token=" + token, "", http.StatusOK},
+		{"wrong query token", "/api/v1/stream?access_token=nope", "", http.StatusUnauthorized},
+		{"header wins over query", "/api/v1/stream?access_token=" + token, "Bearer op_wrong", http.StatusUnauthorized},
 		{"unknown path without token", "/api/v1/nope", "", http.StatusUnauthorized},
 		{"health needs no token", "/healthz", "", http.StatusOK},
 	}
@@ -222,6 +228,12 @@ func TestAuth(t *testing.T) {
 			req := httptest.NewRequest("GET", tt.target, nil)
 			if tt.header != "" {
 				req.Header.Set("Authorization", tt.header)
+			}
+			if strings.HasPrefix(tt.target, "/api/v1/stream") {
+				// A stream runs until its client leaves: this one has left.
+				ctx, cancel := context.WithCancel(context.Background())
+				cancel()
+				req = req.WithContext(ctx)
 			}
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, req)

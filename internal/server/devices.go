@@ -70,7 +70,7 @@ func (s *Server) HandleMessage(ctx context.Context, deviceID, kind string, paylo
 		if ok, err := s.handleModelMessage(ctx, deviceID, kind, payload); ok {
 			return err
 		}
-		return s.reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeUnknownKind, Message: fmt.Sprintf("unknown message kind %q", kind)})
+		return s.reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeUnknownKind, Message: fmt.Sprintf("unknown message kind %.64q", kind)})
 	}
 }
 
@@ -121,7 +121,7 @@ func (s *Server) reject(deviceID, kind, id string, err error) error {
 }
 
 func (s *Server) sendError(deviceID string, e protocol.ErrorReply) {
-	s.metrics.deviceErrors.WithLabelValues(e.Code).Inc()
+	s.metrics.deviceErrors.WithLabelValues(codeLabel(e.Code)).Inc()
 	s.model.countReject(deviceID, e.Kind, e.Code, e.Rejected)
 	b, _ := json.Marshal(e)
 	if err := s.broker.PublishToDevice(deviceID, protocol.KindError, b); err != nil {

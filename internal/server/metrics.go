@@ -69,6 +69,30 @@ func (m *metrics) register(s *Server) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_rpc_pending", Help: "RPC calls waiting for an answer."},
 			func() float64 { return float64(s.relay.Pending()) }),
 	)
+	if _, _, ok := diskSpace(s.cfg.DataDir); ok {
+		m.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_data_dir_free_bytes",
+				Help: "Free space of the file system holding the data directory, in bytes available to the platform."},
+				func() float64 { f, _, _ := diskSpace(s.cfg.DataDir); return float64(f) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_data_dir_size_bytes",
+				Help: "Size of the file system holding the data directory, in bytes."},
+				func() float64 { _, t, _ := diskSpace(s.cfg.DataDir); return float64(t) }),
+		)
+	}
+}
+
+// registerHTTP adds the metrics of the HTTP connection bound.
+func (m *metrics) registerHTTP(h *httpConns) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_http_connections", Help: "Open HTTP connections."},
+			func() float64 { return float64(h.open()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_http_connections_evicted_total",
+			Help: "Idle HTTP connections closed to make room for new ones at --http-max-conns."},
+			func() float64 { return float64(h.evicted.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_http_connections_refused_total",
+			Help: "HTTP connections closed at once because --http-max-conns connections were all busy."},
+			func() float64 { return float64(h.refused.Load()) }),
+	)
 }
 
 func (m *metrics) handler() http.Handler {

@@ -78,14 +78,53 @@ func newModelState(s *Server) *modelState {
 	return m
 }
 
+// labelOther stands for every kind or code outside the closed sets below.
+const labelOther = "other"
+
+// knownKinds are the up/ kinds the platform handles. Metric labels and the
+// per-device rejection counters take only these values (raw/… counts as
+// raw): a device chooses its topics, and every distinct value would cost
+// memory and a metric series for as long as the platform runs.
+var knownKinds = map[string]bool{
+	protocol.KindTelemetry: true, protocol.KindRPC: true, protocol.KindPull: true,
+	protocol.KindFeeds: true, protocol.KindAttributes: true, protocol.KindParameters: true,
+	protocol.KindTime: true, protocol.KindEvent: true, protocol.KindNotification: true,
+	protocol.KindRaw: true,
+}
+
+// knownCodes are the error codes the platform sends devices.
+var knownCodes = map[string]bool{
+	protocol.CodeInvalid: true, protocol.CodeTooLarge: true, protocol.CodeUnknownKind: true,
+	protocol.CodeUnknownMethod: true, protocol.CodeHandlerError: true, protocol.CodeNotSupported: true,
+	protocol.CodeInternal: true, protocol.CodeOverloaded: true, protocol.CodeUnknownFeed: true,
+	protocol.CodeWrongType: true,
+}
+
+// kindLabel maps a device-chosen kind into the closed set of knownKinds.
+func kindLabel(kind string) string {
+	if _, ok := protocol.RawSubtopic(kind); ok {
+		return protocol.KindRaw
+	}
+	if knownKinds[kind] {
+		return kind
+	}
+	return labelOther
+}
+
+// codeLabel maps an error code into the closed set of knownCodes.
+func codeLabel(code string) string {
+	if knownCodes[code] {
+		return code
+	}
+	return labelOther
+}
+
 // countReject records n rejected items of a device.
 func (m *modelState) countReject(deviceID, kind, code string, n int) {
 	if n <= 0 {
 		n = 1
 	}
-	if k, ok := protocol.RawSubtopic(kind); ok && k != "" {
-		kind = protocol.KindRaw // bounded label values
-	}
+	kind, code = kindLabel(kind), codeLabel(code)
 	m.rejectedTotal.WithLabelValues(kind, code).Add(float64(n))
 	m.mu.Lock()
 	c := m.rejected[deviceID]
@@ -470,7 +509,9 @@ func (s *Server) handleRaw(deviceID, kind, sub string, payload []byte) error {
 		return s.reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeInvalid, Message: fmt.Sprintf("raw subtopic longer than %d bytes", protocol.MaxRawTopicLen)})
 	}
 	ev := rawEvent{DeviceID: deviceID, Topic: sub, At: time.Now().UnixMilli()}
-	if len(payload) > 0 && json.Valid(payload) {
+	// Inline only strict JSON (valid UTF-8 above all): the stream's data
+	// must stay valid JSON. Anything else travels as base64.
+	if len(payload) > 0 && protocol.CheckJSON(payload) == nil {
 		ev.Payload = compact(payload)
 	} else if len(payload) > 0 {
 		ev.PayloadBase64 = base64.StdEncoding.EncodeToString(payload)

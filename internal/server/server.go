@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/broker"
@@ -53,6 +54,25 @@ type Config struct {
 	// can reach makes Open log a warning when the traffic on it is not
 	// encrypted: always for plain MQTT, for HTTP without TLSCertFile.
 	HTTPAddr string
+	// HTTPReadHeaderTimeout bounds reading a request's header (default
+	// 10s), HTTPReadTimeout reading a whole request, body included
+	// (default 15s), HTTPWriteTimeout writing a response (default 60s;
+	// not the event stream, and a synchronous RPC gets its call's timeout
+	// on top), HTTPIdleTimeout how long a keep-alive connection may wait
+	// for its next request (default 60s). Negative: no bound.
+	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
+	// HTTPMaxConns bounds the open HTTP connections (default 1024): at
+	// the bound, the connection that has waited longest without a request
+	// in progress is closed to make room; when all are busy, the new one
+	// is closed.
+	HTTPMaxConns int
+	// MetricsAuth makes /metrics require the admin token (default: open;
+	// it shows counts only, never device ids or secrets).
+	MetricsAuth bool
+	// IntegrityCheck bounds the quick integrity check of the database at
+	// start (default 10s; negative: skip). A damaged database stops the
+	// start.
+	IntegrityCheck time.Duration
 	// TLSCertFile and TLSKeyFile enable TLS on MQTTTLSAddr and on the
 	// HTTP API.
 	TLSCertFile, TLSKeyFile string
@@ -105,10 +125,15 @@ type Server struct {
 	svc                          *service
 	model                        *modelState
 
-	httpSrv  *http.Server
-	httpLn   net.Listener
-	httpTLS  bool
-	httpDone chan struct{}
+	httpSrv   *http.Server
+	httpLn    net.Listener
+	httpTLS   bool
+	httpDone  chan struct{}
+	httpConns *httpConns
+	httpErr   atomic.Pointer[error] // why the HTTP server stopped serving
+	// readyErr is the last readiness failure, to log changes only.
+	readyMu  sync.Mutex
+	readyErr string
 	// cancelHTTP ends long-lived requests (event streams) at shutdown.
 	cancelHTTP context.CancelFunc
 
@@ -141,6 +166,24 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.RetentionInterval <= 0 {
 		cfg.RetentionInterval = defaultRetentionInterval
 	}
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{
+		{&cfg.HTTPReadHeaderTimeout, defaultHTTPReadHeaderTimeout},
+		{&cfg.HTTPReadTimeout, defaultHTTPReadTimeout},
+		{&cfg.HTTPWriteTimeout, defaultHTTPWriteTimeout},
+		{&cfg.HTTPIdleTimeout, defaultHTTPIdleTimeout},
+	} {
+		if *d.v == 0 {
+			*d.v = d.def
+		} else if *d.v < 0 {
+			*d.v = 0 // net/http: none
+		}
+	}
+	if cfg.HTTPMaxConns <= 0 {
+		cfg.HTTPMaxConns = defaultHTTPMaxConns
+	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	}
@@ -159,13 +202,20 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.token, s.newToken, err = loadToken(cfg.DataDir, cfg.AdminToken); err != nil {
 		return nil, err
 	}
-	s.db, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "outpost.db"), sqlite.Options{Synchronous: strings.ToUpper(cfg.Sync)})
+	s.db, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "outpost.db"), sqlite.Options{
+		Synchronous: strings.ToUpper(cfg.Sync), IntegrityCheck: cfg.IntegrityCheck, Logger: s.log})
 	if err != nil {
+		if errors.Is(err, sqlite.ErrCorrupt) {
+			err = fmt.Errorf("%w\nrestore the database from a backup (docs/architecture.md, \"Backup and restore\"), or start with --integrity-check=-1 to skip the check at your own risk", err)
+		}
 		return nil, err
 	}
-	// No session survives a restart of the embedded broker.
+	// No session survives a restart of the embedded broker. On a full disk
+	// this write fails: start anyway, read-only in effect (the API reads,
+	// devices are not acknowledged until space returns), and say so. The
+	// API shows a device offline until it connects, whatever the stale row.
 	if err := s.db.ResetPresence(ctx); err != nil {
-		return nil, err
+		s.log.Error("storage is not writable: starting anyway; writes fail until it is (see /readyz)", "data", cfg.DataDir, "error", err)
 	}
 
 	// Event ids start at the start time in microseconds: they keep growing
@@ -216,15 +266,29 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.metrics.register(s)
 
 	var movedHTTP bool
-	s.httpLn, movedHTTP, err = listen(cfg.HTTPAddr, defaultHTTPAddr)
+	var ln net.Listener
+	ln, movedHTTP, err = listen(cfg.HTTPAddr, defaultHTTPAddr)
 	if err != nil {
 		addr := cmp.Or(cfg.HTTPAddr, defaultHTTPAddr)
 		return nil, listenError("--http", fmt.Errorf("http listener %s: %w", addr, err))
 	}
-	api := httpapi.New(s.svc, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MQTTHostPort: s.MQTTAddr, Logger: s.log})
+	s.httpConns = newHTTPConns(cfg.HTTPMaxConns)
+	s.httpLn = s.httpConns.listener(ln)
+	s.metrics.registerHTTP(s.httpConns)
+	api := httpapi.New(s.svc, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
+		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: s.log})
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	s.cancelHTTP = cancelBase
-	s.httpSrv = &http.Server{Handler: api, BaseContext: func(net.Listener) context.Context { return baseCtx }, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	s.httpSrv = &http.Server{
+		Handler:           api,
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
+		ReadTimeout:       cfg.HTTPReadTimeout,
+		WriteTimeout:      cfg.HTTPWriteTimeout,
+		IdleTimeout:       cfg.HTTPIdleTimeout,
+		ConnState:         s.httpConns.connState,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
 	if tlsCfg != nil {
 		s.httpTLS = true
 		s.httpSrv.TLSConfig = tlsCfg.Clone()
@@ -242,6 +306,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 			err = s.httpSrv.Serve(s.httpLn)
 		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.httpErr.Store(&err)
 			s.log.Error("http server", "error", err)
 		}
 	}()

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -55,12 +57,17 @@ func (v *service) Device(ctx context.Context, id string) (*outpost.Device, error
 }
 
 // live overlays the in-memory presence, which is fresher than the store.
+// A device the tracker does not know has had no session since the start:
+// it is offline, whatever the store says (the reset at start may have
+// failed on a full disk).
 func (v *service) live(d *outpost.Device) {
 	if online, seen, ok := v.s.presence.State(d.ID); ok {
 		d.Online = online
 		if seen.After(d.LastSeen) {
 			d.LastSeen = seen.UTC()
 		}
+	} else {
+		d.Online = false
 	}
 }
 
@@ -135,6 +142,51 @@ func (v *service) Subscribe(f stream.Filter, afterID uint64) (*stream.Subscripti
 	return v.s.hub.Subscribe(f, 4096, afterID)
 }
 
+// Health is liveness: the process serves and its database answers.
 func (v *service) Health(ctx context.Context) error {
 	return v.s.db.Ping(ctx)
+}
+
+// Ready is readiness: a write to the store commits and reads back, and
+// the MQTT and HTTP listeners accept connections. Changes are logged, with
+// the cause, once each.
+func (v *service) Ready(ctx context.Context) error {
+	s := v.s
+	var errs []error
+	if err := s.db.ReadOnly(); err != nil {
+		errs = append(errs, fmt.Errorf("store opened read-only at start (%w): free space, then restart", err))
+	} else if err := s.db.CheckWrite(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.broker.Ready(); err != nil {
+		errs = append(errs, err)
+	}
+	if p := s.httpErr.Load(); p != nil {
+		errs = append(errs, fmt.Errorf("http listener stopped: %w", *p))
+	}
+	if len(errs) > 0 {
+		if free, _, ok := diskSpace(s.cfg.DataDir); ok && free < 1<<20 {
+			errs = append(errs, fmt.Errorf("data directory %s: %d bytes free", s.cfg.DataDir, free))
+		}
+	}
+	err := errors.Join(errs...)
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	s.readyMu.Lock()
+	changed := msg != s.readyErr
+	s.readyErr = msg
+	s.readyMu.Unlock()
+	if changed && err != nil {
+		s.log.Error("not ready", "error", err)
+	} else if changed {
+		s.log.Info("ready again")
+	}
+	return err
+}
+
+// EachReading implements httpapi.ReadingStreamer.
+func (v *service) EachReading(ctx context.Context, f outpost.ReadingFilter, fn func(outpost.Reading) error) error {
+	return v.s.db.EachReading(ctx, f, fn)
 }

@@ -104,4 +104,13 @@ func TestTLSEverywhere(t *testing.T) {
 	if err != nil || string(res) != `"pong"` {
 		t.Fatalf("rpc over TLS: %s %v", res, err)
 	}
+	// Over TLS the API asks browsers to stay on HTTPS (issue 12, item 15).
+	resp, err := hc.Get(p.HTTPURL() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if h := resp.Header.Get("Strict-Transport-Security"); !strings.HasPrefix(h, "max-age=") || resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+		t.Fatalf("security headers over TLS: HSTS %q, nosniff %q", h, resp.Header.Get("X-Content-Type-Options"))
+	}
 }

@@ -12,11 +12,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -31,6 +33,13 @@ type Options struct {
 	// CacheMiB is the writer's page cache in MiB (default 256). A large cache
 	// keeps the readings index in memory and decides ingest speed.
 	CacheMiB int
+	// IntegrityCheck bounds the quick integrity check (PRAGMA quick_check)
+	// Open runs before anything else (default DefaultIntegrityCheck;
+	// negative: skip it). Damage found fails Open with ErrCorrupt; a check
+	// that runs out of time is skipped with a warning.
+	IntegrityCheck time.Duration
+	// Logger receives what Open finds wrong; default: discard.
+	Logger *slog.Logger
 }
 
 // DB is an open Outpost database.
@@ -38,6 +47,7 @@ type DB struct {
 	path string
 	w    *sql.DB // single writer connection
 	r    *sql.DB // read pool
+	scan *sql.DB // read pool for long scans that stream to a client
 
 	// wmu serialises writes and guards the id caches, so a deletion can
 	// never race an append that still holds a stale cached key.
@@ -45,6 +55,9 @@ type DB struct {
 	devSeq  map[string]int64 // device id → devices.seq
 	feedSeq map[feedKey]int64
 	readSeq int64 // last readings.seq used (counters.readings_seq)
+
+	walLost  bool  // see checkWAL
+	readOnly error // see ReadOnly
 }
 
 type feedKey struct {
@@ -71,13 +84,57 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	if o.CacheMiB <= 0 {
 		o.CacheMiB = 256
 	}
+	if o.IntegrityCheck == 0 {
+		o.IntegrityCheck = DefaultIntegrityCheck
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
+	st, err := os.Stat(path + walSuffix)
+	walFound := err == nil
+	db, err := open(ctx, path, o, false)
+	if err == nil {
+		db.checkWAL(walFound, o.Logger)
+		return db, nil
+	}
+	if !unwritable(err) {
+		return nil, err
+	}
+	// A full disk (or a file system that refuses writes) must not stop the
+	// start: open the database read-only so the API can still read, and
+	// say why. Without shared memory SQLite cannot apply a WAL, so this
+	// is only safe when there is none to apply.
+	if walFound && st.Size() > 0 {
+		return nil, fmt.Errorf("sqlite: %w (the write-ahead log %s must be applied first: free some space and start again)", err, path+walSuffix)
+	}
+	o.Logger.Error("sqlite: the database cannot be opened for writing; opening it read-only: writes fail until space is freed and the platform restarted",
+		"path", path, "error", err)
+	db, rerr := open(ctx, path, o, true)
+	if rerr != nil {
+		return nil, errors.Join(err, rerr)
+	}
+	db.readOnly = err
+	return db, nil
+}
+
+// open opens the three pools; readOnly opens every one of them read-only
+// and immutable (no WAL index, no lock files, nothing written).
+func open(ctx context.Context, path string, o Options, readOnly bool) (*DB, error) {
 	dsn := func(extra ...string) string {
 		q := url.Values{}
-		for _, p := range append([]string{"busy_timeout(10000)", "journal_mode(WAL)", "foreign_keys(1)"}, extra...) {
+		base := []string{"busy_timeout(10000)", "journal_mode(WAL)", "foreign_keys(1)"}
+		if readOnly {
+			base = []string{"busy_timeout(10000)", "foreign_keys(1)", "query_only(1)"}
+		}
+		for _, p := range append(base, extra...) {
 			q.Add("_pragma", p)
+		}
+		if readOnly {
+			q.Set("mode", "ro")
+			q.Set("immutable", "1")
 		}
 		// SQLite reads the DSN as a URI: a '#' or '?' in the path would
 		// end the file name early, so they (and '%') are escaped.
@@ -92,7 +149,18 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
 	db := &DB{path: path, w: w, devSeq: map[string]int64{}, feedSeq: map[feedKey]int64{}}
-	if err := db.migrate(ctx); err != nil {
+	if o.IntegrityCheck > 0 {
+		if err := db.quickCheck(ctx, o.IntegrityCheck, o.Logger); err != nil {
+			w.Close()
+			return nil, err
+		}
+	}
+	if readOnly {
+		err = db.checkVersion(ctx)
+	} else {
+		err = db.migrate(ctx)
+	}
+	if err != nil {
 		w.Close()
 		return nil, err
 	}
@@ -107,14 +175,33 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	}
 	r.SetMaxOpenConns(4)
 	db.r = r
+	scan, err := sql.Open("sqlite", dsn("query_only(1)"))
+	if err != nil {
+		r.Close()
+		w.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	scan.SetMaxOpenConns(4)
+	scan.SetMaxIdleConns(1)
+	db.scan = scan
 	return db, nil
 }
+
+// ReadOnly returns why Open could only open the database read-only (nil
+// when it is writable). Writes then fail until the platform restarts with
+// space to write.
+func (db *DB) ReadOnly() error { return db.readOnly }
 
 var uriPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")
 
 // Close closes the database. Pending writes must have finished.
 func (db *DB) Close() error {
-	return errors.Join(db.r.Close(), db.w.Close())
+	err := errors.Join(db.scan.Close(), db.r.Close(), db.w.Close())
+	// A clean stop: the next start need not look for this run's WAL.
+	if rerr := os.Remove(db.path + runningSuffix); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		err = errors.Join(err, fmt.Errorf("sqlite: %w", rerr))
+	}
+	return err
 }
 
 // Path returns the database file path.
@@ -224,6 +311,19 @@ func (db *DB) migrate(ctx context.Context) error {
 		if err := tx.Commit(); err != nil {
 			return fmt.Errorf("sqlite: migration %d: %w", v, err)
 		}
+	}
+	return nil
+}
+
+// checkVersion fails unless the schema is the current one (a read-only
+// database cannot be migrated).
+func (db *DB) checkVersion(ctx context.Context) error {
+	var have int
+	if err := db.w.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+		return fmt.Errorf("sqlite: schema version: %w", err)
+	}
+	if have != len(migrations) {
+		return fmt.Errorf("sqlite: database schema version %d needs migrating to %d, which a read-only database cannot do", have, len(migrations))
 	}
 	return nil
 }

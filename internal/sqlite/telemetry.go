@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -143,93 +142,78 @@ func feedSeqTx(ctx context.Context, tx *sql.Tx, k feedKey) (int64, error) {
 
 // Readings implements outpost.TelemetryStore.
 func (db *DB) Readings(ctx context.Context, f outpost.ReadingFilter) ([]outpost.Reading, error) {
+	var out []outpost.Reading
+	err := db.EachReading(ctx, f, func(r outpost.Reading) error {
+		out = append(out, r)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// EachReading calls fn with each reading Readings would return, in the
+// same order, as it reads them: one query, whatever the number of feeds,
+// so the memory a query takes is bounded by its page, not by the feeds
+// times the limit, and a caller that writes each reading out holds none.
+// It returns ENOTFOUND for an unknown device (before calling fn), or the
+// first error of fn. Long scans run on a pool of their own, so they never
+// hold the connections of short API reads.
+func (db *DB) EachReading(ctx context.Context, f outpost.ReadingFilter, fn func(r outpost.Reading) error) error {
 	if f.Limit <= 0 {
 		f.Limit = 1000
 	}
 	var dev int64
 	err := db.r.QueryRowContext(ctx, `SELECT seq FROM devices WHERE id = ?`, f.DeviceID).Scan(&dev)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, outpost.Errorf(outpost.ENOTFOUND, "device %s not found", f.DeviceID)
+		return outpost.Errorf(outpost.ENOTFOUND, "device %s not found", f.DeviceID)
 	} else if err != nil {
-		return nil, fmt.Errorf("readings: %w", err)
+		return fmt.Errorf("readings: %w", err)
 	}
-	type series struct {
-		seq int64
-		ref string
-	}
-	var all []series
-	q, args := `SELECT seq, ref FROM feeds WHERE device_seq = ?`, []any{dev}
-	if f.Feed != "" {
-		q, args = q+` AND ref = ?`, append(args, f.Feed)
-	}
-	rows, err := db.r.QueryContext(ctx, q+` ORDER BY seq`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("readings: %w", err)
-	}
-	for rows.Next() {
-		var s series
-		if err := rows.Scan(&s.seq, &s.ref); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("readings: %w", err)
-		}
-		all = append(all, s)
-	}
-	rows.Close()
-
 	until := f.Until
 	if until <= 0 {
 		until = 1<<63 - 1
 	}
-	// Each series is read through the (series, ts, seq) key, newest first (or
-	// oldest first from Since), then the per-series slices are merged.
-	order := "DESC"
+	// One statement over the readings key (series, ts, seq): with Since,
+	// the first Limit readings from Since (SQLite keeps a sorter of at
+	// most Limit rows when several feeds are read); without it, the newest
+	// Limit readings, put back in ascending order.
+	sel := `SELECT f.ref, r.ts, r.seq, r.value FROM readings r JOIN feeds f ON f.seq = r.series
+WHERE f.device_seq = ? AND r.ts >= ? AND r.ts < ?`
+	args := []any{dev, f.Since, until}
+	if f.Feed != "" {
+		sel += ` AND f.ref = ?`
+		args = append(args, f.Feed)
+	}
+	var q string
 	if f.Since > 0 {
-		order = "ASC"
+		q = sel + ` ORDER BY r.ts, r.seq LIMIT ?`
+	} else {
+		q = `SELECT ref, ts, seq, value FROM (` + sel + ` ORDER BY r.ts DESC, r.seq DESC LIMIT ?) ORDER BY ts, seq`
 	}
-	type row struct {
-		outpost.Reading
-		seq int64
+	args = append(args, f.Limit)
+	rows, err := db.scan.QueryContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("readings: %w", err)
 	}
-	var merged []row
-	for _, s := range all {
-		rows, err := db.r.QueryContext(ctx, `SELECT seq, ts, value FROM readings WHERE series = ? AND ts >= ? AND ts < ? ORDER BY ts `+order+`, seq `+order+` LIMIT ?`,
-			s.seq, f.Since, until, f.Limit)
-		if err != nil {
-			return nil, fmt.Errorf("readings: %w", err)
+	defer rows.Close()
+	for rows.Next() {
+		var r outpost.Reading
+		var seq int64
+		var v []byte
+		if err := rows.Scan(&r.Feed, &r.TS, &seq, &v); err != nil {
+			return fmt.Errorf("readings: %w", err)
 		}
-		for rows.Next() {
-			var r row
-			var v string
-			if err := rows.Scan(&r.seq, &r.TS, &v); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("readings: %w", err)
-			}
-			r.Feed, r.Value = s.ref, []byte(v)
-			merged = append(merged, r)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("readings: %w", err)
+		r.Value = v
+		if err := fn(r); err != nil {
+			return err
 		}
 	}
-	slices.SortFunc(merged, func(a, b row) int {
-		if a.TS != b.TS {
-			return cmpInt(a.TS, b.TS)
-		}
-		return cmpInt(a.seq, b.seq)
-	})
-	if len(merged) > f.Limit {
-		if f.Since > 0 {
-			merged = merged[:f.Limit]
-		} else {
-			merged = merged[len(merged)-f.Limit:]
-		}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("readings: %w", err)
 	}
-	out := make([]outpost.Reading, len(merged))
-	for i := range merged {
-		out[i] = merged[i].Reading
-	}
-	return out, nil
+	return nil
 }
 
 // Feeds implements outpost.TelemetryStore.
@@ -248,14 +232,4 @@ func (db *DB) Feeds(ctx context.Context, deviceID string) ([]string, error) {
 		out = append(out, s)
 	}
 	return out, rows.Err()
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
