@@ -13,8 +13,11 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"go.uber.org/goleak"
 
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/outpost-iot/outpost/device"
+
 	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/outposttest"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
@@ -337,6 +340,122 @@ func TestAcknowledgementsInArrivalOrder(t *testing.T) {
 		case <-acked:
 		case <-ctx.Done():
 			t.Fatal("acknowledgements never came after the commit")
+		}
+	}
+}
+
+// orderedHandler finishes telemetry asynchronously, in arrival order, from
+// its own goroutine (like the ingest writer), and every other kind at once.
+type orderedHandler struct {
+	heldHandler
+	q chan func(error)
+}
+
+func (h *orderedHandler) StartMessage(_ context.Context, _, kind string, _ []byte, done func(error)) (bool, error) {
+	if kind != protocol.KindTelemetry {
+		return false, nil
+	}
+	h.q <- done
+	return true, nil
+}
+
+// PUBACKs reach the wire in the order the messages arrived (MQTT 5 §4.6),
+// also while the broker is busy writing down messages to the same device,
+// when PUBACKs written by the broker itself (messages finished at once) and
+// PUBACKs written after a commit (telemetry) interleave. The test reads the
+// raw byte stream, so it sees the order on the wire, not just which
+// acknowledgement is held back.
+func TestAcknowledgementsInWireOrderUnderDownTraffic(t *testing.T) {
+	h := &orderedHandler{q: make(chan func(error), 1024)}
+	b := startBroker(t, h)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	wg.Add(1)
+	go func() { // the "writer": finishes telemetry in order
+		defer wg.Done()
+		for {
+			select {
+			case done := <-h.q:
+				done(nil)
+			case <-stop:
+				return
+			}
+		}
+	}()
+
+	const id = "dev-wire"
+	c := outposttest.DialRaw(t, b.Addr().String(), 5)
+	if err := c.Login(id, "secret"); err != nil {
+		t.Fatal(err)
+	}
+	// QoS 0 subscription: the down traffic needs no acknowledgements.
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: protocol.DeviceFilter(id), Qos: 0}}}
+	if err := c.Send(pk); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 4000
+	const window = 32
+	slots := make(chan struct{}, window)
+	acks := make(chan uint16, n)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			pk, err := c.Read()
+			if err != nil {
+				readErr <- err
+				return
+			}
+			if pk.FixedHeader.Type == packets.Puback {
+				acks <- pk.PacketID
+				<-slots
+			}
+		}
+	}()
+	wg.Add(1)
+	go func() { // down traffic: keeps the broker's write queue for the device busy
+		defer wg.Done()
+		payload := []byte(strings.Repeat("d", 300))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = b.PublishToDevice(id, "noise", payload)
+		}
+	}()
+
+	telemetry := []byte(`{"id":"b","r":[{"f":"n","v":1}]}`)
+	event := []byte(`{"name":"e"}`)
+	for i := 1; i <= n; i++ {
+		select {
+		case slots <- struct{}{}:
+		case err := <-readErr:
+			t.Fatalf("connection lost after %d messages: %v", i-1, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no acknowledgement for 10s after %d messages", i-1)
+		}
+		kind, payload := protocol.KindTelemetry, telemetry
+		if i%3 != 0 {
+			kind, payload = protocol.KindEvent, event
+		}
+		if err := c.Publish(protocol.UpTopic(id, kind), 1, uint16(i), payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for want := 1; want <= n; want++ {
+		select {
+		case got := <-acks:
+			if int(got) != want {
+				t.Fatalf("PUBACK %d on the wire where %d was due: acknowledgements overtook each other", got, want)
+			}
+		case err := <-readErr:
+			t.Fatalf("connection lost waiting for PUBACK %d: %v", want, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("PUBACK %d never came", want)
 		}
 	}
 }
