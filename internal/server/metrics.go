@@ -69,6 +69,7 @@ func (m *metrics) register(s *Server) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_rpc_pending", Help: "RPC calls waiting for an answer."},
 			func() float64 { return float64(s.relay.Pending()) }),
 	)
+	m.registerBrokerLimits(s)
 }
 
 func (m *metrics) handler() http.Handler {
