@@ -55,10 +55,10 @@ type sessions struct {
 }
 
 type devSessions struct {
-	gen  uint64              // bumped by revoke
-	live map[*conn]struct{}  // authenticated connections
-	lock chan struct{}       // the session lock (capacity 1)
-	refs int                 // lock holders and waiters
+	gen  uint64             // bumped by revoke
+	live map[*conn]struct{} // authenticated connections
+	lock chan struct{}      // the session lock (capacity 1)
+	refs int                // lock holders and waiters
 }
 
 func (s *sessions) entry(id string) *devSessions {

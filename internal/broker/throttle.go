@@ -36,11 +36,11 @@ type failCount struct {
 }
 
 const (
-	throttleForget   = time.Minute // failures older than this are forgotten
-	throttleMaxKeys  = 100_000     // bound on remembered ids and addresses
-	authLogWindow    = time.Minute
+	throttleForget      = time.Minute // failures older than this are forgotten
+	throttleMaxKeys     = 100_000     // bound on remembered ids and addresses
+	authLogWindow       = time.Minute
 	authLogIndividually = 20 // failures per window logged one by one
-	authLogDistinct  = 1000
+	authLogDistinct     = 1000
 )
 
 func newAuthThrottle(base, maxDelay time.Duration, log *slog.Logger) *authThrottle {

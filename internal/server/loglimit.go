@@ -27,11 +27,11 @@ type logLimiter struct {
 type logLimitState struct {
 	perKey, perMsg int // 0: no limit
 
-	mu     sync.Mutex
-	start  time.Time
-	keys   map[logKey]int        // lines seen per (message, device) this window
-	msgs   map[string]*msgCounts // per message
-	inner  slog.Handler          // the unwrapped handler, for summaries
+	mu    sync.Mutex
+	start time.Time
+	keys  map[logKey]int        // lines seen per (message, device) this window
+	msgs  map[string]*msgCounts // per message
+	inner slog.Handler          // the unwrapped handler, for summaries
 }
 
 type logKey struct{ msg, device string }
