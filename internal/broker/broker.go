@@ -68,8 +68,9 @@ type Config struct {
 	KeepAlive KeepAlive
 	// Limits bound the connections of each listener. Zero fields take the
 	// defaults DefaultConnectTimeout, DefaultWriteTimeout,
-	// DefaultMaxPending and DefaultMaxPendingPerAddr; MaxConnections 0
-	// means no bound. A negative field means no bound (or no timeout).
+	// DefaultWriteBacklog, DefaultMaxPending and DefaultMaxPendingPerAddr;
+	// MaxConnections 0 means no bound. A negative field means no bound (or
+	// no timeout).
 	Limits Limits
 	// MaxSubscriptions bounds the subscriptions one device may hold
 	// (default DefaultMaxSubscriptions; negative: no bound).
@@ -77,7 +78,8 @@ type Config struct {
 	// AuthFailureDelay and AuthFailureDelayMax set how long a refused
 	// login waits for its answer: AuthFailureDelay after the first recent
 	// failure of its device id or source address, doubling with each
-	// further one up to AuthFailureDelayMax (defaults 100ms and 5s).
+	// further one up to AuthFailureDelayMax (defaults 100ms and 50 times
+	// AuthFailureDelay: 5s).
 	AuthFailureDelay, AuthFailureDelayMax time.Duration
 	Logger                                *slog.Logger
 }
@@ -86,6 +88,7 @@ type Config struct {
 const (
 	DefaultConnectTimeout    = 10 * time.Second
 	DefaultWriteTimeout      = 10 * time.Second
+	DefaultWriteBacklog      = 4 << 20
 	DefaultMaxPending        = 10_000
 	DefaultMaxPendingPerAddr = 2_000
 	DefaultMaxSubscriptions  = 32

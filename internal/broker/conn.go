@@ -16,74 +16,162 @@ import (
 // device that stopped reading.
 const endGrace = 250 * time.Millisecond
 
-// errWriteStalled is what writes to a device fail with once its socket has
-// accepted nothing for the write timeout.
+// errWriteStalled is what writes to a device fail with once it has taken
+// nothing for the write timeout, or has let too much pile up.
 var errWriteStalled = errors.New("write stalled: the device is not reading")
 
-// guard is the TCP side of a device connection. Every write has a
-// deadline: a write that makes no progress for the write timeout fails and
-// closes the connection, so a device that stops reading is disconnected,
-// never waited for. A slow device that keeps reading is not cut off.
+// quickWrite is how long a write waits for room in a full socket before
+// the rest is left to a flusher goroutine.
+const quickWrite = 10 * time.Millisecond
+
+// guard is the TCP side of a device connection. Nothing that writes to a
+// device waits for it: the broker library writes under the client's lock,
+// which publishing to the device, takeovers and shutdown all need. A write
+// that finds the socket full waits at most quickWrite, then leaves the rest
+// to a flusher goroutine and returns; later writes queue behind it, up to
+// backlogMax bytes. A device is disconnected when its backlog would exceed
+// backlogMax, or when the flusher makes no progress for the write timeout.
+// A slow device that keeps reading is not cut off.
 //
 // The broker library sets read and write deadlines together; the guard
 // keeps its own write deadlines and lets only read deadlines through.
 type guard struct {
 	net.Conn
-	timeout time.Duration // 0: no write timeout
-	onStall func()        // called once when a write stalls
-	stalled atomic.Bool
+	timeout    time.Duration // 0: no write timeout
+	backlogMax int           // 0: no bound
+	onStall    func()        // called once when the device is cut off
+	stalled    atomic.Bool
 
-	mu    sync.Mutex
-	set   time.Time // when the current write deadline was set
-	until time.Time // non-zero: no write may go on past this instant
-	once  sync.Once
+	wmu      sync.Mutex // serialises writes made directly to the socket
+	mu       sync.Mutex // guards the fields below
+	queue    []byte     // accepted, waiting for the flusher
+	flushing bool       // a flusher owns the socket's write side
+	flushed  chan struct{}
+	err      error     // sticky write error
+	until    time.Time // non-zero: no write may go on past this instant
 }
 
 func (g *guard) Write(p []byte) (int, error) {
-	total := 0
+	if n, err, ok := g.enqueue(p); ok {
+		return n, err
+	}
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+	if n, err, ok := g.enqueue(p); ok { // a flusher may have started meanwhile
+		return n, err
+	}
+	n, err := g.attempt(p, time.Now().Add(quickWrite))
+	if err == nil {
+		return n, nil
+	}
+	if !isTimeout(err) || g.cut() {
+		return n, g.fail(err)
+	}
+	// The socket is full: the rest goes to a flusher.
+	g.mu.Lock()
+	g.queue = append(g.queue[:0], p[n:]...)
+	g.flushing = true
+	g.flushed = make(chan struct{})
+	g.mu.Unlock()
+	go g.flush()
+	return len(p), nil
+}
+
+// enqueue queues p behind a running flusher; ok is false when there is
+// none and p must be written directly.
+func (g *guard) enqueue(p []byte) (int, error, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.err != nil {
+		return 0, g.err, true
+	}
+	if !g.flushing {
+		return 0, nil, false
+	}
+	if g.backlogMax > 0 && len(g.queue)+len(p) > g.backlogMax {
+		g.stallLocked()
+		return 0, g.err, true
+	}
+	g.queue = append(g.queue, p...)
+	return len(p), nil, true
+}
+
+// attempt writes p with the write deadline dl (shortened to until).
+func (g *guard) attempt(p []byte, dl time.Time) (int, error) {
+	g.mu.Lock()
+	if !g.until.IsZero() && g.until.Before(dl) {
+		dl = g.until
+	}
+	_ = g.Conn.SetWriteDeadline(dl)
+	g.mu.Unlock()
+	return g.Conn.Write(p)
+}
+
+// flush writes the backlog until it is empty, the device stops taking
+// bytes for the write timeout, or the connection ends.
+func (g *guard) flush() {
+	defer close(g.flushed)
+	progress := time.Now()
 	for {
-		g.arm()
-		n, err := g.Conn.Write(p[total:])
-		total += n
-		if err == nil || !isTimeout(err) {
-			return total, err
+		g.mu.Lock()
+		buf := g.queue
+		g.queue = nil
+		if len(buf) == 0 || g.err != nil {
+			g.flushing = false
+			g.mu.Unlock()
+			return
 		}
-		if n > 0 && !g.cut() {
-			continue // slow but reading: keep going
-		}
-		g.once.Do(func() {
-			g.stalled.Store(true)
-			g.Conn.Close()
-			if g.onStall != nil {
-				g.onStall()
+		g.mu.Unlock()
+		for len(buf) > 0 {
+			dl := time.Time{}
+			if g.timeout > 0 {
+				dl = progress.Add(g.timeout)
 			}
-		})
-		return total, errWriteStalled
+			n, err := g.attempt(buf, dl)
+			buf = buf[n:]
+			if n > 0 {
+				progress = time.Now()
+			}
+			if err == nil {
+				continue
+			}
+			if isTimeout(err) && !g.cut() && (n > 0 || g.timeout <= 0) {
+				continue // slow but reading
+			}
+			if isTimeout(err) && !g.cut() {
+				err = errWriteStalled
+			}
+			g.fail(err)
+			break
+		}
 	}
 }
 
-// arm sets the write deadline for the next write. Resetting a deadline
-// costs a little, so it is refreshed only when an eighth of the timeout
-// has passed since it was last set.
-func (g *guard) arm() {
+// fail makes err the connection's sticky write error and closes it; a
+// write stall also counts as one.
+func (g *guard) fail(err error) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.timeout <= 0 && g.until.IsZero() {
+	if errors.Is(err, errWriteStalled) {
+		g.stallLocked()
+	} else if g.err == nil {
+		g.err = err
+		g.Conn.Close()
+	}
+	return g.err
+}
+
+// stallLocked cuts the device off for not reading; g.mu is held.
+func (g *guard) stallLocked() {
+	if g.err != nil {
 		return
 	}
-	now := time.Now()
-	if g.until.IsZero() && now.Sub(g.set) < g.timeout/8 {
-		return
+	g.err = errWriteStalled
+	g.stalled.Store(true)
+	g.Conn.Close()
+	if g.onStall != nil {
+		g.onStall()
 	}
-	var dl time.Time
-	if g.timeout > 0 {
-		dl = now.Add(g.timeout)
-	}
-	if !g.until.IsZero() && (dl.IsZero() || g.until.Before(dl)) {
-		dl = g.until
-	}
-	g.set = now
-	_ = g.Conn.SetWriteDeadline(dl)
 }
 
 // cut reports whether the connection is past its end: no more writing.
@@ -114,6 +202,18 @@ func (g *guard) SetWriteDeadline(t time.Time) error {
 		g.limit(t)
 	}
 	return nil
+}
+
+// Close closes the connection and waits for its flusher, if any.
+func (g *guard) Close() error {
+	err := g.Conn.Close()
+	g.mu.Lock()
+	ch := g.flushed
+	g.mu.Unlock()
+	if ch != nil {
+		<-ch
+	}
+	return err
 }
 
 // conn is a device connection as the broker's listener hands it to mochi:

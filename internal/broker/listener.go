@@ -28,6 +28,9 @@ type Limits struct {
 	// WriteTimeout is how long a write to a device may make no progress
 	// before the connection is closed.
 	WriteTimeout time.Duration
+	// WriteBacklog bounds the bytes waiting to be written to one device
+	// whose socket is full; a device that would exceed it is disconnected.
+	WriteBacklog int
 }
 
 // fill applies the defaults of Config.Limits.
@@ -53,6 +56,7 @@ func (l *Limits) fill() {
 	l.MaxConnections = max(l.MaxConnections, 0)
 	defd(&l.ConnectTimeout, DefaultConnectTimeout)
 	defd(&l.WriteTimeout, DefaultWriteTimeout)
+	def(&l.WriteBacklog, DefaultWriteBacklog)
 }
 
 // Listener serves a mochi server from a net.Listener bound by the caller,
@@ -210,7 +214,7 @@ func (n *Listener) admit(raw net.Conn) *conn {
 		return nil
 	}
 	c := &conn{ln: n, key: key}
-	c.g = &guard{Conn: raw, timeout: n.lim.WriteTimeout, onStall: func() { n.stats.WriteStalls.Add(1) }}
+	c.g = &guard{Conn: raw, timeout: n.lim.WriteTimeout, backlogMax: n.lim.WriteBacklog, onStall: func() { n.stats.WriteStalls.Add(1) }}
 	c.Conn = c.g
 	if n.tls != nil {
 		c.Conn = tls.Server(c.g, n.tls)

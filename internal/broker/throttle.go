@@ -47,9 +47,10 @@ func newAuthThrottle(base, maxDelay time.Duration, log *slog.Logger) *authThrott
 	if base <= 0 {
 		base = 100 * time.Millisecond
 	}
-	if maxDelay < base {
-		maxDelay = max(base, 5*time.Second)
+	if maxDelay <= 0 {
+		maxDelay = 50 * base
 	}
+	maxDelay = max(maxDelay, base)
 	return &authThrottle{base: base, max: maxDelay, log: log, fails: map[string]*failCount{}}
 }
 

@@ -92,7 +92,8 @@ type Config struct {
 	MaxSubscriptions int
 	// AuthFailureDelay is how long a refused MQTT login waits for its
 	// answer after the first recent failure of its device id or address;
-	// it doubles with each further failure up to 5s (default 100ms).
+	// it doubles with each further failure up to 50 times that (default
+	// 100ms, so at most 5s).
 	AuthFailureDelay time.Duration
 	// LogRepeats bounds how often one kind of log line is written: at
 	// most this many per device and message every 10 seconds, the rest
