@@ -125,6 +125,10 @@ func (n *Listener) Protocol() string {
 	return "tcp"
 }
 
+// Stats returns the counters the listener adds to (AcceptErrors, the
+// Refused and timeout counters): the broker's, for a listener of a Broker.
+func (n *Listener) Stats() *Stats { return n.stats }
+
 // Connections returns the number of open connections and of those not
 // authenticated yet.
 func (n *Listener) Connections() (open, pending int) {

@@ -121,18 +121,24 @@ func TestRejectedPublishesLogQuietly(t *testing.T) {
 func TestFailedLoginsLoggedInAggregate(t *testing.T) {
 	p := outposttest.Start(t, func(c *server.Config) { c.AuthFailureDelay = time.Millisecond })
 	outposttest.AddSecret("whatever-password") // wrong, but never to be logged either
-	for i := 0; i < 200; i++ {
-		c, err := net.Dial("tcp", p.MQTTAddr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := outposttest.NewRaw(c, 4)
-		pk := outposttest.ConnectPacket("d-flooder", "whatever-password")
-		pk.Connect.ClientIdentifier = fmt.Sprint("flood-", i) // different each time
-		r.Send(pk)
-		r.ReadTimeout(10 * time.Second)
-		c.Close()
+	var wg sync.WaitGroup
+	for g := 0; g < 20; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				c, err := net.Dial("tcp", p.MQTTAddr())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				r := outposttest.NewRaw(c, 4)
+				r.Connect(outposttest.ConnectPacket("d-flooder", "whatever-password"))
+				c.Close()
+			}
+		}()
 	}
+	wg.Wait()
 	p.Close() // flushes the counts of what was left out
 	logs := outposttest.LogText(t)
 	if n := strings.Count(logs, "device authentication failed"); n > 25 {
