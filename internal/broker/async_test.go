@@ -82,7 +82,7 @@ func (h *heldHandler) release(n int, err error) []string {
 
 func startBroker(t *testing.T, h broker.Handler) *broker.Broker {
 	t.Helper()
-	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0"}, anyPassword{}, h)
+	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0", Logger: outposttest.Logger(t)}, anyPassword{}, h)
 	if err != nil {
 		t.Fatal(err)
 	}

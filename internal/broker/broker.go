@@ -40,7 +40,10 @@ type Authenticator interface {
 // Handler receives what devices do.
 type Handler interface {
 	// DeviceConnected is called when conn becomes the live session of a
-	// device.
+	// device: once its credentials are accepted, before its CONNACK and
+	// before the device's previous session (if any) is taken over, so
+	// that the previous session's DeviceDisconnected always comes after.
+	// If the CONNACK cannot be written, DeviceDisconnected follows.
 	DeviceConnected(deviceID string, conn any)
 	// DeviceDisconnected is called when conn ends.
 	DeviceDisconnected(deviceID string, conn any, reason string)

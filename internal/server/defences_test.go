@@ -191,6 +191,27 @@ func TestFailedLoginsAnsweredLate(t *testing.T) {
 		}
 		want *= 2
 	}
+	// The address's failures slow another id down too, and the id's
+	// failures slow down guesses from another address.
+	other := p.CreateDevice(t, "bystander")
+	for _, tc := range []struct{ id, from string }{{other.ID, "127.0.0.1"}, {d.ID, "127.0.0.2"}} {
+		dl := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(tc.from)}, Timeout: 10 * time.Second}
+		nc, err := dl.Dial("tcp", p.MQTTAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := outposttest.NewRaw(nc, 4)
+		start := time.Now()
+		ack, err := c.Connect(outposttest.ConnectPacket(tc.id, "not-the-password"))
+		took := time.Since(start)
+		nc.Close()
+		if err != nil || ack.ReasonCode != 0x05 {
+			t.Fatalf("%s from %s: %v 0x%02x", tc.id, tc.from, err, ack.ReasonCode)
+		}
+		if want := 32 * base; took < want {
+			t.Fatalf("failure of %s from %s answered after %v, want at least %v", tc.id, tc.from, took, want)
+		}
+	}
 	if c := login(p, d.ID, d.Password, 5); c == nil {
 		t.Fatal("the right password is refused after failures")
 	} else {
