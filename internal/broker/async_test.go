@@ -3,14 +3,12 @@ package broker_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/paho"
 	"go.uber.org/goleak"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -299,47 +297,39 @@ func (h syncSeenHandler) StartMessage(ctx context.Context, id, kind string, payl
 
 // PUBACKs follow the order the messages arrived (MQTT 5 §4.6), also when a
 // message handled at once follows one still waiting for its commit: the
-// later PUBACK waits for the earlier.
+// later PUBACK waits for the earlier, and once the commit is done both
+// reach the wire in arrival order.
 func TestAcknowledgementsInArrivalOrder(t *testing.T) {
 	h := syncSeenHandler{newHeldHandler(), make(chan string, 10)}
 	b := startBroker(t, h)
-	conn, err := net.Dial("tcp", b.Addr().String())
-	if err != nil {
+	c := outposttest.DialRaw(t, b.Addr().String(), 5)
+	if err := c.Login("dev-order", "x-password"); err != nil {
 		t.Fatal(err)
 	}
-	pc := paho.NewClient(paho.ClientConfig{Conn: conn})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := pc.Connect(ctx, &paho.Connect{ClientID: "dev-order", Username: "dev-order", UsernameFlag: true, Password: []byte("x"), PasswordFlag: true, KeepAlive: 30, CleanStart: true}); err != nil {
+	if err := c.Publish(protocol.UpTopic("dev-order", protocol.KindTelemetry), 1, 1, []byte(`{"id":"b1","r":[{"f":"n","v":1}]}`)); err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Disconnect(&paho.Disconnect{})
-	acked := make(chan string, 2)
-	publish := func(kind, payload string) {
-		if _, err := pc.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic("dev-order", kind), QoS: 1, Payload: []byte(payload)}); err != nil {
-			t.Errorf("publish %s: %v", kind, err)
-		}
-		acked <- kind
-	}
-	go publish(protocol.KindTelemetry, `{"id":"b1","r":[{"f":"n","v":1}]}`)
 	waitTokens(t, h.started, 1) // held: waiting for its "commit"
-	go publish(protocol.KindEvent, `{"name":"door"}`)
+	if err := c.Publish(protocol.UpTopic("dev-order", protocol.KindEvent), 1, 2, []byte(`{"name":"door"}`)); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-h.seen: // handled at once by the platform
-	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
 		t.Fatal("event never reached the handler")
 	}
-	select {
-	case k := <-acked:
-		t.Fatalf("%s acknowledged while the earlier telemetry waits for its commit", k)
-	case <-time.After(300 * time.Millisecond): // no PUBACK may come meanwhile
+	// No PUBACK may come while the telemetry waits for its commit.
+	if pk, err := c.ReadTimeout(300 * time.Millisecond); err == nil {
+		t.Fatalf("packet type %d (id %d) while the earlier telemetry waits for its commit", pk.FixedHeader.Type, pk.PacketID)
 	}
 	h.release(1, nil)
-	for range 2 {
-		select {
-		case <-acked:
-		case <-ctx.Done():
-			t.Fatal("acknowledgements never came after the commit")
+	for want := uint16(1); want <= 2; want++ {
+		pk, err := c.ReadTimeout(10 * time.Second)
+		if err != nil {
+			t.Fatalf("PUBACK %d never came: %v", want, err)
+		}
+		if pk.FixedHeader.Type != packets.Puback || pk.PacketID != want {
+			t.Fatalf("packet type %d id %d on the wire, want PUBACK %d", pk.FixedHeader.Type, pk.PacketID, want)
 		}
 	}
 }
