@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/outpost-iot/outpost/internal/broker"
 	"github.com/outpost-iot/outpost/internal/server"
 )
 
@@ -46,6 +47,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.QueueRetention, "queue-retention", 7*24*time.Hour, "how long finished calls and delivered or expired queued messages stay readable")
 	fs.DurationVar(&cfg.KeepAliveDefault, "keepalive", 60*time.Second, "keep-alive for devices that propose none; a device silent for two intervals is dropped")
 	hardeningFlags(fs, &cfg)
+	fs.IntVar(&cfg.MaxConnections, "max-connections", 0, "most MQTT connections open at once (0: the open-file limit minus 512; -1: no bound)")
+	fs.IntVar(&cfg.MaxPendingConnections, "max-pending", broker.DefaultMaxPending, "most MQTT connections that have not logged in yet (-1: no bound)")
+	fs.IntVar(&cfg.MaxPendingPerAddress, "max-pending-per-addr", broker.DefaultMaxPendingPerAddr, "most MQTT connections that have not logged in yet from one address (IPv6: one /64) (-1: no bound)")
+	fs.DurationVar(&cfg.MQTTConnectTimeout, "mqtt-connect-timeout", broker.DefaultConnectTimeout, "how long a new MQTT connection has to send its CONNECT")
+	fs.DurationVar(&cfg.MQTTWriteTimeout, "mqtt-write-timeout", broker.DefaultWriteTimeout, "how long a write to a device may make no progress before the device is disconnected")
+	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", broker.DefaultMaxSubscriptions, "most subscriptions one device may hold (-1: no bound)")
 	if _, err := parse(fs, sp, args, stdout); err != nil {
 		return err
 	}
@@ -60,6 +67,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	// Every MQTT connection is a file: take all the process may have.
+	if n, err := server.RaiseFileLimit(); err != nil {
+		cfg.Logger.Warn("could not raise the open-file limit", "limit", n, "error", err)
+	} else if n > 0 {
+		cfg.Logger.Info("open-file limit", "limit", n)
+	}
 
 	s, err := server.Open(ctx, cfg)
 	if err != nil {

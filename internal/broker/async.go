@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -79,7 +78,8 @@ type connAcks struct {
 	slots   chan struct{} // one token per message waiting for its PUBACK
 	mu      sync.Mutex
 	arrived uint64                // arrival number of the next message
-	head    uint64                // arrival number of the next PUBACK to write
+	head    uint64                // arrival number of the next PUBACK not yet written
+	taken   uint64                // arrival number of the next PUBACK for the writer to take
 	done    map[uint64]pendingAck // finished, waiting for earlier ones
 	writing bool
 }
@@ -121,9 +121,9 @@ func (c *connAcks) arrive() uint64 {
 }
 
 // passIfFirst reports whether message n is the oldest not yet
-// acknowledged; if so its acknowledgement counts as written (the caller
-// lets mochi write it at once, which keeps the order because no later
-// message has arrived yet).
+// acknowledged and every earlier acknowledgement has been written; if so
+// its acknowledgement counts as written (the caller lets mochi write it at
+// once, which keeps the order because no later message has arrived yet).
 func (c *connAcks) passIfFirst(n uint64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -131,7 +131,15 @@ func (c *connAcks) passIfFirst(n uint64) bool {
 		return false
 	}
 	c.head++
+	c.taken++
 	return true
+}
+
+// written records that the writer has written k more acknowledgements.
+func (c *connAcks) written(k int) {
+	c.mu.Lock()
+	c.head += uint64(k)
+	c.mu.Unlock()
 }
 
 // finish records the acknowledgement of message n and makes sure a
@@ -139,7 +147,7 @@ func (c *connAcks) passIfFirst(n uint64) bool {
 func (a *acker) finish(c *connAcks, n uint64, p pendingAck) {
 	c.mu.Lock()
 	c.done[n] = p
-	_, ready := c.done[c.head]
+	_, ready := c.done[c.taken]
 	start := ready && !c.writing
 	if start {
 		c.writing = true
@@ -174,12 +182,12 @@ func (c *connAcks) next(batch []pendingAck) []pendingAck {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
-		p, ok := c.done[c.head]
+		p, ok := c.done[c.taken]
 		if !ok {
 			break
 		}
-		delete(c.done, c.head)
-		c.head++
+		delete(c.done, c.taken)
+		c.taken++
 		batch = append(batch, p)
 	}
 	if len(batch) == 0 {
@@ -191,34 +199,24 @@ func (c *connAcks) next(batch []pendingAck) []pendingAck {
 func (a *acker) write(c *connAcks) {
 	defer a.wg.Done()
 	var batch []pendingAck
-	var buf bytes.Buffer
 	for {
 		batch = c.next(batch[:0])
 		if len(batch) == 0 {
 			return
 		}
 		for len(batch) > 0 {
-			// The acknowledgements ready now go out in one write, up to
-			// the first that closes the connection instead.
-			buf.Reset()
+			// The acknowledgements ready now go out, up to the first that
+			// closes the connection instead.
 			n := 0
 			for n < len(batch) && batch[n].stop == nil {
-				c.encode(&buf, batch[n])
 				n++
 			}
-			if buf.Len() > 0 && !c.cl.Closed() && c.cl.Net.Conn != nil {
-				// Written like mochi's Client.WritePacket, under the
-				// client's lock. An error means the connection is gone:
-				// the device resends and the platform recognises the
-				// batch id.
-				c.cl.Lock()
-				_, _ = c.cl.Net.Conn.Write(buf.Bytes())
-				c.cl.Unlock()
-			}
+			c.writeAcks(batch[:n])
 			if n < len(batch) {
 				c.cl.Stop(batch[n].stop)
 				n++
 			}
+			c.written(n)
 			for _, p := range batch[:n] {
 				if !p.noSlot {
 					<-c.slots
@@ -229,22 +227,44 @@ func (a *acker) write(c *connAcks) {
 	}
 }
 
-// encode appends the PUBACK for p, as mochi would encode it for this
-// client.
-func (c *connAcks) encode(buf *bytes.Buffer, p pendingAck) {
+// writeAcks writes PUBACKs through mochi's own write path (WritePacket), so
+// they queue behind whatever mochi has buffered for the connection and
+// reach the wire in the order they were written, PUBACKs mochi writes
+// itself included. Several PUBACKs leave in one system call: the
+// connection is corked while they are written and uncorked under the
+// client's lock. A write error means the connection is gone: the device
+// resends and the platform recognises the batch id.
+func (c *connAcks) writeAcks(batch []pendingAck) {
+	if len(batch) == 0 || c.cl.Closed() {
+		return
+	}
+	nc := connOf(c.cl)
+	if nc != nil && len(batch) > 1 {
+		nc.cork()
+	}
+	for _, p := range batch {
+		if err := c.cl.WritePacket(c.puback(p)); err != nil {
+			break
+		}
+	}
+	if nc != nil && len(batch) > 1 {
+		c.cl.Lock()
+		_ = nc.uncork()
+		c.cl.Unlock()
+	}
+}
+
+// puback returns the PUBACK for p.
+func (c *connAcks) puback(p pendingAck) packets.Packet {
 	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Puback},
-		PacketID:        p.id,
-		ReasonCode:      p.code.Code,
-		ProtocolVersion: c.cl.Properties.ProtocolVersion,
+		FixedHeader: packets.FixedHeader{Type: packets.Puback},
+		PacketID:    p.id,
+		ReasonCode:  p.code.Code,
 	}
 	if p.code.Code >= packets.ErrUnspecifiedError.Code {
 		pk.Properties.ReasonString = p.code.Reason
 	}
-	if c.cl.Properties.Props.RequestProblemInfoFlag && c.cl.Properties.Props.RequestProblemInfo == 0 {
-		pk.Mods.DisallowProblemInfo = true
-	}
-	_ = pk.PubackEncode(buf)
+	return pk
 }
 
 // close stops starting writers and waits for the running ones.

@@ -4,18 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/paho"
 	"go.uber.org/goleak"
 
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/outpost-iot/outpost/device"
+
 	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/outposttest"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
@@ -100,7 +101,7 @@ func (h *answersTime) StartMessage(ctx context.Context, id, kind string, payload
 func startBroker(t *testing.T, h broker.AsyncHandler) *broker.Broker {
 	t.Helper()
 	at := &answersTime{AsyncHandler: h}
-	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0"}, anyPassword{}, at)
+	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0", Logger: outposttest.Logger(t)}, anyPassword{}, at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,47 +319,155 @@ func (h syncSeenHandler) StartMessage(ctx context.Context, id, kind string, payl
 
 // PUBACKs follow the order the messages arrived (MQTT 5 §4.6), also when a
 // message handled at once follows one still waiting for its commit: the
-// later PUBACK waits for the earlier.
+// later PUBACK waits for the earlier, and once the commit is done both
+// reach the wire in arrival order.
 func TestAcknowledgementsInArrivalOrder(t *testing.T) {
 	h := syncSeenHandler{newHeldHandler(), make(chan string, 10)}
 	b := startBroker(t, h)
-	conn, err := net.Dial("tcp", b.Addr().String())
-	if err != nil {
+	c := outposttest.DialRaw(t, b.Addr().String(), 5)
+	if err := c.Login("dev-order", "x-password"); err != nil {
 		t.Fatal(err)
 	}
-	pc := paho.NewClient(paho.ClientConfig{Conn: conn})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := pc.Connect(ctx, &paho.Connect{ClientID: "dev-order", Username: "dev-order", UsernameFlag: true, Password: []byte("x"), PasswordFlag: true, KeepAlive: 30, CleanStart: true}); err != nil {
+	if err := c.Publish(protocol.UpTopic("dev-order", protocol.KindTelemetry), 1, 1, []byte(`{"id":"b1","r":[{"f":"n","v":1}]}`)); err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Disconnect(&paho.Disconnect{})
-	acked := make(chan string, 2)
-	publish := func(kind, payload string) {
-		if _, err := pc.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic("dev-order", kind), QoS: 1, Payload: []byte(payload)}); err != nil {
-			t.Errorf("publish %s: %v", kind, err)
-		}
-		acked <- kind
-	}
-	go publish(protocol.KindTelemetry, `{"id":"b1","r":[{"f":"n","v":1}]}`)
 	waitTokens(t, h.started, 1) // held: waiting for its "commit"
-	go publish(protocol.KindEvent, `{"name":"door"}`)
+	if err := c.Publish(protocol.UpTopic("dev-order", protocol.KindEvent), 1, 2, []byte(`{"name":"door"}`)); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-h.seen: // handled at once by the platform
-	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
 		t.Fatal("event never reached the handler")
 	}
-	select {
-	case k := <-acked:
-		t.Fatalf("%s acknowledged while the earlier telemetry waits for its commit", k)
-	case <-time.After(300 * time.Millisecond): // no PUBACK may come meanwhile
+	// No PUBACK may come while the telemetry waits for its commit.
+	if pk, err := c.ReadTimeout(300 * time.Millisecond); err == nil {
+		t.Fatalf("packet type %d (id %d) while the earlier telemetry waits for its commit", pk.FixedHeader.Type, pk.PacketID)
 	}
 	h.release(1, nil)
-	for range 2 {
+	for want := uint16(1); want <= 2; want++ {
+		pk, err := c.ReadTimeout(10 * time.Second)
+		if err != nil {
+			t.Fatalf("PUBACK %d never came: %v", want, err)
+		}
+		if pk.FixedHeader.Type != packets.Puback || pk.PacketID != want {
+			t.Fatalf("packet type %d id %d on the wire, want PUBACK %d", pk.FixedHeader.Type, pk.PacketID, want)
+		}
+	}
+}
+
+// orderedHandler finishes telemetry asynchronously, in arrival order, from
+// its own goroutine (like the ingest writer), and every other kind at once.
+type orderedHandler struct {
+	heldHandler
+	q chan func(error)
+}
+
+func (h *orderedHandler) StartMessage(_ context.Context, _, kind string, _ []byte, done func(error)) (bool, error) {
+	if kind != protocol.KindTelemetry {
+		return false, nil
+	}
+	h.q <- done
+	return true, nil
+}
+
+// PUBACKs reach the wire in the order the messages arrived (MQTT 5 §4.6),
+// also while the broker is busy writing down messages to the same device,
+// when PUBACKs written by the broker itself (messages finished at once) and
+// PUBACKs written after a commit (telemetry) interleave. The test reads the
+// raw byte stream, so it sees the order on the wire, not just which
+// acknowledgement is held back.
+func TestAcknowledgementsInWireOrderUnderDownTraffic(t *testing.T) {
+	h := &orderedHandler{q: make(chan func(error), 1024)}
+	b := startBroker(t, h)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	wg.Add(1)
+	go func() { // the "writer": finishes telemetry in order
+		defer wg.Done()
+		for {
+			select {
+			case done := <-h.q:
+				done(nil)
+			case <-stop:
+				return
+			}
+		}
+	}()
+
+	const id = "dev-wire"
+	c := outposttest.DialRaw(t, b.Addr().String(), 5)
+	if err := c.Login(id, "secret"); err != nil {
+		t.Fatal(err)
+	}
+	// QoS 0 subscription: the down traffic needs no acknowledgements.
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: protocol.DeviceFilter(id), Qos: 0}}}
+	if err := c.Send(pk); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 4000
+	const window = 32
+	slots := make(chan struct{}, window)
+	acks := make(chan uint16, n)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			pk, err := c.Read()
+			if err != nil {
+				readErr <- err
+				return
+			}
+			if pk.FixedHeader.Type == packets.Puback {
+				acks <- pk.PacketID
+				<-slots
+			}
+		}
+	}()
+	wg.Add(1)
+	go func() { // down traffic: keeps the broker's write queue for the device busy
+		defer wg.Done()
+		payload := []byte(strings.Repeat("d", 300))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = b.PublishToDevice(id, "noise", payload)
+		}
+	}()
+
+	telemetry := []byte(`{"id":"b","r":[{"f":"n","v":1}]}`)
+	event := []byte(`{"name":"e"}`)
+	for i := 1; i <= n; i++ {
 		select {
-		case <-acked:
-		case <-ctx.Done():
-			t.Fatal("acknowledgements never came after the commit")
+		case slots <- struct{}{}:
+		case err := <-readErr:
+			t.Fatalf("connection lost after %d messages: %v", i-1, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no acknowledgement for 10s after %d messages", i-1)
+		}
+		kind, payload := protocol.KindTelemetry, telemetry
+		if i%3 != 0 {
+			kind, payload = protocol.KindEvent, event
+		}
+		if err := c.Publish(protocol.UpTopic(id, kind), 1, uint16(i), payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for want := 1; want <= n; want++ {
+		select {
+		case got := <-acks:
+			if int(got) != want {
+				t.Fatalf("PUBACK %d on the wire where %d was due: acknowledgements overtook each other", got, want)
+			}
+		case err := <-readErr:
+			t.Fatalf("connection lost waiting for PUBACK %d: %v", want, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("PUBACK %d never came", want)
 		}
 	}
 }

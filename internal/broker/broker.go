@@ -20,12 +20,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/outpost-iot/outpost/protocol"
@@ -40,7 +40,10 @@ type Authenticator interface {
 // Handler receives what devices do.
 type Handler interface {
 	// DeviceConnected is called when conn becomes the live session of a
-	// device.
+	// device: once its credentials are accepted, before its CONNACK and
+	// before the device's previous session (if any) is taken over, so
+	// that the previous session's DeviceDisconnected always comes after.
+	// If the CONNACK cannot be written, DeviceDisconnected follows.
 	DeviceConnected(deviceID string, conn any)
 	// DeviceDisconnected is called when conn ends.
 	DeviceDisconnected(deviceID string, conn any, reason string)
@@ -66,8 +69,33 @@ type Config struct {
 	MaxSessionExpiry time.Duration
 	// KeepAlive bounds the keep-alive interval the platform dictates.
 	KeepAlive KeepAlive
-	Logger    *slog.Logger
+	// Limits bound the connections of each listener. Zero fields take the
+	// defaults DefaultConnectTimeout, DefaultWriteTimeout,
+	// DefaultWriteBacklog, DefaultMaxPending and DefaultMaxPendingPerAddr;
+	// MaxConnections 0 means no bound. A negative field means no bound (or
+	// no timeout).
+	Limits Limits
+	// MaxSubscriptions bounds the subscriptions one device may hold
+	// (default DefaultMaxSubscriptions; negative: no bound).
+	MaxSubscriptions int
+	// AuthFailureDelay and AuthFailureDelayMax set how long a refused
+	// login waits for its answer: AuthFailureDelay after the first recent
+	// failure of its device id or source address, doubling with each
+	// further one up to AuthFailureDelayMax (defaults 100ms and 50 times
+	// AuthFailureDelay: 5s).
+	AuthFailureDelay, AuthFailureDelayMax time.Duration
+	Logger                                *slog.Logger
 }
+
+// Defaults of Config.Limits and Config.MaxSubscriptions.
+const (
+	DefaultConnectTimeout    = 10 * time.Second
+	DefaultWriteTimeout      = 10 * time.Second
+	DefaultWriteBacklog      = 4 << 20
+	DefaultMaxPending        = 10_000
+	DefaultMaxPendingPerAddr = 2_000
+	DefaultMaxSubscriptions  = 32
+)
 
 // Broker is the embedded MQTT broker.
 type Broker struct {
@@ -81,6 +109,11 @@ type Broker struct {
 	acks    acker
 	// queueClient publishes queued messages (see SetDeliveryHandler).
 	queueClient *mqtt.Client
+
+	sess     sessions
+	throttle *authThrottle
+	maxSubs  int
+	stopc    chan struct{} // closed by Close: ends waits for logins
 }
 
 // Stats are broker counters.
@@ -91,6 +124,21 @@ type Stats struct {
 	Retried        atomic.Int64 // messages not acknowledged (transient error)
 	Overloaded     atomic.Int64 // of those, refused because a queue was full
 	MessagesRouted atomic.Int64
+
+	// AcceptErrors counts failed accepts (EMFILE and the like); the
+	// listener backs off and goes on accepting.
+	AcceptErrors atomic.Int64
+	// Connections closed at once because a bound of Limits was reached.
+	RefusedMaxConnections, RefusedPending, RefusedPendingPerAddr atomic.Int64
+	// ConnectTimeouts counts connections closed for not sending their
+	// CONNECT within the connect timeout.
+	ConnectTimeouts atomic.Int64
+	// WriteStalls counts connections closed because a write to the device
+	// made no progress for the write timeout.
+	WriteStalls atomic.Int64
+	// SubscriptionsRefused counts filters refused because the device
+	// held MaxSubscriptions already.
+	SubscriptionsRefused atomic.Int64
 }
 
 // New creates the broker and binds its listeners, so that a port in use is
@@ -102,6 +150,13 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	if cfg.MaxSessionExpiry <= 0 {
 		cfg.MaxSessionExpiry = time.Hour
 	}
+	cfg.Limits.fill()
+	switch {
+	case cfg.MaxSubscriptions == 0:
+		cfg.MaxSubscriptions = DefaultMaxSubscriptions
+	case cfg.MaxSubscriptions < 0:
+		cfg.MaxSubscriptions = 0
+	}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
 	caps.MaximumPacketSize = protocol.MaxMessageBytes + 4096
@@ -111,11 +166,18 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	srv := mqtt.New(&mqtt.Options{
 		InlineClient: true,
 		Capabilities: caps,
-		// mochi reports routine events (hooks added, stopped) at info level.
-		Logger:                 slog.New(minLevel{cfg.Logger.Handler(), slog.LevelWarn}),
+		// mochi reports routine events (hooks added, stopped) at info
+		// level, and puts whole packets into its records (log.go).
+		Logger:                 slog.New(mochiLog{cfg.Logger.Handler()}),
 		SysTopicResendInterval: 0,
 	})
-	b := &Broker{srv: srv, log: cfg.Logger, h: h}
+	b := &Broker{srv: srv, log: cfg.Logger, h: h, maxSubs: cfg.MaxSubscriptions, stopc: make(chan struct{}),
+		throttle: newAuthThrottle(cfg.AuthFailureDelay, cfg.AuthFailureDelayMax, cfg.Logger)}
+	// The session hook goes first: its OnDisconnect must run before any
+	// other hook's (sessions.go).
+	if err := srv.AddHook(&sessionHook{b: b}, nil); err != nil {
+		return nil, err
+	}
 	if err := srv.AddHook(&authHook{auth: auth, b: b}, nil); err != nil {
 		return nil, err
 	}
@@ -135,6 +197,7 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 			return err
 		}
 		nl := NewListener(id, l, tc, cfg.Logger)
+		nl.lim, nl.stats, nl.ended = cfg.Limits, &b.stats, b.connEnded
 		b.lns = append(b.lns, nl)
 		return srv.AddListener(serveTracker{nl}) // see ready.go
 	}
@@ -192,12 +255,36 @@ func (b *Broker) PublishToDevice(deviceID, kind string, payload []byte) error {
 	return b.srv.Publish(protocol.DownTopic(deviceID, kind), payload, false, 1)
 }
 
-// DisconnectDevice closes a device's live session, if any (used when a
-// device is deleted or its secret rotated).
+// DisconnectDevice revokes the credentials a device's connections logged
+// in with: it ends every connection of the device that has authenticated,
+// and a login that checked its credentials before this call but has not
+// completed is refused (sessions.go). Call it after the device's new
+// secret is stored, or after the device is deleted. MQTT 5 devices get a
+// DISCONNECT with reason 0x87 (not authorized) if their connection takes
+// it at once; nothing waits for a device that does not read.
 func (b *Broker) DisconnectDevice(deviceID string) {
-	if cl, ok := b.srv.Clients.Get(deviceID); ok && !cl.Net.Inline && !cl.Closed() {
+	conns := b.sess.revoke(deviceID)
+	for _, c := range conns {
+		c.revoked.Store(true)
+		c.end()
+	}
+	if cl, ok := b.srv.Clients.Get(deviceID); ok && !cl.Net.Inline && !cl.Closed() && slices.Contains(conns, connOf(cl)) {
 		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// Connections returns the open connections of every listener and, of
+// those, the ones that have not authenticated yet.
+func (b *Broker) Connections() (open, pending int) {
+	for _, l := range b.lns {
+		o, p := l.Connections()
+		open += o
+		pending += p
+	}
+	return open, pending
 }
 
 // Close stops the listeners, disconnects every client and waits until no
@@ -207,12 +294,14 @@ func (b *Broker) Close() error {
 	var err error
 	b.once.Do(func() {
 		b.closing.Store(true)
+		close(b.stopc)
 		b.closeListeners()
 		err = b.srv.Close()
 		for _, l := range b.lns {
 			l.Shutdown()
 		}
 		b.acks.close()
+		b.throttle.flush()
 	})
 	return err
 }
@@ -222,160 +311,3 @@ func (b *Broker) closeListeners() {
 		l.stop()
 	}
 }
-
-// Listener serves a mochi server from a net.Listener bound by the caller,
-// which gives port 0 and a clear error for a port in use before anything
-// starts. It tracks every connection so that Shutdown can wait until mochi
-// is done with each (mochi's own TCP listener races with connections being
-// established at close: mochi issues #488 and #541).
-type Listener struct {
-	id   string
-	l    net.Listener
-	tls  *tls.Config
-	log  *slog.Logger
-	done atomic.Bool
-	// exited: Serve returned without Stop (see ready.go).
-	exited atomic.Bool
-
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup // one per connection being served
-}
-
-var _ listeners.Listener = (*Listener)(nil)
-
-// NewListener wraps l for mochi's Server.AddListener. With tc set, every
-// connection is served over TLS. log may be nil.
-func NewListener(id string, l net.Listener, tc *tls.Config, log *slog.Logger) *Listener {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Listener{id: id, l: l, tls: tc, log: log}
-}
-
-// Shutdown stops accepting, then closes every connection and waits until
-// mochi has finished with each. Call it around Server.Close: Stop before,
-// Shutdown after.
-func (n *Listener) Shutdown() {
-	n.stop()
-	n.closeConns()
-}
-
-// Stop stops accepting new connections.
-func (n *Listener) Stop() { n.stop() }
-
-// Init implements mochi's listeners.Listener; there is nothing to set up.
-func (n *Listener) Init(*slog.Logger) error { return nil }
-
-// ID implements listeners.Listener: the listener's name in mochi.
-func (n *Listener) ID() string { return n.id }
-
-// Address implements listeners.Listener: the bound address.
-func (n *Listener) Address() string { return n.l.Addr().String() }
-
-// Protocol implements listeners.Listener: "tls" or "tcp".
-func (n *Listener) Protocol() string {
-	if n.tls != nil {
-		return "tls"
-	}
-	return "tcp"
-}
-
-// Serve implements listeners.Listener: it accepts connections and hands
-// each to mochi until Stop or Close.
-func (n *Listener) Serve(establish listeners.EstablishFn) {
-	for {
-		conn, err := n.l.Accept()
-		if err != nil {
-			if n.done.Load() {
-				return
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			n.log.Error("mqtt accept", "listener", n.id, "error", err)
-			return
-		}
-		if n.tls != nil {
-			conn = tls.Server(conn, n.tls)
-		}
-		n.mu.Lock()
-		if n.done.Load() {
-			n.mu.Unlock()
-			conn.Close()
-			return
-		}
-		if n.conns == nil {
-			n.conns = map[net.Conn]struct{}{}
-		}
-		n.conns[conn] = struct{}{}
-		n.wg.Add(1)
-		n.mu.Unlock()
-		go func() {
-			defer n.wg.Done()
-			if err := establish(n.id, conn); err != nil && !n.done.Load() {
-				n.log.Debug("mqtt connection ended", "listener", n.id, "remote", conn.RemoteAddr().String(), "error", err)
-			}
-			n.mu.Lock()
-			delete(n.conns, conn)
-			n.mu.Unlock()
-			conn.Close()
-		}()
-	}
-}
-
-func (n *Listener) stop() {
-	if n.done.CompareAndSwap(false, true) {
-		n.l.Close()
-	}
-}
-
-// closeConns closes every connection still open (including ones still
-// authenticating, which the broker does not know yet) and waits until the
-// broker has finished with each.
-func (n *Listener) closeConns() {
-	n.mu.Lock()
-	for c := range n.conns {
-		c.Close()
-	}
-	n.mu.Unlock()
-	done := make(chan struct{})
-	go func() { n.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(shutdownWait):
-		// A connection stuck inside mochi must not hang the platform's
-		// shutdown forever; say so loudly instead.
-		n.mu.Lock()
-		left := len(n.conns)
-		n.mu.Unlock()
-		n.log.Error("mqtt shutdown: connections still busy inside the broker; giving up waiting", "listener", n.id, "connections", left, "waited", shutdownWait)
-	}
-}
-
-// shutdownWait bounds how long Shutdown waits for connections to finish.
-const shutdownWait = 15 * time.Second
-
-// Close implements listeners.Listener: it stops accepting, closes the
-// clients and waits (at most shutdownWait) for their connections to end.
-func (n *Listener) Close(closeClients listeners.CloseFn) {
-	n.stop()
-	closeClients(n.id)
-}
-
-// minLevel drops records below a level.
-type minLevel struct {
-	slog.Handler
-	min slog.Level
-}
-
-func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
-}
-
-func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
-	return minLevel{h.Handler.WithAttrs(a), h.min}
-}
-func (h minLevel) WithGroup(g string) slog.Handler { return minLevel{h.Handler.WithGroup(g), h.min} }

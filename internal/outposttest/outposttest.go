@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -41,6 +40,7 @@ func Start(tb testing.TB, mod ...func(*server.Config)) *Platform {
 	}
 	p := &Platform{cfg: cfg}
 	p.open(tb)
+	AddSecret(p.AdminToken())
 	tb.Cleanup(func() { p.Server.Close() })
 	return p
 }
@@ -131,6 +131,7 @@ func (p *Platform) Do(tb testing.TB, method, path string, body, out any) int {
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
+	addSecretsFrom(raw)
 	if out != nil && len(raw) > 0 {
 		if err := json.Unmarshal(raw, out); err != nil {
 			tb.Fatalf("%s %s: decode %q: %v", method, path, raw, err)
@@ -151,22 +152,6 @@ func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() b
 	}
 }
 
-// Logger returns a logger that writes to the test log when OUTPOST_TEST_LOG
-// is set, and discards otherwise.
-func Logger(tb testing.TB) *slog.Logger {
-	if os.Getenv("OUTPOST_TEST_LOG") == "" {
-		return slog.New(slog.DiscardHandler)
-	}
-	return slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tbWriter struct{ tb testing.TB }
-
-func (w tbWriter) Write(p []byte) (int, error) {
-	w.tb.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // Main runs a test binary's tests with device outboxes in a temporary
 // directory (OUTPOST_OUTBOX_DIR, removed afterwards) rather than the user's
 // cache directory, then checks that no goroutine outlived the tests.
@@ -180,6 +165,10 @@ func Main(m *testing.M) {
 	os.Setenv("OUTPOST_OUTBOX_DIR", dir)
 	code := m.Run()
 	os.RemoveAll(dir)
+	if leaks := lateLeaks(); len(leaks) > 0 {
+		fmt.Fprintf(os.Stderr, "outposttest: secrets written to the log after their test ended:\n%s\n", strings.Join(leaks, "\n"))
+		code = 1
+	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: goroutines left after the tests: %v\n", err)

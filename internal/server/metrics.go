@@ -79,6 +79,7 @@ func (m *metrics) register(s *Server) {
 				func() float64 { _, t, _ := diskSpace(s.cfg.DataDir); return float64(t) }),
 		)
 	}
+	m.registerBrokerLimits(s)
 }
 
 // registerHTTP adds the metrics of the HTTP connection bound.

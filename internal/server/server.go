@@ -104,7 +104,32 @@ type Config struct {
 	// readable (default 7 days). RetentionInterval is how often both are
 	// pruned (default 10 minutes).
 	BatchRetention, QueueRetention, RetentionInterval time.Duration
-	Logger                                            *slog.Logger
+	// MaxConnections bounds the open MQTT connections (0: the process's
+	// file limit minus 512, kept for the API and the database; negative:
+	// no bound). One more is closed at once.
+	MaxConnections int
+	// MaxPendingConnections and MaxPendingPerAddress bound the MQTT
+	// connections that have not authenticated yet, in total and per source
+	// address (defaults 10,000 and 2,000; negative: no bound).
+	MaxPendingConnections, MaxPendingPerAddress int
+	// MQTTConnectTimeout is how long a new MQTT connection has to send its
+	// CONNECT (default 10s). MQTTWriteTimeout is how long a write to a
+	// device may make no progress before the device is disconnected
+	// (default 10s).
+	MQTTConnectTimeout, MQTTWriteTimeout time.Duration
+	// MaxSubscriptions bounds the subscriptions of one device (default
+	// 32; negative: no bound).
+	MaxSubscriptions int
+	// AuthFailureDelay is how long a refused MQTT login waits for its
+	// answer after the first recent failure of its device id or address;
+	// it doubles with each further failure up to 50 times that (default
+	// 100ms, so at most 5s).
+	AuthFailureDelay time.Duration
+	// LogRepeats bounds how often one kind of log line is written: at
+	// most this many per device and message every 10 seconds, the rest
+	// counted and reported (default 5; negative: no bound).
+	LogRepeats int
+	Logger     *slog.Logger
 }
 
 // Server is a running platform.
@@ -144,6 +169,7 @@ type Server struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	logs      *logLimiter
 }
 
 // Open starts the platform. Listeners are bound before it returns, so their
@@ -156,6 +182,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = defaultMaxConnections()
 	}
 	if cfg.BatchRetention <= 0 {
 		cfg.BatchRetention = defaultBatchRetention
@@ -187,7 +216,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, httpDone: make(chan struct{})}
+	s := &Server{cfg: cfg, httpDone: make(chan struct{})}
+	s.logs = newLogLimiter(cfg.Logger.Handler(), cfg.LogRepeats)
+	s.log = slog.New(s.logs)
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -241,7 +272,10 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, listenError("--mqtt", err)
 	}
 	bcfg := broker.Config{Addr: mqttAddr, Logger: s.log.With("component", "mqtt"),
-		KeepAlive: broker.KeepAlive{Min: cfg.KeepAliveMin, Max: cfg.KeepAliveMax, Default: cfg.KeepAliveDefault}}
+		KeepAlive: broker.KeepAlive{Min: cfg.KeepAliveMin, Max: cfg.KeepAliveMax, Default: cfg.KeepAliveDefault},
+		Limits: broker.Limits{MaxConnections: cfg.MaxConnections, MaxPending: cfg.MaxPendingConnections, MaxPendingPerAddr: cfg.MaxPendingPerAddress,
+			ConnectTimeout: cfg.MQTTConnectTimeout, WriteTimeout: cfg.MQTTWriteTimeout},
+		MaxSubscriptions: cfg.MaxSubscriptions, AuthFailureDelay: cfg.AuthFailureDelay}
 	movedMQTTS := false
 	if tlsCfg != nil {
 		if bcfg.TLSAddr, movedMQTTS, err = pickAddr(cfg.MQTTTLSAddr, defaultMQTTTLSAddr); err != nil {
@@ -427,6 +461,7 @@ func (s *Server) Close() error {
 		if s.db != nil {
 			errs = append(errs, s.db.Close())
 		}
+		s.logs.flush()
 		if s.unlock != nil {
 			s.unlock()
 		}
