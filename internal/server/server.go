@@ -345,7 +345,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}()
 	if err := s.writeRunning(); err != nil {
-		return nil, err
+		// The platform runs without it (a full disk must not stop a start);
+		// only the CLI's discovery of this platform is lost.
+		s.log.Warn("the CLI will not find this platform from its data directory; pass --server or set OUTPOST_SERVER", "error", err)
 	}
 	s.warnListeners(movedMQTT, movedMQTTS, movedHTTP)
 	s.log.Info("outpost started", "mqtt", s.MQTTURL(), "http", s.HTTPURL(), "data", cfg.DataDir)
