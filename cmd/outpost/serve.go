@@ -68,15 +68,17 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	// Every MQTT connection is a file: take all the process may have.
-	if n, err := server.RaiseFileLimit(); err != nil {
-		cfg.Logger.Warn("could not raise the open-file limit", "limit", n, "error", err)
-	} else if n > 0 {
-		cfg.Logger.Info("open-file limit", "limit", n)
-	}
+	fileLimit, fileLimitErr := server.RaiseFileLimit()
 
 	s, err := server.Open(ctx, cfg)
 	if err != nil {
 		return err
+	}
+	// Said once the platform runs, so that a failed start stays one line.
+	if fileLimitErr != nil {
+		cfg.Logger.Warn("could not raise the open-file limit", "limit", fileLimit, "error", fileLimitErr)
+	} else if fileLimit > 0 {
+		cfg.Logger.Info("open-file limit", "limit", fileLimit)
 	}
 	fmt.Fprintf(stdout, "mqtt: %s\n", s.MQTTURL())
 	if u := s.MQTTSURL(); u != "" {
