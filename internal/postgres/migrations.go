@@ -29,13 +29,16 @@ CREATE TABLE feeds (
 	ref        text   NOT NULL,
 	UNIQUE (device_seq, ref)
 );
--- seq orders readings with the same timestamp by arrival. It is filled by
--- the column default as COPY writes the rows, in the order they are sent.
+-- seq orders readings with the same timestamp by arrival: each append
+-- takes one value of readings_seq per 2^20 readings and numbers its
+-- readings from it (value << 20 | position), so seq grows in the order
+-- appends take their block, which is the order they were made in, without
+-- a sequence call per reading.
 CREATE SEQUENCE readings_seq;
 CREATE TABLE readings (
 	series bigint NOT NULL,
 	ts     bigint NOT NULL,
-	seq    bigint NOT NULL DEFAULT nextval('readings_seq'),
+	seq    bigint NOT NULL,
 	value  text   NOT NULL
 ) PARTITION BY RANGE (ts);
 -- Each partition gets this index: it serves every query (a series' readings

@@ -23,9 +23,10 @@ import (
 //     RETURNING: a batch whose id comes back is stored, any other is a
 //     duplicate (of a batch stored before, by any replica, or earlier in
 //     the same call);
-//  4. the readings of the stored batches are written with COPY straight
-//     into the partitioned readings table, which routes each row to its
-//     day; the seq column's default numbers them in the order sent.
+//  4. the readings of the stored batches are numbered from one block of
+//     readings_seq (one sequence call per 2^20 readings, not per reading)
+//     and written with COPY straight into the partitioned readings table,
+//     which routes each row to its day.
 //
 // The dedup decision is made on the batch id before any reading is
 // written, so the readings need no unique key and no staging table: the
@@ -171,7 +172,15 @@ func (db *DB) AppendBatches(ctx context.Context, batches []*outpost.Batch) ([]ou
 		if src.count == 0 {
 			return nil
 		}
-		n, err := tx.CopyFrom(ctx, pgx.Identifier{"readings"}, []string{"series", "ts", "value"}, src)
+		blocks := (src.count + seqBlock - 1) / seqBlock
+		rows, err = tx.Query(ctx, `SELECT nextval('readings_seq') FROM generate_series(1, $1)`, blocks)
+		if err != nil {
+			return err
+		}
+		if src.blocks, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
+			return err
+		}
+		n, err := tx.CopyFrom(ctx, pgx.Identifier{"readings"}, []string{"series", "ts", "seq", "value"}, src)
 		if err != nil {
 			return err
 		}
@@ -227,15 +236,20 @@ func createFeeds(ctx context.Context, tx pgx.Tx, keys []feedKey) (map[feedKey]in
 	return out, nil
 }
 
+// seqBlock is how many readings one readings_seq value numbers.
+const seqBlock = 1 << 20
+
 // readingRows feeds COPY the readings of the stored batches, in order,
 // without building a row slice per reading.
 type readingRows struct {
 	series map[feedKey]int64
 	parts  []stored
 	count  int
+	blocks []int64 // readings_seq values: reading i gets blocks[i/seqBlock]<<20 | i%seqBlock
 
 	b, r int // current part, and 1 + the index of its current reading
-	row  [3]any
+	i    int // readings sent so far
+	row  [4]any
 }
 
 type stored struct {
@@ -263,7 +277,9 @@ func (s *readingRows) Next() bool {
 func (s *readingRows) Values() ([]any, error) {
 	p := s.parts[s.b]
 	rd := p.b.Readings[s.r-1]
-	s.row = [3]any{s.series[feedKey{p.dev, rd.Feed}], rd.TS, string(rd.Value)}
+	seq := s.blocks[s.i/seqBlock]<<20 | int64(s.i%seqBlock)
+	s.i++
+	s.row = [4]any{s.series[feedKey{p.dev, rd.Feed}], rd.TS, seq, string(rd.Value)}
 	return s.row[:], nil
 }
 
