@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-iot/outpost/device"
 	"github.com/outpost-iot/outpost/internal/outposttest"
 	"github.com/outpost-iot/outpost/internal/postgres/pgtest"
 )
@@ -116,5 +118,92 @@ func TestServeDBRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.msg) {
 			t.Errorf("--db %s: %v, want an error saying %q", tt.db, err, tt.msg)
 		}
+	}
+}
+
+// The real binary on PostgreSQL, end to end with the embedded broker and
+// the CLI: a call queued before the device connects, telemetry from the
+// device SDK read back with `outpost telemetry`, a synchronous RPC, and a
+// clean stop that leaves no SQLite database behind.
+func TestServePostgresBinary(t *testing.T) {
+	u, _ := pgtest.MustSchema(t)
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	p := startServe(t, dir, "--data", data, "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0", "--db", u)
+	env := []string{"OUTPOST_SERVER=" + p.line("http"), "OUTPOST_TOKEN=" + p.line("admin token")}
+	cli := func(args ...string) string {
+		t.Helper()
+		r := outpost(t, dir, env, args...)
+		if r.code != 0 {
+			t.Fatalf("outpost %v: exit %d: %s", args, r.code, r.stderr)
+		}
+		return r.stdout
+	}
+	var d struct{ ID, Password string }
+	if err := json.Unmarshal([]byte(cli("device", "create", "pg-pump")), &d); err != nil || d.ID == "" {
+		t.Fatalf("device create: %+v, %v", d, err)
+	}
+	var queued struct{ ID, State string }
+	if err := json.Unmarshal([]byte(cli("rpc", "pg-pump", "add", `{"a":2,"b":3}`, "--queue", "--ttl", "10m", "--timeout", "5s")), &queued); err != nil || queued.State != "queued" {
+		t.Fatalf("rpc --queue: %+v, %v", queued, err)
+	}
+
+	mqtt := strings.TrimPrefix(p.line("mqtt"), "tcp://")
+	dev, err := device.New("mqtt://"+d.ID+":"+d.Password+"@"+mqtt, device.WithLogger(outposttest.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev.Handle("add", func(ctx context.Context, args json.RawMessage) (any, error) {
+		var in struct{ A, B int }
+		if err := json.Unmarshal(args, &in); err != nil {
+			return nil, err
+		}
+		return in.A + in.B, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := dev.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	outposttest.Eventually(t, 20*time.Second, "queued call answered", func() bool {
+		return strings.Contains(cli("call", "show", queued.ID), `"state": "succeeded"`)
+	})
+	if out := cli("call", "show", queued.ID); !strings.Contains(out, `"result": 5`) {
+		t.Fatalf("queued call: %s", out)
+	}
+
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	for i := range 100 {
+		if err := dev.AddAt("temperature", float64(i)+0.5, base.Add(time.Duration(i)*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := dev.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Readings []struct {
+			Feed  string          `json:"feed"`
+			TS    int64           `json:"ts"`
+			Value json.RawMessage `json:"value"`
+		} `json:"readings"`
+	}
+	out := cli("telemetry", "pg-pump", "--feed", "temperature", "--limit", "1000", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("telemetry -o json: %v: %s", err, out)
+	}
+	readings := got.Readings
+	if len(readings) != 100 || readings[0].TS != base.UnixMilli() || string(readings[99].Value) != "99.5" {
+		t.Fatalf("telemetry: %d readings, first %+v", len(readings), readings[:min(1, len(readings))])
+	}
+	if out := strings.TrimSpace(cli("rpc", "pg-pump", "add", `{"a":40,"b":2}`)); out != "42" {
+		t.Fatalf("rpc printed %q", out)
+	}
+
+	dev.Close()
+	p.stop(t)
+	if _, err := os.Stat(filepath.Join(data, "outpost.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the data directory has an SQLite database: %v", err)
 	}
 }

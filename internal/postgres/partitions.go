@@ -113,18 +113,6 @@ func (p *partitions) list(ctx context.Context, q querier) ([]int64, error) {
 	return days, nil
 }
 
-// Days returns the days that have a partition, as this store knows them.
-func (p *partitions) known() []int64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []int64
-	for d := range p.days {
-		out = append(out, d)
-	}
-	slices.Sort(out)
-	return out
-}
-
 // ensureAhead creates the partitions of today and the next days.
 func (p *partitions) ensureAhead(ctx context.Context, now time.Time) error {
 	today := dayOf(now.UnixMilli())
