@@ -6,15 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/broker"
 	"github.com/outpost-iot/outpost/internal/server"
 )
 
-const serveAbout = `Start the platform: the embedded MQTT broker, the SQLite database in the
-data directory, the HTTP API. It prints its endpoints, one per line
+const serveAbout = `Start the platform: the embedded MQTT broker, the database (SQLite in
+the data directory, or the one --db names: another SQLite file, or
+PostgreSQL), the HTTP API. It prints its endpoints, one per line
 (mqtt: tcp://HOST:PORT, http: http://HOST:PORT), and on the first start
 the admin token (also saved in DATA/admin-token). While it runs, its
 addresses are in DATA/running.json, where the CLI finds them.
@@ -28,7 +28,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	sp := spec{name: "serve", about: serveAbout}
 	fs := newFlags(sp)
 	var cfg server.Config
-	var brokerURL, dbURL, logLevel string
+	var brokerURL, logLevel string
 	fs.StringVar(&cfg.DataDir, "data", "outpost-data", "data directory `DIR` (database, admin token)")
 	fs.StringVar(&cfg.MQTTAddr, "mqtt", "", "MQTT listen address `ADDR` (default 127.0.0.1:1883, or the next free port when 1883 is taken; port 0 picks a free port)")
 	fs.StringVar(&cfg.HTTPAddr, "http", "", "HTTP API listen address `ADDR` (default 127.0.0.1:8080, or the next free port when 8080 is taken; port 0 picks a free port)")
@@ -37,13 +37,14 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&cfg.Sync, "sync", "normal", "SQLite durability: normal (survives a crash of the process) or full (also a power cut)")
 	fs.StringVar(&brokerURL, "broker", "", "external MQTT broker URL (not available yet)")
-	fs.StringVar(&dbURL, "db", "", "external database URL (not available yet)")
+	fs.StringVar(&cfg.DB, "db", "", "database: `URL` postgres://USER@HOST:PORT/DB (add ?search_path=SCHEMA for a schema of its own), or sqlite:PATH or a file path (default: the SQLite file in the data directory)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.DurationVar(&cfg.KeepAliveMin, "keepalive-min", 5*time.Second, "shortest MQTT keep-alive the platform grants a device")
 	fs.DurationVar(&cfg.KeepAliveMax, "keepalive-max", 10*time.Minute, "longest MQTT keep-alive the platform grants a device")
 	fs.IntVar(&cfg.DeviceRate, "device-rate", 0, "telemetry readings per second one device may send (0: no limit); a device over it is told to retry later")
 	fs.IntVar(&cfg.DeviceBurst, "device-burst", 0, "burst of readings allowed above --device-rate (default: one second's worth)")
 	fs.DurationVar(&cfg.BatchRetention, "batch-retention", 30*24*time.Hour, "how long telemetry batch ids are kept to recognise redelivered batches (longer than any device outbox holds data)")
+	fs.DurationVar(&cfg.ReadingRetention, "readings-retention", 0, "how long readings are kept, by their timestamp (0: for ever; PostgreSQL keeps up to a day more, as it drops a day at a time)")
 	fs.DurationVar(&cfg.QueueRetention, "queue-retention", 7*24*time.Hour, "how long finished calls and delivered or expired queued messages stay readable")
 	fs.DurationVar(&cfg.KeepAliveDefault, "keepalive", 60*time.Second, "keep-alive for devices that propose none; a device silent for two intervals is dropped")
 	hardeningFlags(fs, &cfg)
@@ -59,8 +60,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if brokerURL != "" {
 		return errors.New("--broker: an external broker is not supported by this version yet; omit it to use the embedded broker")
 	}
-	if dbURL != "" && !strings.HasPrefix(dbURL, "sqlite:") {
-		return errors.New("--db: only the embedded SQLite database is supported by this version; omit it")
+	if _, err := server.ParseDB(cfg.DB, cfg.DataDir); err != nil {
+		return err
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {

@@ -35,7 +35,7 @@ type DeviceFilter struct {
 	Limit  int
 }
 
-// DeviceStore keeps the device registry and credentials.
+// DeviceStore keeps the device registry, credentials and presence.
 type DeviceStore interface {
 	// CreateDevice stores a new device with the hash of its secret.
 	// Returns ECONFLICT if the id or name is taken.
@@ -52,11 +52,8 @@ type DeviceStore interface {
 	SecretHash(ctx context.Context, id string) ([]byte, error)
 	// SetSecretHash replaces a device's secret hash. Returns ENOTFOUND.
 	SetSecretHash(ctx context.Context, id string, secretHash []byte) error
-	// SetPresence records a presence change.
-	SetPresence(ctx context.Context, id string, online bool, lastSeen time.Time) error
-	// ResetPresence marks every device offline (used at start, when no
-	// session can have survived).
-	ResetPresence(ctx context.Context) error
+	// Presence: SetPresence and ResetPresence.
+	PresenceStore
 }
 
 // Reading is one stored value of one feed.

@@ -15,8 +15,9 @@ const (
 )
 
 // retention prunes what the platform keeps only for a while: the ids of
-// committed telemetry batches (for deduplicating redeliveries) and
-// finished down-queue rows. It runs until stop is closed.
+// committed telemetry batches (for deduplicating redeliveries), finished
+// down-queue rows and, with Config.ReadingRetention, old readings. It runs
+// until stop is closed.
 func (s *Server) retention(stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	t := time.NewTicker(s.cfg.RetentionInterval)
@@ -44,5 +45,12 @@ func (s *Server) pruneOnce() {
 		s.log.Warn("purge finished queue rows", "error", err)
 	} else if n > 0 {
 		s.log.Info("purged finished queue rows", "count", n, "older_than", s.cfg.QueueRetention)
+	}
+	if s.cfg.ReadingRetention > 0 {
+		if n, err := s.db.PruneReadings(ctx, now.Add(-s.cfg.ReadingRetention)); err != nil {
+			s.log.Warn("prune readings", "error", err)
+		} else if n > 0 {
+			s.log.Info("pruned readings", "count", n, "older_than", s.cfg.ReadingRetention)
+		}
 	}
 }

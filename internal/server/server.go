@@ -28,16 +28,26 @@ import (
 	"github.com/outpost-iot/outpost/internal/presence"
 	"github.com/outpost-iot/outpost/internal/queue"
 	"github.com/outpost-iot/outpost/internal/rpc"
-	"github.com/outpost-iot/outpost/internal/sqlite"
 	"github.com/outpost-iot/outpost/internal/stream"
 )
 
 // Config is the platform configuration, filled from flags by cmd/outpost.
 type Config struct {
-	// DataDir holds the database, the admin token and, while the platform
-	// runs, its addresses (RunningFile) (default "./outpost-data"). One
-	// platform at a time may use it.
+	// DataDir holds the database (unless DB names another), the admin
+	// token and, while the platform runs, its addresses (RunningFile)
+	// (default "./outpost-data"). One platform at a time may use it.
 	DataDir string
+	// DB chooses the store (see ParseDB): empty for the SQLite database
+	// DBFile in DataDir, sqlite:PATH or a file path for another SQLite
+	// file, postgres://… for PostgreSQL. Sync and IntegrityCheck apply to
+	// SQLite only.
+	DB string
+	// Replica names this platform in a PostgreSQL store that several
+	// platforms share: the devices whose sessions it records online are
+	// its own, and only those are marked offline when it starts. Empty
+	// (the default) for the only platform on its store, which owns every
+	// device; SQLite takes no name.
+	Replica string
 	// MQTTAddr is the plain MQTT listen address. Empty means the default,
 	// 127.0.0.1:1883, or the next free port above it when 1883 is taken
 	// (Open logs a warning); a given address is used as is. Port 0 picks
@@ -98,6 +108,10 @@ type Config struct {
 	// PUBACK 0x97 "quota exceeded" (MQTT 3.1.1: an "overloaded" error reply
 	// and the connection closed) and resends later; nothing is dropped.
 	DeviceRate, DeviceBurst int
+	// ReadingRetention is how long readings are kept, by their timestamp
+	// (default 0: for ever). PostgreSQL drops them a day's partition at a
+	// time, so it keeps up to a day more.
+	ReadingRetention time.Duration
 	// BatchRetention is how long the ids of committed telemetry batches are
 	// kept to recognise redeliveries (default 30 days); QueueRetention how
 	// long finished calls and delivered or expired queued messages stay
@@ -136,7 +150,7 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	db      *sqlite.DB
+	db      outpost.Store
 	broker  *broker.Broker
 	writer  *ingest.Writer
 	limiter *rateLimiter // nil: no per-device rate limit
@@ -233,18 +247,18 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.token, s.newToken, err = loadToken(cfg.DataDir, cfg.AdminToken); err != nil {
 		return nil, err
 	}
-	s.db, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "outpost.db"), sqlite.Options{
-		Synchronous: strings.ToUpper(cfg.Sync), IntegrityCheck: cfg.IntegrityCheck, Logger: s.log})
-	if err != nil {
-		if errors.Is(err, sqlite.ErrCorrupt) {
-			err = fmt.Errorf("%w\nrestore the database from a backup (docs/architecture.md, \"Backup and restore\"), or start with --integrity-check=-1 to skip the check at your own risk", err)
-		}
+	if s.db, _, err = openStore(ctx, cfg, s.log); err != nil {
 		return nil, err
 	}
-	// No session survives a restart of the embedded broker. On a full disk
-	// this write fails: start anyway, read-only in effect (the API reads,
-	// devices are not acknowledged until space returns), and say so. The
-	// API shows a device offline until it connects, whatever the stale row.
+	// No session of this platform survives its restart: the devices it
+	// recorded online go offline. The store limits that to this replica's
+	// devices (Config.Replica), so in a store several platforms share, one
+	// platform's start leaves the others' devices as they are; alone on
+	// its store, the platform owns every device, as in the embedded mode.
+	// On a full disk this write fails: start anyway, read-only in effect
+	// (the API reads, devices are not acknowledged until space returns),
+	// and say so. The API shows a device offline until it connects,
+	// whatever the stale row.
 	if err := s.db.ResetPresence(ctx); err != nil {
 		s.log.Error("storage is not writable: starting anyway; writes fail until it is (see /readyz)", "data", cfg.DataDir, "error", err)
 	}

@@ -153,9 +153,7 @@ func (v *service) Health(ctx context.Context) error {
 func (v *service) Ready(ctx context.Context) error {
 	s := v.s
 	var errs []error
-	if err := s.db.ReadOnly(); err != nil {
-		errs = append(errs, fmt.Errorf("store opened read-only at start (%w): free space, then restart", err))
-	} else if err := s.db.CheckWrite(ctx); err != nil {
+	if err := s.db.CheckWrite(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	if err := s.broker.Ready(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/outpost-iot/outpost/internal/outpost"
 	sqlitedrv "modernc.org/sqlite"
 )
 
@@ -140,8 +141,13 @@ const probeKey = "readiness_probe"
 
 // CheckWrite proves the store works end to end: it commits a write
 // through the writer connection and reads it back through the read pool.
-// It fails while the disk is full or the database cannot be written.
+// It fails while the disk is full or the database cannot be written, and
+// always when Open could only open it read-only. It implements
+// outpost.HealthStore.
 func (db *DB) CheckWrite(ctx context.Context) error {
+	if db.readOnly != nil {
+		return fmt.Errorf("store opened read-only at start (%w): free space, then restart", db.readOnly)
+	}
 	v := time.Now().UnixNano()
 	db.wmu.Lock()
 	_, err := db.w.ExecContext(ctx, `INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`, probeKey, v)
@@ -160,15 +166,12 @@ func (db *DB) CheckWrite(ctx context.Context) error {
 }
 
 // BackupInfo describes a backup Backup wrote.
-type BackupInfo struct {
-	// Path is the backup file.
-	Path string
-	// Bytes is its size.
-	Bytes int64
-	// Devices and Readings count what it holds.
-	Devices, Readings int64
-	// Took is how long the copy and its check took.
-	Took time.Duration
+type BackupInfo = outpost.BackupInfo
+
+// Backup implements outpost.BackupStore: Backup of the open database's
+// file (see the function Backup).
+func (db *DB) Backup(ctx context.Context, dest string) (*BackupInfo, error) {
+	return Backup(ctx, db.path, dest)
 }
 
 // Backup writes a consistent copy of the database at src to dest with

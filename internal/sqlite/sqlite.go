@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/outpost-iot/outpost/internal/migrate"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
@@ -66,8 +67,14 @@ type feedKey struct {
 }
 
 var (
+	_ outpost.Store          = (*DB)(nil)
 	_ outpost.DeviceStore    = (*DB)(nil)
+	_ outpost.PresenceStore  = (*DB)(nil)
 	_ outpost.TelemetryStore = (*DB)(nil)
+	_ outpost.ReadingScanner = (*DB)(nil)
+	_ outpost.HealthStore    = (*DB)(nil)
+	_ outpost.BackupStore    = (*DB)(nil)
+	_ outpost.RetentionStore = (*DB)(nil)
 )
 
 // Open opens (creating if needed) the database file at path and migrates it
@@ -207,7 +214,7 @@ func (db *DB) Close() error {
 // Path returns the database file path.
 func (db *DB) Path() string { return db.path }
 
-// Ping checks that the database answers.
+// Ping implements outpost.HealthStore: the database answers a read.
 func (db *DB) Ping(ctx context.Context) error {
 	return db.r.PingContext(ctx)
 }
@@ -285,47 +292,52 @@ CREATE UNIQUE INDEX device_events_msg ON device_events (device_seq, msg_id) WHER
 }
 
 func (db *DB) migrate(ctx context.Context) error {
-	if _, err := db.w.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
-		return fmt.Errorf("sqlite: migrations table: %w", err)
-	}
-	var have int
-	if err := db.w.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
-		return fmt.Errorf("sqlite: schema version: %w", err)
-	}
-	if have > len(migrations) {
-		return fmt.Errorf("sqlite: database schema version %d is newer than this binary knows (%d); upgrade outpost", have, len(migrations))
-	}
-	for v := have + 1; v <= len(migrations); v++ {
-		tx, err := db.w.BeginTx(ctx, nil)
-		if err != nil {
-			return fmt.Errorf("sqlite: migrate: %w", err)
-		}
-		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("sqlite: migration %d: %w", v, err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, strftime('%s','now'))`, v); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("sqlite: migration %d: %w", v, err)
-		}
-		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("sqlite: migration %d: %w", v, err)
-		}
-	}
-	return nil
+	_, err := migrate.Run(ctx, "sqlite", migrator{db.w}, migrations)
+	return err
 }
 
 // checkVersion fails unless the schema is the current one (a read-only
 // database cannot be migrated).
 func (db *DB) checkVersion(ctx context.Context) error {
+	return migrate.Check(ctx, "sqlite", func(ctx context.Context) (int, error) {
+		var have int
+		err := db.w.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have)
+		return have, err
+	}, migrations)
+}
+
+// migrator runs the migrations on the writer connection. Only one process
+// opens the database (the data directory is locked), and the writer is a
+// single connection, so it needs no lock of its own.
+type migrator struct{ w *sql.DB }
+
+var _ migrate.Engine = migrator{}
+
+func (migrator) Lock(context.Context) (func(), error) { return func() {}, nil }
+
+func (m migrator) Version(ctx context.Context) (int, error) {
+	if _, err := m.w.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return 0, err
+	}
 	var have int
-	if err := db.w.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
-		return fmt.Errorf("sqlite: schema version: %w", err)
+	err := m.w.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have)
+	return have, err
+}
+
+func (m migrator) Apply(ctx context.Context, v int, script string) error {
+	tx, err := m.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
 	}
-	if have != len(migrations) {
-		return fmt.Errorf("sqlite: database schema version %d needs migrating to %d, which a read-only database cannot do", have, len(migrations))
+	if _, err := tx.ExecContext(ctx, script); err != nil {
+		tx.Rollback()
+		return err
 	}
-	return nil
+	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, strftime('%s','now'))`, v); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
 }
 
 // SchemaVersion returns the schema version of the open database.

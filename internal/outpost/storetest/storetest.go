@@ -1,13 +1,16 @@
 // Package storetest is the conformance suite every storage engine runs: it
-// checks an outpost.DeviceStore and outpost.TelemetryStore against the
-// contracts written on those interfaces, so SQLite, PostgreSQL or any other
-// engine behaves the same to the rest of the platform.
+// checks an outpost.Store, every method of it, against the contracts
+// written on the interfaces in internal/outpost, so SQLite, PostgreSQL or
+// any other engine behaves the same to the rest of the platform.
 //
 // An engine's test calls Run with a function that opens an empty store:
 //
 //	func TestStore(t *testing.T) {
 //		storetest.Run(t, func(t *testing.T) storetest.Store { return MustOpen(t) })
 //	}
+//
+// An engine that several platform replicas can share also calls RunShared,
+// whose tests open more than one handle on the same store.
 package storetest
 
 import (
@@ -23,42 +26,74 @@ import (
 	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
-// Store is what an engine implements.
-type Store interface {
-	outpost.DeviceStore
-	outpost.TelemetryStore
-	outpost.QueueStore
+// Store is what an engine implements: every store contract.
+type Store = outpost.Store
+
+// Tests lists the suite's tests by name, in the order Run runs them.
+func Tests() []string {
+	out := make([]string, len(suite))
+	for i, tt := range suite {
+		out[i] = tt.name
+	}
+	return out
+}
+
+var suite = []struct {
+	name string
+	fn   func(t *testing.T, s Store)
+}{
+	// devices and presence
+	{"CreateAndGet", testCreateAndGet},
+	{"CreateConflict", testCreateConflict},
+	{"NotFound", testNotFound},
+	{"Devices", testDevices},
+	{"Delete", testDelete},
+	{"SecretHash", testSecretHash},
+	{"Presence", testPresence},
+	// telemetry
+	{"AppendResults", testAppendResults},
+	{"AppendEmpty", testAppendEmpty},
+	{"ReadingsOrder", testReadingsOrder},
+	{"ReadingsWindow", testReadingsWindow},
+	{"ReadingsDefaultLimit", testReadingsDefaultLimit},
+	{"AllFeeds", testAllFeeds},
+	{"Feeds", testFeeds},
+	{"ValuesExact", testValuesExact},
+	{"ConcurrentAppends", testConcurrentAppends},
+	{"EachReading", testEachReading},
+	{"ReadingsAcrossTime", testReadingsAcrossTime},
+	// device model
+	{"FeedDefs", testFeedDefs},
+	{"Attributes", testAttributes},
+	{"Parameters", testParameters},
+	{"Events", testEvents},
+	{"EventsDefaultLimit", testEventsDefaultLimit},
+	{"ModelNotFound", testModelNotFound},
+	{"ModelGoesWithDevice", testModelGoesWithDevice},
+	// down queue
+	{"QueueOrderAndStates", testQueueOrderAndStates},
+	{"QueueExpiry", testQueueExpiry},
+	{"QueueAnswers", testQueueAnswers},
+	{"QueueLimits", testQueueLimits},
+	{"QueueErrors", testQueueErrors},
+	{"QueueResend", testQueueResend},
+	{"QueuePending", testQueuePending},
+	{"QueueLateAnswers", testQueueLateAnswers},
+	{"QueueExpireOneDevice", testQueueExpireOneDevice},
+	{"QueueCallsList", testQueueCallsList},
+	// retention
+	{"PruneBatches", testPruneBatches},
+	{"PurgeFinished", testPurgeFinished},
+	{"PruneReadings", testPruneReadings},
+	// health and backup
+	{"Health", testHealth},
+	{"Backup", testBackup},
 }
 
 // Run runs the suite. open must return a new, empty store for each call and
 // close it when t ends; every subtest gets its own.
 func Run(t *testing.T, open func(t *testing.T) Store) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s Store)
-	}{
-		{"CreateAndGet", testCreateAndGet},
-		{"CreateConflict", testCreateConflict},
-		{"NotFound", testNotFound},
-		{"Devices", testDevices},
-		{"Delete", testDelete},
-		{"SecretHash", testSecretHash},
-		{"Presence", testPresence},
-		{"AppendResults", testAppendResults},
-		{"AppendEmpty", testAppendEmpty},
-		{"ReadingsOrder", testReadingsOrder},
-		{"ReadingsWindow", testReadingsWindow},
-		{"ReadingsDefaultLimit", testReadingsDefaultLimit},
-		{"AllFeeds", testAllFeeds},
-		{"Feeds", testFeeds},
-		{"ValuesExact", testValuesExact},
-		{"ConcurrentAppends", testConcurrentAppends},
-		{"QueueOrderAndStates", testQueueOrderAndStates},
-		{"QueueExpiry", testQueueExpiry},
-		{"QueueAnswers", testQueueAnswers},
-		{"QueueLimits", testQueueLimits},
-	}
-	for _, tt := range tests {
+	for _, tt := range suite {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
 	}
 }
@@ -376,6 +411,9 @@ func testPresence(t *testing.T, s Store) {
 		})
 	}
 	check(t, b.ID, false, t1)
+	if err := s.SetPresence(ctx, "d-nobody", true, t1); err != nil {
+		t.Errorf("presence of an unknown device: %v, want it ignored", err)
+	}
 	online := true
 	if ds, err := s.Devices(ctx, outpost.DeviceFilter{Online: &online}); err != nil || len(ds) != 0 {
 		t.Errorf("online devices after reset: %v, %v", ids(ds), err)

@@ -1,0 +1,91 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/internal/postgres"
+	"github.com/outpost-iot/outpost/internal/sqlite"
+)
+
+// DBFile is the SQLite database's file in the data directory, used unless
+// Config.DB names another store.
+const DBFile = "outpost.db"
+
+// Engines Config.DB can name.
+const (
+	EngineSQLite   = "sqlite"
+	EnginePostgres = "postgres"
+)
+
+// StoreSpec is a parsed Config.DB: which engine, and where.
+type StoreSpec struct {
+	// Engine is EngineSQLite or EnginePostgres.
+	Engine string
+	// Path is the SQLite database file; URL the PostgreSQL connection URL.
+	Path, URL string
+}
+
+var uriScheme = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*:`)
+
+// ParseDB reads a --db value: empty for the SQLite database in dataDir,
+// sqlite:PATH or a plain file path for another SQLite file,
+// postgres://… or postgresql://… for PostgreSQL. Anything else is an error
+// that says what is accepted.
+func ParseDB(db, dataDir string) (StoreSpec, error) {
+	switch {
+	case db == "":
+		return StoreSpec{Engine: EngineSQLite, Path: filepath.Join(dataDir, DBFile)}, nil
+	case strings.HasPrefix(db, "postgres://"), strings.HasPrefix(db, "postgresql://"):
+		return StoreSpec{Engine: EnginePostgres, URL: db}, nil
+	case strings.HasPrefix(db, "sqlite:"):
+		p := strings.TrimPrefix(db, "sqlite:")
+		if strings.HasPrefix(p, "//") { // sqlite:///abs/path, URL style
+			p = strings.TrimPrefix(p, "//")
+		}
+		if p == "" {
+			return StoreSpec{}, errors.New("--db sqlite:PATH needs the database file's path")
+		}
+		return StoreSpec{Engine: EngineSQLite, Path: p}, nil
+	case uriScheme.MatchString(db) && !filepath.IsAbs(db):
+		scheme, _, _ := strings.Cut(db, ":")
+		return StoreSpec{}, fmt.Errorf("--db: unknown database %q: use sqlite:PATH (or a file path) for SQLite, postgres://USER@HOST:PORT/DB for PostgreSQL (a file whose name has a colon: sqlite:%s)", scheme+":…", db)
+	default:
+		return StoreSpec{Engine: EngineSQLite, Path: db}, nil
+	}
+}
+
+// openStore opens the engine cfg.DB names.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (outpost.Store, StoreSpec, error) {
+	spec, err := ParseDB(cfg.DB, cfg.DataDir)
+	if err != nil {
+		return nil, spec, err
+	}
+	if spec.Engine == EngineSQLite && cfg.Replica != "" {
+		return nil, spec, errors.New("a replica name is for a PostgreSQL store that several platforms share; an SQLite store has one platform")
+	}
+	switch spec.Engine {
+	case EnginePostgres:
+		db, err := postgres.Open(ctx, spec.URL, postgres.Options{Replica: cfg.Replica, Logger: log})
+		if err != nil {
+			return nil, spec, err
+		}
+		return db, spec, nil
+	default:
+		db, err := sqlite.Open(ctx, spec.Path, sqlite.Options{
+			Synchronous: strings.ToUpper(cfg.Sync), IntegrityCheck: cfg.IntegrityCheck, Logger: log})
+		if err != nil {
+			if errors.Is(err, sqlite.ErrCorrupt) {
+				err = fmt.Errorf("%w\nrestore the database from a backup (docs/architecture.md, \"Backup and restore\"), or start with --integrity-check=-1 to skip the check at your own risk", err)
+			}
+			return nil, spec, err
+		}
+		return db, spec, nil
+	}
+}
