@@ -10,6 +10,7 @@ package artifact
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -27,14 +28,7 @@ import (
 )
 
 // Meta is what the uploader tells about an artifact.
-type Meta struct {
-	// Name is the file's name on devices (protocol.ValidFileName).
-	Name string
-	// Version is the version a firmware image brings; optional.
-	Version string
-	// Model is the device model the artifact is for; optional.
-	Model string
-}
+type Meta = outpost.ArtifactMeta
 
 // Options configure a Repository.
 type Options struct {
@@ -161,6 +155,15 @@ func (r *Repository) Open(ctx context.Context, id string) (*outpost.Artifact, bl
 	}
 	return a, o, nil
 }
+
+// Content returns an artifact with its content, open for reading, for
+// HTTP (Range) requests. The caller closes it. ENOTFOUND.
+func (r *Repository) Content(ctx context.Context, id string) (*outpost.Artifact, io.ReadSeekCloser, error) {
+	return r.Open(ctx, id)
+}
+
+// PublicKey returns the key that verifies the repository's signatures.
+func (r *Repository) PublicKey() ed25519.PublicKey { return r.signer.PublicKey() }
 
 // Signature returns the platform's signature of an artifact, base64
 // (protocol.ArtifactStatement).

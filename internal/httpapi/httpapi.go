@@ -50,6 +50,10 @@ type Options struct {
 	// Heartbeat is the interval of keep-alive comments on the event stream
 	// (default 15s).
 	Heartbeat time.Duration
+	// Artifacts and OTA serve the artifact repository and the file
+	// transfer and firmware endpoints (ota.go); nil leaves them out.
+	Artifacts ArtifactService
+	OTA       OTAService
 	Logger    *slog.Logger
 }
 
@@ -91,6 +95,7 @@ func New(svc Service, o Options) http.Handler {
 	mux.HandleFunc("GET /api/v1/stream", a.auth(a.stream))
 	a.registerModel(mux)
 	a.routeCalls(mux)
+	a.routeOTA(mux, o.Artifacts, o.OTA)
 	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))
 	}))

@@ -199,9 +199,11 @@ type FirmwareJob struct {
 	ReportedVersion string `json:"reported_version,omitempty"`
 	// Timeout is how long the device may stay silent in a phase (and how
 	// long it may take to come back after its restart).
-	Timeout   time.Duration `json:"timeout"`
-	CreatedAt time.Time     `json:"created_at"`
-	UpdatedAt time.Time     `json:"updated_at"`
+	Timeout time.Duration `json:"-"`
+	// TimeoutSeconds is Timeout, for JSON.
+	TimeoutSeconds float64   `json:"timeout_s"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
 	// ExpiresAt is when an order the device never took up fails
 	// (expired); Deadline when the job in progress times out.
 	ExpiresAt  time.Time `json:"expires_at"`
@@ -296,4 +298,64 @@ type TransferStore interface {
 	// FirmwareVersion returns what the device last reported (Version empty
 	// when it never did). ENOTFOUND for an unknown device.
 	FirmwareVersion(ctx context.Context, deviceID string) (*DeviceFirmware, error)
+}
+
+// FileSend asks for a file to be sent to a device: an artifact, or an
+// external URL the device downloads itself.
+type FileSend struct {
+	// Artifact is the artifact to send; or set URL.
+	Artifact string
+	// URL is an external http(s) address the device downloads from (the
+	// platform does not hold the file); Name is then required, SHA256 and
+	// Size are checked by the device when given.
+	URL    string
+	SHA256 string
+	Size   int64
+	// Name is the file's name on the device (default: the artifact's).
+	Name string
+	// Methods the device may use (default: mqtt and url; url only for an
+	// external URL).
+	Methods []string
+	// TTL bounds how long the offer waits for the device (default 24h).
+	TTL time.Duration
+}
+
+// FirmwareOrder asks for a device's firmware to be updated to an
+// artifact's version.
+type FirmwareOrder struct {
+	// Artifact is the firmware image; it must have a version.
+	Artifact string
+	// Methods the device may fetch the image with (default both).
+	Methods []string
+	// TTL bounds how long the order waits for the device (default 7
+	// days); Timeout how long the device may stay silent once it started
+	// (and take to come back after its restart; default 30 minutes).
+	TTL, Timeout time.Duration
+}
+
+// FirmwareState is what the platform knows of a device's firmware: the
+// version it last reported and its latest job.
+type FirmwareState struct {
+	DeviceFirmware
+	// Job is the device's latest firmware job, if any.
+	Job *FirmwareJob `json:"job,omitempty"`
+}
+
+// FileCommand is a delete or purge command queued for a device.
+type FileCommand struct {
+	ID       string   `json:"id"`
+	DeviceID string   `json:"device_id"`
+	Kind     string   `json:"kind"` // "delete" or "purge"
+	Names    []string `json:"names,omitempty"`
+	State    State    `json:"state"` // of the queued message
+}
+
+// ArtifactMeta is what an uploader tells about an artifact.
+type ArtifactMeta struct {
+	// Name is the file's name on devices.
+	Name string
+	// Version is the version a firmware image brings; optional.
+	Version string
+	// Model is the device model the artifact is for; optional.
+	Model string
 }

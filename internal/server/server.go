@@ -20,9 +20,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/outpost-iot/outpost/internal/artifact"
 	"github.com/outpost-iot/outpost/internal/broker"
 	"github.com/outpost-iot/outpost/internal/httpapi"
 	"github.com/outpost-iot/outpost/internal/ingest"
+	"github.com/outpost-iot/outpost/internal/ota"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/presence"
 	"github.com/outpost-iot/outpost/internal/queue"
@@ -84,7 +86,17 @@ type Config struct {
 	// readable (default 7 days). RetentionInterval is how often both are
 	// pruned (default 10 minutes).
 	BatchRetention, QueueRetention, RetentionInterval time.Duration
-	Logger                                            *slog.Logger
+	// SigningKeyFile is the operator's Ed25519 key (PKCS #8 PEM) for
+	// signing artifacts; empty: the key in the data directory, created
+	// on first start.
+	SigningKeyFile string
+	// PublicURL is the base URL devices download files from (default:
+	// the HTTP listener's URL).
+	PublicURL string
+	// ChunkHook, for fault tests, may change a chunk's data after its
+	// hash was computed (see ota.Options.ChunkHook).
+	ChunkHook func(deviceID, transferID string, index int64, data []byte)
+	Logger    *slog.Logger
 }
 
 // Server is a running platform.
@@ -104,6 +116,8 @@ type Server struct {
 	metrics                      *metrics
 	svc                          *service
 	model                        *modelState
+	artifacts                    *artifact.Repository
+	ota                          *ota.Service
 
 	httpSrv  *http.Server
 	httpLn   net.Listener
@@ -212,6 +226,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := s.openQueue(); err != nil {
 		return nil, err
 	}
+	if err := s.openOTA(); err != nil {
+		return nil, err
+	}
 	s.svc = &service{s: s}
 	s.metrics.register(s)
 
@@ -221,7 +238,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		addr := cmp.Or(cfg.HTTPAddr, defaultHTTPAddr)
 		return nil, listenError("--http", fmt.Errorf("http listener %s: %w", addr, err))
 	}
-	api := httpapi.New(s.svc, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MQTTHostPort: s.MQTTAddr, Logger: s.log})
+	api := httpapi.New(s.svc, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MQTTHostPort: s.MQTTAddr, Logger: s.log,
+		Artifacts: s.artifacts, OTA: s.ota})
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	s.cancelHTTP = cancelBase
 	s.httpSrv = &http.Server{Handler: api, BaseContext: func(net.Listener) context.Context { return baseCtx }, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
@@ -352,6 +370,9 @@ func (s *Server) Close() error {
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())
+		}
+		if s.ota != nil {
+			errs = append(errs, s.ota.Close())
 		}
 		if s.queue != nil {
 			errs = append(errs, s.queue.Close())
