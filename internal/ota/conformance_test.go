@@ -107,9 +107,9 @@ type bareDevice struct {
 func dialBare(t *testing.T, p *outposttest.Platform, d outposttest.Device) *bareDevice {
 	t.Helper()
 	c := &bareDevice{t: t, id: d.ID, arrived: make(chan struct{}, 1)}
-	o := mqtt.NewClientOptions().AddBroker("tcp://"+p.MQTTAddr()).SetProtocolVersion(4).
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + p.MQTTAddr()).SetProtocolVersion(4).
 		SetClientID(d.ID).SetUsername(d.ID).SetPassword(d.Password).SetCleanSession(true).
-		SetKeepAlive(30*time.Second).SetConnectTimeout(5*time.Second).SetAutoReconnect(false).SetOrderMatters(true).
+		SetKeepAlive(30 * time.Second).SetConnectTimeout(5 * time.Second).SetAutoReconnect(false).SetOrderMatters(true).
 		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
 			c.mu.Lock()
 			c.msgs = append(c.msgs, m)
