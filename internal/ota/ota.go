@@ -95,6 +95,10 @@ type Options struct {
 	// "model" attribute, "" if none); an artifact for another model is
 	// refused.
 	DeviceModel func(ctx context.Context, deviceID string) (string, error)
+	// Online, when set, reports whether a device is connected; a
+	// transfer's chunks stop going out as soon as its device is gone
+	// (it asks again when it is back).
+	Online func(deviceID string) bool
 	// Events receives every change of a transfer, job or file list (see
 	// the Event… kinds). It must not block.
 	Events func(kind, deviceID string, v any)

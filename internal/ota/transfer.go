@@ -212,6 +212,12 @@ func (s *Service) sender(lt *liveTransfer) {
 			if !s.pace(lt, r.size) {
 				break
 			}
+			if s.opt.Online != nil && !s.opt.Online(lt.deviceID) {
+				lt.mu.Lock()
+				lt.pending = nil // gone: it asks again when it is back
+				lt.mu.Unlock()
+				break
+			}
 			payload, err := s.chunk(lt, i, r.size)
 			if err != nil {
 				s.log.Warn("read chunk", "device_id", lt.deviceID, "transfer_id", lt.id, "index", i, "error", err)

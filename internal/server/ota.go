@@ -51,6 +51,7 @@ func (s *Server) openOTA() error {
 			return s.HTTPURL()
 		},
 		DeviceModel: s.deviceModel,
+		Online:      s.presence.Online,
 		Events:      s.hub.Publish,
 		ChunkHook:   s.cfg.ChunkHook,
 		Logger:      s.log.With("component", "ota"),
