@@ -99,7 +99,7 @@ func New(svc Service, o Options) http.Handler {
 	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))
 	}))
-	return mux
+	return noDotSegments(mux)
 }
 
 func (a *api) auth(next http.HandlerFunc) http.HandlerFunc {

@@ -109,6 +109,23 @@ func (a *api) routeOTA(mux *http.ServeMux, arts ArtifactService, svc OTAService)
 	mux.HandleFunc("HEAD /dl/{transfer}", o.download)
 }
 
+// noDotSegments refuses request paths with "." or ".." segments. The
+// ServeMux would otherwise answer them with a redirect to the cleaned
+// path, and for other methods than GET that redirect is a 307, which
+// clients follow with the same method: DELETE /api/v1/devices/D/files/..
+// would come back as DELETE /api/v1/devices/D and delete the device.
+func noDotSegments(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, seg := range strings.Split(r.URL.Path, "/") {
+			if seg == "." || seg == ".." {
+				writeError(w, outpost.Errorf(outpost.EINVALID, "path %q has a %q segment", r.URL.Path, seg))
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // deadlineReader pushes the request's read deadline forward while the
 // body keeps arriving.
 type deadlineReader struct {

@@ -52,6 +52,7 @@ func (s *Server) openOTA() error {
 		},
 		DeviceModel: s.deviceModel,
 		Online:      s.presence.Online,
+		URLTTL:      s.cfg.DownloadTTL,
 		Events:      s.hub.Publish,
 		ChunkHook:   s.cfg.ChunkHook,
 		Logger:      s.log.With("component", "ota"),

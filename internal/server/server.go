@@ -91,8 +91,10 @@ type Config struct {
 	// on first start.
 	SigningKeyFile string
 	// PublicURL is the base URL devices download files from (default:
-	// the HTTP listener's URL).
-	PublicURL string
+	// the HTTP listener's URL); DownloadTTL how long a download URL
+	// stays valid (default 15 minutes).
+	PublicURL   string
+	DownloadTTL time.Duration
 	// ChunkHook, for fault tests, may change a chunk's data after its
 	// hash was computed (see ota.Options.ChunkHook).
 	ChunkHook func(deviceID, transferID string, index int64, data []byte)
