@@ -266,6 +266,7 @@ func (s *Service) UpdateFirmware(ctx context.Context, deviceID string, o outpost
 		j = cur
 	}
 	s.jobChanged(ctx, j)
+	s.fillJob(ctx, j)
 	return j, nil
 }
 
