@@ -30,7 +30,7 @@ func TestFileWireTypesMatchThePlatform(t *testing.T) {
 
 type fw struct{ version string }
 
-func (f fw) Version() string                            { return f.version }
+func (f fw) Version() string                             { return f.version }
 func (f fw) Install(ctx context.Context, _ string) error { return nil }
 
 // Upload, send, follow on the stream and in the device's file list, then
