@@ -45,6 +45,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.BatchRetention, "batch-retention", 30*24*time.Hour, "how long telemetry batch ids are kept to recognise redelivered batches (longer than any device outbox holds data)")
 	fs.DurationVar(&cfg.QueueRetention, "queue-retention", 7*24*time.Hour, "how long finished calls and delivered or expired queued messages stay readable")
 	fs.DurationVar(&cfg.KeepAliveDefault, "keepalive", 60*time.Second, "keep-alive for devices that propose none; a device silent for two intervals is dropped")
+	fs.StringVar(&cfg.SigningKeyFile, "signing-key", "", "Ed25519 private key `FILE` (PKCS #8 PEM) that signs artifacts (default: DIR/signing-key.pem, created on first start)")
+	fs.StringVar(&cfg.PublicURL, "public-url", "", "base `URL` devices download files from (default: the HTTP listener's URL)")
 	if _, err := parse(fs, sp, args, stdout); err != nil {
 		return err
 	}
