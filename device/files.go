@@ -135,7 +135,7 @@ func FileChunkSize(n int) FileOption {
 
 // FileWindow sets how many chunks the device keeps asked for and not yet
 // received, from 1 to protocol.MaxChunksPerRequest (default: as many as
-// fit in 256 KiB, at least 2). Keep it well below the device's MQTT Receive
+// fit in 128 KiB, at least 2). Keep it well below the device's MQTT Receive
 // Maximum, so that RPCs always find room.
 func FileWindow(n int) FileOption {
 	return func(c *fileConfig) error {
@@ -304,7 +304,7 @@ func (c *Client) initFiles() error {
 		}
 	}
 	if cfg.window == 0 {
-		cfg.window = max(2, min(protocol.MaxChunksPerRequest, (256<<10)/cfg.chunkSize))
+		cfg.window = max(2, min(protocol.MaxChunksPerRequest, (128<<10)/cfg.chunkSize))
 	}
 	cfg.window = min(cfg.window, protocol.MaxRequestBytes/cfg.chunkSize)
 	if cfg.downloader == nil {

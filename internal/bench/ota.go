@@ -271,7 +271,7 @@ func RunOTA(ctx context.Context, cfg OTAConfig, stderr io.Writer) (*OTAResult, e
 	prog.printf("raw broker: %d subscribers, %s each in %s messages", cfg.Devices, humanMiB(cfg.Size), humanMiB(int64(cfg.Chunk)))
 	window := cfg.Window
 	if window == 0 {
-		window = max(2, min(64, (256<<10)/cfg.Chunk))
+		window = max(2, min(64, (128<<10)/cfg.Chunk))
 	}
 	raw, err := rawOTA(ctx, cfg.Devices, cfg.Size, cfg.Chunk, window)
 	res.Raw = raw

@@ -141,8 +141,9 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu   sync.Mutex
-	live map[string]*liveTransfer // transfer id → state of a transfer in progress
+	mu     sync.Mutex
+	live   map[string]*liveTransfer // transfer id → state of a transfer in progress
+	hashes hashCache
 }
 
 // New starts a service.

@@ -28,8 +28,6 @@ type liveTransfer struct {
 
 	mu      sync.Mutex
 	obj     blob.Object
-	hashes  map[int64][sha256.Size]byte // index → hash, for chunks of hashSize
-	hashSz  int
 	pending []chunkRange
 	running bool
 	done    bool // finished or aborted: send nothing more
@@ -49,9 +47,6 @@ type chunkRange struct {
 	count int
 	size  int
 }
-
-// hashWindow bounds the chunk hashes kept per transfer.
-const hashWindow = 256
 
 func (lt *liveTransfer) close() {
 	lt.mu.Lock()
@@ -266,7 +261,9 @@ func (s *Service) pace(lt *liveTransfer, size int) bool {
 	return true
 }
 
-// chunk builds the payload of chunk index of size bytes.
+// chunk builds the payload of chunk index of size bytes: the chain's
+// hashes, then the data read straight into place (one allocation; the
+// broker copies what it keeps).
 func (s *Service) chunk(lt *liveTransfer, index int64, size int) ([]byte, error) {
 	lt.mu.Lock()
 	defer lt.mu.Unlock()
@@ -277,45 +274,112 @@ func (s *Service) chunk(lt *liveTransfer, index int64, size int) ([]byte, error)
 		}
 		lt.obj = o
 	}
-	if lt.hashSz != size {
-		lt.hashes, lt.hashSz = map[int64][sha256.Size]byte{}, size
-	}
-	var prev [sha256.Size]byte
-	if index > 0 {
-		h, ok := lt.hashes[index-1]
-		if !ok {
-			b, err := lt.read(index-1, size)
-			if err != nil {
-				return nil, err
-			}
-			h = sha256.Sum256(b)
-		}
-		prev = h
-	}
-	data, err := lt.read(index, size)
-	if err != nil {
-		return nil, err
-	}
-	payload, sum := protocol.EncodeChunk(prev, data)
-	lt.hashes[index] = sum
-	delete(lt.hashes, index-hashWindow)
-	if s.opt.ChunkHook != nil {
-		s.opt.ChunkHook(lt.deviceID, lt.id, index, payload[protocol.ChunkHeaderLen:])
-	}
-	return payload, nil
-}
-
-func (lt *liveTransfer) read(index int64, size int) ([]byte, error) {
 	off := index * int64(size)
 	n := min(int64(size), lt.size-off)
 	if n <= 0 {
 		return nil, fmt.Errorf("chunk %d beyond the end", index)
 	}
-	b := make([]byte, n)
-	if _, err := lt.obj.ReadAt(b, off); err != nil && !(errors.Is(err, io.EOF) && len(b) == int(n)) {
+	payload := make([]byte, protocol.ChunkHeaderLen+int(n))
+	data := payload[protocol.ChunkHeaderLen:]
+	if _, err := lt.obj.ReadAt(data, off); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
-	return b, nil
+	sums := s.hashes.of(lt.artifactID, size, protocol.ChunkCount(lt.size, size))
+	sum := sums.get(index, func() ([sha256.Size]byte, error) { return sha256.Sum256(data), nil })
+	if index > 0 {
+		prev := sums.get(index-1, func() ([sha256.Size]byte, error) {
+			b := make([]byte, size)
+			if _, err := lt.obj.ReadAt(b, off-int64(size)); err != nil && !errors.Is(err, io.EOF) {
+				return [sha256.Size]byte{}, err
+			}
+			return sha256.Sum256(b), nil
+		})
+		copy(payload, prev[:])
+	}
+	copy(payload[sha256.Size:], sum[:])
+	if s.opt.ChunkHook != nil {
+		s.opt.ChunkHook(lt.deviceID, lt.id, index, data)
+	}
+	return payload, nil
+}
+
+// chunkHashes caches the hashes of an artifact's chunks of one size:
+// many devices fetching the same image with the same chunk size share
+// them, so each chunk is hashed once.
+type chunkHashes struct {
+	mu   sync.Mutex
+	sums [][sha256.Size]byte
+	have []bool
+	used time.Time
+}
+
+// get returns the hash of chunk i, computing it with fn the first time.
+// A failed computation is not cached.
+func (c *chunkHashes) get(i int64, fn func() ([sha256.Size]byte, error)) [sha256.Size]byte {
+	if c == nil || i >= int64(len(c.sums)) {
+		h, _ := fn()
+		return h
+	}
+	c.mu.Lock()
+	if c.have[i] {
+		h := c.sums[i]
+		c.mu.Unlock()
+		return h
+	}
+	c.mu.Unlock()
+	h, err := fn()
+	if err == nil {
+		c.mu.Lock()
+		c.sums[i], c.have[i] = h, true
+		c.mu.Unlock()
+	}
+	return h
+}
+
+type hashKey struct {
+	artifact string
+	size     int
+}
+
+// hashCache holds chunkHashes for the artifacts being sent, bounded in
+// entries and in chunks per entry.
+type hashCache struct {
+	mu sync.Mutex
+	m  map[hashKey]*chunkHashes
+}
+
+const (
+	maxHashSets   = 8
+	maxHashChunks = 1 << 16 // 2 MiB of hashes per artifact and size
+)
+
+func (hc *hashCache) of(artifact string, size int, chunks int64) *chunkHashes {
+	if chunks > maxHashChunks {
+		return nil
+	}
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	if hc.m == nil {
+		hc.m = map[hashKey]*chunkHashes{}
+	}
+	k := hashKey{artifact, size}
+	c := hc.m[k]
+	if c == nil {
+		if len(hc.m) >= maxHashSets {
+			var oldest hashKey
+			var at time.Time
+			for k, v := range hc.m {
+				if at.IsZero() || v.used.Before(at) {
+					oldest, at = k, v.used
+				}
+			}
+			delete(hc.m, oldest)
+		}
+		c = &chunkHashes{sums: make([][sha256.Size]byte, chunks), have: make([]bool, chunks)}
+		hc.m[k] = c
+	}
+	c.used = time.Now()
+	return c
 }
 
 // progress records that the transfer reached bytes, and publishes an
