@@ -133,9 +133,9 @@ func partSize(dir, transfer string) int64 {
 
 // A device process killed with SIGKILL halfway through a transfer over
 // MQTT resumes after its restart from the last chunk it wrote: no chunk it
-// had is sent again, and the platform stops sending the rest of the
-// window as soon as the device is gone, so at most one chunk (the one on
-// its way when the device died) is sent twice.
+// had is sent again. Only chunks still on their way when it died are sent
+// twice: at most one with a window of one (the low-resource mode), at
+// most the window otherwise.
 func TestKilledDeviceResumesMQTT(t *testing.T) {
 	for _, window := range []int{1, 8} {
 		t.Run(fmt.Sprintf("window %d", window), func(t *testing.T) {
@@ -168,8 +168,13 @@ func TestKilledDeviceResumesMQTT(t *testing.T) {
 				}
 				again += after[i] - 1
 			}
-			if again > 1 {
-				t.Errorf("%d chunks sent again after the restart, want at most 1", again)
+			// What is sent again is what was on its way when the device
+			// died: with a window of one, at most one chunk; with a larger
+			// window at most the window (the platform stops as soon as it
+			// sees the device gone, but a device that lags behind its
+			// socket may have had a full window in transit).
+			if again > window {
+				t.Errorf("%d chunks sent again after the restart, want at most %d", again, window)
 			}
 			t.Logf("killed with %d of %d chunks on disk; %d chunks sent again", had, size/chunk, again)
 			waitTransfer(t, p, tr.ID, "FILE_READY")
