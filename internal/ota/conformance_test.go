@@ -421,6 +421,9 @@ func TestConformanceBadRequests(t *testing.T) {
 	p.Do(t, "POST", "/api/v1/devices/"+d.ID+"/files", map[string]any{"artifact": a.ID}, &tr)
 	p.Do(t, "POST", "/api/v1/devices/"+other.ID+"/files", map[string]any{"artifact": a.ID}, &otherTr)
 	c.expect("files/offer", nil)
+	var urlTr apiTransfer
+	p.Do(t, "POST", "/api/v1/devices/"+d.ID+"/files", map[string]any{"artifact": a.ID, "methods": []string{"url"}}, &urlTr)
+	c.expect("files/offer", nil)
 	tests := []struct {
 		name, kind, payload, code string
 	}{
@@ -436,6 +439,7 @@ func TestConformanceBadRequests(t *testing.T) {
 		{"absolute listed name", "files/list", `{"files":[{"name":"/etc/passwd","size":1}]}`, "invalid"},
 		{"NUL in a listed name", "files/list", `{"files":[{"name":"a\u0000b","size":1}]}`, "invalid"},
 		{"another device's URL", "files/url", `{"transfer":"` + otherTr.ID + `"}`, "unknown_transfer"},
+		{"chunks of a URL-only transfer", "files/request", `{"transfer":"` + urlTr.ID + `","index":0,"count":1,"size":4096}`, "invalid"},
 		{"unknown job", "firmware/status", `{"job":"j-nope","state":"ERROR"}`, "unknown_transfer"},
 		{"unknown kind", "files/bogus", `{}`, "unknown_kind"},
 		{"not JSON", "files/status", `{"transfer":`, "invalid"},

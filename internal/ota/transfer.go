@@ -136,7 +136,10 @@ func (s *Service) handleRequest(ctx context.Context, deviceID string, payload []
 		s.abortDevice(deviceID, r.Transfer, finishedReason(stored))
 		return nil
 	}
-	if lt.artifactID == "" {
+	lt.mu.Lock()
+	mqttOK := lt.artifactID != "" && contains(lt.snapshot.Methods, protocol.MethodMQTT)
+	lt.mu.Unlock()
+	if !mqttOK {
 		return &protocol.Error{Code: protocol.CodeInvalid, Message: "transfer " + r.Transfer + " is offered by URL only"}
 	}
 	n, err := protocol.CheckChunkRequest(r, lt.size)
