@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"net/url"
@@ -272,6 +273,11 @@ type transfer struct {
 	// instead of moving it into place (firmware images).
 	ready func(path string)
 
+	// sum is the SHA-256 of the part file's first hashed bytes, kept
+	// as data is appended, so the whole-file check needs no second read.
+	sum    hash.Hash
+	hashed int64
+
 	mu        sync.Mutex
 	next      int64 // next chunk expected
 	prev      [sha256.Size]byte
@@ -392,6 +398,9 @@ func (m *fileMgr) resume(base string) error {
 		}
 		t.asked = t.next
 	}
+	if err := t.rehash(); err != nil {
+		return err
+	}
 	m.c.opt.log.Info("resuming transfer", "device_id", m.c.id, "transfer_id", st.Offer.ID, "name", st.Offer.Name,
 		"method", st.Method, "chunk", t.next, "of", t.chunks)
 	m.start(t)
@@ -405,7 +414,7 @@ func (m *fileMgr) newTransfer(o protocol.FileOffer, method string, size int) (*t
 	if err != nil {
 		return nil, err
 	}
-	t := &transfer{m: m, offer: o, method: method, size: size, part: f, kick: make(chan struct{}, 1)}
+	t := &transfer{m: m, offer: o, method: method, size: size, part: f, kick: make(chan struct{}, 1), sum: sha256.New()}
 	if method == protocol.MethodMQTT {
 		if size < protocol.MinChunkSize || size > protocol.MaxChunkSize {
 			f.Close()
@@ -652,6 +661,8 @@ func (m *fileMgr) onChunk(id string, idx int64, payload []byte) {
 	}
 	t.next++
 	t.prev, t.tries, t.lastChunk = sum, 0, time.Now()
+	t.sum.Write(data)
+	t.hashed += int64(len(data))
 	if t.next == t.chunks || t.asked-t.next <= int64(m.cfg.window)/2 {
 		t.poke()
 	}
@@ -975,7 +986,12 @@ func (t *transfer) runURL() (*protocol.FileStatus, error) {
 		if off > 0 {
 			c.opt.log.Info("resuming download", "device_id", c.id, "transfer_id", t.offer.ID, "offset", off)
 		}
-		err = m.cfg.downloader(t.ctx, grant.URL, off, &appendWriter{f: t.part, off: off})
+		if off != t.hashed {
+			if err := t.rehash(); err != nil {
+				return &protocol.FileStatus{Transfer: t.offer.ID, State: protocol.FileError, Error: protocol.FileErrFileSystem, Message: err.Error()}, nil
+			}
+		}
+		err = m.cfg.downloader(t.ctx, grant.URL, off, &appendWriter{t: t, off: off})
 		if err == nil {
 			return nil, nil
 		}
@@ -1006,14 +1022,27 @@ func (t *transfer) runURL() (*protocol.FileStatus, error) {
 
 // appendWriter writes at increasing offsets of a file.
 type appendWriter struct {
-	f   *os.File
+	t   *transfer
 	off int64
 }
 
 func (w *appendWriter) Write(p []byte) (int, error) {
-	n, err := w.f.WriteAt(p, w.off)
+	n, err := w.t.part.WriteAt(p, w.off)
 	w.off += int64(n)
+	w.t.sum.Write(p[:n])
+	w.t.hashed += int64(n)
 	return n, err
+}
+
+// rehash computes the running hash of what the part file holds.
+func (t *transfer) rehash() error {
+	if _, err := t.part.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	t.sum = sha256.New()
+	n, err := io.Copy(t.sum, t.part)
+	t.hashed = n
+	return err
 }
 
 // finish checks the complete file and moves it into place.
@@ -1025,15 +1054,18 @@ func (t *transfer) finish() *protocol.FileStatus {
 	if err := t.part.Sync(); err != nil {
 		return fail(protocol.FileErrFileSystem, err.Error())
 	}
-	if _, err := t.part.Seek(0, io.SeekStart); err != nil {
-		return fail(protocol.FileErrFileSystem, err.Error())
-	}
-	h := sha256.New()
-	n, err := io.Copy(h, t.part)
+	fi, err := t.part.Stat()
 	if err != nil {
 		return fail(protocol.FileErrFileSystem, err.Error())
 	}
-	sum := hex.EncodeToString(h.Sum(nil))
+	if fi.Size() != t.hashed {
+		// Not all of it went through the running hash: read it back.
+		if err := t.rehash(); err != nil {
+			return fail(protocol.FileErrFileSystem, err.Error())
+		}
+	}
+	n := t.hashed
+	sum := hex.EncodeToString(t.sum.Sum(nil))
 	if (t.offer.Size > 0 && n != t.offer.Size) || (t.offer.SHA256 != "" && sum != t.offer.SHA256) {
 		return fail(protocol.FileErrHashMismatch, fmt.Sprintf("the file has %d bytes and SHA-256 %s, the offer says %d and %s", n, sum, t.offer.Size, t.offer.SHA256))
 	}

@@ -144,6 +144,8 @@ type Service struct {
 	mu     sync.Mutex
 	live   map[string]*liveTransfer // transfer id → state of a transfer in progress
 	hashes hashCache
+
+	flushed time.Time // last store of progress (sweeper goroutine only)
 }
 
 // New starts a service.

@@ -673,7 +673,12 @@ func (s *Service) sweeper() {
 }
 
 func (s *Service) sweep(ctx context.Context, at time.Time) {
-	s.flush(ctx)
+	// Progress goes to the store now and then (the API reads the live
+	// figure anyway): every 5 seconds, not at every sweep.
+	if at.Sub(s.flushed) >= 5*time.Second {
+		s.flushed = at
+		s.flush(ctx)
+	}
 	ts, err := s.store.Transfers(ctx, outpost.TransferFilter{Active: true})
 	if err != nil {
 		if ctx.Err() == nil {
