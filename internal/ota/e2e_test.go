@@ -1,12 +1,10 @@
 package ota_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -18,7 +16,6 @@ import (
 
 	"github.com/outpost-iot/outpost/device"
 	"github.com/outpost-iot/outpost/internal/outposttest"
-	"github.com/outpost-iot/outpost/internal/server"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
@@ -224,6 +221,64 @@ func TestTransfer50MiB(t *testing.T) {
 	}
 }
 
-var _ = bytes.Equal
-var _ = fmt.Sprint
-var _ = server.Config{}
+// A file the platform does not hold: the device downloads it from the
+// URL the application gave, with its own downloader, and checks the
+// hash.
+func TestExternalURLWithOwnDownloader(t *testing.T) {
+	p := outposttest.Start(t)
+	d := p.CreateDevice(t, "external")
+	content := randomBytes(70_000)
+	var asked []string
+	var mu sync.Mutex
+	dl := func(_ context.Context, u string, off int64, w io.Writer) error {
+		mu.Lock()
+		asked = append(asked, u)
+		mu.Unlock()
+		_, err := w.Write(content[off:])
+		return err
+	}
+	ev := newEvents()
+	_, dir := startDevice(t, p, d, []device.FileOption{device.FileHandler(ev.handler), device.FileDownloader(dl)})
+	tr := sendFile(t, p, d.ID, map[string]any{"url": "https://files.example.com/data.bin", "name": "data.bin", "sha256": hexSHA(content), "size": len(content)})
+	if got := ev.wait(t, tr.ID, waitFor); got.State != protocol.FileReady {
+		t.Fatalf("transfer %+v", got)
+	}
+	if fileSHA(t, filepath.Join(dir, "data.bin")) != hexSHA(content) {
+		t.Fatal("hash mismatch")
+	}
+	mu.Lock()
+	if len(asked) != 1 || asked[0] != "https://files.example.com/data.bin" {
+		t.Errorf("downloader asked for %v", asked)
+	}
+	mu.Unlock()
+	fin := waitTransfer(t, p, tr.ID, "FILE_READY")
+	if fin.Method != "url" {
+		t.Errorf("transfer %+v", fin)
+	}
+	// A wrong hash fails the transfer with file_hash_mismatch.
+	tr2 := sendFile(t, p, d.ID, map[string]any{"url": "https://files.example.com/data.bin", "name": "other.bin", "sha256": hexSHA([]byte("not it"))})
+	if got := ev.wait(t, tr2.ID, waitFor); got.Error != protocol.FileErrHashMismatch {
+		t.Errorf("transfer %+v", got)
+	}
+}
+
+// The low-resource mode asks for small chunks, one at a time.
+func TestLowResourceMode(t *testing.T) {
+	log := newChunkLog()
+	p := outposttest.Start(t, withHook(log))
+	d := p.CreateDevice(t, "small-device")
+	a := uploadStream(t, p, "data.bin", "", 11, 40_000)
+	ev := newEvents()
+	startDevice(t, p, d, []device.FileOption{device.FileHandler(ev.handler)}, device.WithLowResource())
+	tr := sendFile(t, p, d.ID, map[string]any{"artifact": a.ID})
+	if got := ev.wait(t, tr.ID, waitFor); got.State != protocol.FileReady {
+		t.Fatalf("transfer %+v", got)
+	}
+	fin := waitTransfer(t, p, tr.ID, "FILE_READY")
+	if fin.ChunkSize != 4096 {
+		t.Errorf("chunk size %d, want 4096", fin.ChunkSize)
+	}
+	if n := len(log.snapshot(tr.ID)); n != 10 {
+		t.Errorf("%d chunks sent, want 10", n)
+	}
+}

@@ -340,3 +340,71 @@ func TestCheckJobsAndAbort(t *testing.T) {
 		t.Errorf("rpc_list %v lacks check_jobs", methods.Result)
 	}
 }
+
+// blockingFirmware installs until its context ends.
+type blockingFirmware struct {
+	started chan struct{}
+	ended   chan error
+}
+
+func (b *blockingFirmware) Version() string { return "1.0.0" }
+func (b *blockingFirmware) Install(ctx context.Context, path string) error {
+	close(b.started)
+	<-ctx.Done()
+	b.ended <- ctx.Err()
+	return ctx.Err()
+}
+
+// The platform aborts an update while the device installs: the install's
+// context ends, the device reports ABORTED and does not restart.
+func TestAbortDuringInstall(t *testing.T) {
+	p := outposttest.Start(t)
+	d := p.CreateDevice(t, "fw-abort")
+	a := upload(t, p, "fw.bin", "2.0.0", randomBytes(10_000))
+	bf := &blockingFirmware{started: make(chan struct{}), ended: make(chan error, 1)}
+	fd := &fwDevice{restarted: make(chan struct{}, 1)}
+	c, err := device.New(d.URL, device.WithMemoryOutbox(), device.WithFiles(t.TempDir()),
+		device.WithReset(func(context.Context) error { fd.restarted <- struct{}{}; return nil }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.HandleFirmware(bf, device.FirmwareKey(platformKey(t, p))); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	outposttest.Eventually(t, waitFor, "version reported", func() bool {
+		var st struct{ Version string }
+		p.Do(t, "GET", "/api/v1/devices/"+d.ID+"/firmware", nil, &st)
+		return st.Version == "1.0.0"
+	})
+	j := orderUpdate(t, p, d.ID, a.ID, nil)
+	select {
+	case <-bf.started:
+	case <-ctx.Done():
+		t.Fatal("install did not start")
+	}
+	if st := p.Do(t, "POST", "/api/v1/firmware/jobs/"+j.ID+"/abort", nil, nil); st != http.StatusOK {
+		t.Fatalf("abort: %d", st)
+	}
+	select {
+	case err := <-bf.ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("install ended with %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the install's context did not end")
+	}
+	if got := waitJob(t, p, j.ID); got.State != "ABORTED" {
+		t.Errorf("job %+v", got)
+	}
+	select {
+	case <-fd.restarted:
+		t.Error("restarted after an abort")
+	case <-time.After(200 * time.Millisecond):
+	}
+}
