@@ -279,6 +279,7 @@ func RunOTA(ctx context.Context, cfg OTAConfig, stderr io.Writer) (*OTAResult, e
 	}
 	raw, err := rawOTA(ctx, cfg.Devices, cfg.Size, cfg.Chunk, window)
 	res.Raw = raw
+	raw.Name = "raw 1"
 	res.RawRuns = append(res.RawRuns, raw)
 	if err != nil {
 		return res, err
@@ -322,6 +323,7 @@ func RunOTA(ctx context.Context, cfg OTAConfig, stderr io.Writer) (*OTAResult, e
 			// The second raw run right after the platform's main run.
 			prog.printf("raw broker again")
 			raw2, err = rawOTA(ctx, cfg.Devices, cfg.Size, cfg.Chunk, window)
+			raw2.Name = "raw 2"
 			res.RawRuns = append(res.RawRuns, raw2)
 			if err != nil {
 				return res, err
@@ -585,8 +587,7 @@ func printOTA(w io.Writer, r *OTAResult) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.1f\t%s\t%d\t%d\t%s\t%s\t\n", x.Name, x.Method, chunk, x.Seconds, x.MBPerS, ratio, x.Failed, x.Drops, rss, growth)
 	}
-	for i, x := range r.RawRuns {
-		x.Name = fmt.Sprintf("raw %d", i+1)
+	for _, x := range r.RawRuns {
 		row(x)
 	}
 	if len(r.RawRuns) > 1 {
