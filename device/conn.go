@@ -425,6 +425,7 @@ func (c *Client) check(l *link, ca *paho.Connack) {
 		c.opt.onUp()
 	}
 	c.tele.kick()
+	c.filesConnected()
 }
 
 // subscribe subscribes to the device's down/ topics, retrying while ctx

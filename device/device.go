@@ -146,6 +146,10 @@ type Client struct {
 	obOnce   sync.Once
 	obCloseE error
 	model    modelClient
+
+	files *fileMgr // files.go; nil without WithFiles
+	fwMu  sync.Mutex
+	fw    *fwMgr // firmware.go; nil without HandleFirmware
 }
 
 // New prepares a client for endpoint, a URL of the form
@@ -204,6 +208,11 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("device: %w", err)
 	}
 	c.lifetime, c.stop = context.WithCancel(context.Background())
+	if err := c.initFiles(); err != nil {
+		c.stop()
+		c.closeOutbox()
+		return nil, fmt.Errorf("device: %w", err)
+	}
 	return c, nil
 }
 
@@ -285,6 +294,7 @@ func (c *Client) Close() error {
 	}
 	c.stop()
 	c.wg.Wait()
+	c.files.close()
 	c.setFatal(ErrClosed)
 	if err := c.closeOutbox(); err != nil {
 		return fmt.Errorf("device: close: %w", err)
@@ -320,7 +330,7 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 			c.opt.onError(e)
 		}
 	default:
-		if c.onModelPublish(t.Kind, p.Payload) {
+		if c.onModelPublish(t.Kind, p.Payload) || c.onFilesPublish(t.Kind, p.Payload) {
 			break
 		}
 		c.opt.log.Debug("ignoring message of unknown kind", "device_id", c.id, "kind", t.Kind)

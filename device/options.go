@@ -41,6 +41,8 @@ type options struct {
 	// retryOnFailedConnect: Connect returns at once and the client keeps
 	// trying in the background.
 	retryOnFailedConnect bool
+	files                *fileConfig // WithFiles (files.go)
+	lowResource          bool        // WithLowResource
 }
 
 func defaultOptions() options {

@@ -5,7 +5,8 @@
 //	outpost device list|show|delete    manage devices
 //	outpost rpc DEVICE METHOD [ARGS]   call a function on a device
 //	outpost telemetry DEVICE           print stored readings
-//	outpost bench ingest|rpc           measure the platform against raw limits
+//	outpost file, firmware, keys       artifacts, file transfers, firmware updates
+//	outpost bench ingest|rpc|ota       measure the platform against raw limits
 //	outpost backup FILE                copy the database consistently, even while it runs
 //
 // Client commands find the platform through --server and --token, else
@@ -50,7 +51,14 @@ Usage:
   outpost params unset DEVICE KEY…              remove parameters
   outpost events DEVICE [--kind event|notification] [--limit N] [--since T]
   outpost stream [--device ID]… [--kind KIND]…  print live events as JSON lines until interrupted
-  outpost bench ingest|rpc [flags]
+  outpost file upload PATH [--version V]        keep a file or firmware image on the platform (progress bar)
+  outpost file list|show|delete ARTIFACT        artifacts
+  outpost file send DEVICE ARTIFACT [--wait]    send a file to a device (MQTT chunks or URL)
+  outpost file transfers|device|rm|purge DEVICE transfers and the files on a device
+  outpost firmware update DEVICE ARTIFACT [--wait]   update firmware; SUCCESS once the device is back with the version
+  outpost firmware status|jobs DEVICE, show|abort JOB
+  outpost keys [--pem]                          the public key devices check firmware signatures with
+  outpost bench ingest|rpc|ota [flags]
   outpost env [--data DIR]                      print OUTPOST_SERVER and OUTPOST_TOKEN for curl: eval "$(outpost env)"
   outpost backup [--data DIR] FILE              copy the database consistently, even while the platform runs
   outpost version

@@ -54,6 +54,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.MQTTConnectTimeout, "mqtt-connect-timeout", broker.DefaultConnectTimeout, "how long a new MQTT connection has to send its CONNECT")
 	fs.DurationVar(&cfg.MQTTWriteTimeout, "mqtt-write-timeout", broker.DefaultWriteTimeout, "how long a write to a device may make no progress before the device is disconnected")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", broker.DefaultMaxSubscriptions, "most subscriptions one device may hold (-1: no bound)")
+	fs.StringVar(&cfg.SigningKeyFile, "signing-key", "", "Ed25519 private key `FILE` (PKCS #8 PEM) that signs artifacts (default: DIR/signing-key.pem, created on first start)")
+	fs.StringVar(&cfg.PublicURL, "public-url", "", "base `URL` devices download files from (default: the HTTP listener's URL)")
 	if _, err := parse(fs, sp, args, stdout); err != nil {
 		return err
 	}

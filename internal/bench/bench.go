@@ -58,6 +58,7 @@ same run, prints a table and, as the last line, one JSON object):
            flags: --devices D (100) --callers LIST (1,100) --calls C (2000)
                   --timeout D (5m)
 
+` + otaUsage + `
 Run 'outpost bench BENCHMARK --help' for the flags of one benchmark.
 `
 
@@ -75,19 +76,21 @@ const (
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return errors.New("bench: no benchmark given (want ingest or rpc)")
+		return errors.New("bench: no benchmark given (want ingest, rpc or ota)")
 	}
 	switch args[0] {
 	case "ingest":
 		return ingestMain(ctx, args[1:], stdout, stderr)
 	case "rpc":
 		return rpcMain(ctx, args[1:], stdout, stderr)
+	case "ota":
+		return otaMain(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("bench: unknown benchmark %q (want ingest or rpc)", args[0])
+	return fmt.Errorf("bench: unknown benchmark %q (want ingest, rpc or ota)", args[0])
 }
 
 // parseFlags parses fs and refuses positional arguments. It returns

@@ -86,6 +86,10 @@ type Options struct {
 	// Heartbeat is the interval of keep-alive comments on the event stream
 	// (default 15s).
 	Heartbeat time.Duration
+	// Artifacts and OTA serve the artifact repository and the file
+	// transfer and firmware endpoints (ota.go); nil leaves them out.
+	Artifacts ArtifactService
+	OTA       OTAService
 	Logger    *slog.Logger
 }
 
@@ -132,10 +136,11 @@ func New(svc Service, o Options) http.Handler {
 	mux.HandleFunc("GET /api/v1/stream", a.authQuery(a.stream))
 	a.registerModel(mux)
 	a.routeCalls(mux)
+	a.routeOTA(mux, o.Artifacts, o.OTA)
 	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))
 	}))
-	return a.serve(mux)
+	return a.serve(noDotSegments(mux))
 }
 
 // auth requires the bearer token in the Authorization header.

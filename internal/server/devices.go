@@ -9,6 +9,7 @@ import (
 
 	"github.com/outpost-iot/outpost/internal/broker"
 	"github.com/outpost-iot/outpost/internal/ingest"
+	"github.com/outpost-iot/outpost/internal/ota"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/presence"
 	"github.com/outpost-iot/outpost/internal/stream"
@@ -67,6 +68,12 @@ func (s *Server) HandleMessage(ctx context.Context, deviceID, kind string, paylo
 	case protocol.KindPull:
 		return s.handlePull(ctx, deviceID, payload)
 	default:
+		if ota.Handles(kind) {
+			if s.ota == nil {
+				return s.reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeNotSupported, Message: "files and firmware are not available with this platform's database engine"})
+			}
+			return s.ota.Handle(ctx, deviceID, kind, payload)
+		}
 		if ok, err := s.handleModelMessage(ctx, deviceID, kind, payload); ok {
 			return err
 		}

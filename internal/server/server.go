@@ -21,9 +21,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/outpost-iot/outpost/internal/artifact"
 	"github.com/outpost-iot/outpost/internal/broker"
 	"github.com/outpost-iot/outpost/internal/httpapi"
 	"github.com/outpost-iot/outpost/internal/ingest"
+	"github.com/outpost-iot/outpost/internal/ota"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/presence"
 	"github.com/outpost-iot/outpost/internal/queue"
@@ -143,7 +145,19 @@ type Config struct {
 	// most this many per device and message every 10 seconds, the rest
 	// counted and reported (default 5; negative: no bound).
 	LogRepeats int
-	Logger     *slog.Logger
+	// SigningKeyFile is the operator's Ed25519 key (PKCS #8 PEM) for
+	// signing artifacts; empty: the key in the data directory, created
+	// on first start.
+	SigningKeyFile string
+	// PublicURL is the base URL devices download files from (default:
+	// the HTTP listener's URL); DownloadTTL how long a download URL
+	// stays valid (default 15 minutes).
+	PublicURL   string
+	DownloadTTL time.Duration
+	// ChunkHook, for fault tests, may change a chunk's data after its
+	// hash was computed (see ota.Options.ChunkHook).
+	ChunkHook func(deviceID, transferID string, index int64, data []byte)
+	Logger    *slog.Logger
 }
 
 // Server is a running platform.
@@ -163,6 +177,8 @@ type Server struct {
 	metrics                      *metrics
 	svc                          *service
 	model                        *modelState
+	artifacts                    *artifact.Repository
+	ota                          *ota.Service
 
 	httpSrv   *http.Server
 	httpLn    net.Listener
@@ -310,6 +326,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := s.openQueue(); err != nil {
 		return nil, err
 	}
+	if err := s.openOTA(); err != nil {
+		return nil, err
+	}
 	s.svc = &service{s: s}
 	s.metrics.register(s)
 
@@ -323,8 +342,12 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.httpConns = newHTTPConns(cfg.HTTPMaxConns)
 	s.httpLn = s.httpConns.listener(ln)
 	s.metrics.registerHTTP(s.httpConns)
-	api := httpapi.New(s.svc, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
-		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: s.log})
+	apiOpts := httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
+		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: s.log}
+	if s.ota != nil {
+		apiOpts.Artifacts, apiOpts.OTA = s.artifacts, s.ota
+	}
+	api := httpapi.New(s.svc, apiOpts)
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	s.cancelHTTP = cancelBase
 	s.httpSrv = &http.Server{
@@ -467,6 +490,9 @@ func (s *Server) Close() error {
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())
+		}
+		if s.ota != nil {
+			errs = append(errs, s.ota.Close())
 		}
 		if s.queue != nil {
 			errs = append(errs, s.queue.Close())

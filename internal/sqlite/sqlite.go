@@ -289,6 +289,9 @@ INSERT INTO counters (name, value) SELECT 'readings_seq', COALESCE(MAX(seq), 0) 
 ALTER TABLE device_events ADD COLUMN msg_id TEXT;
 CREATE UNIQUE INDEX device_events_msg ON device_events (device_seq, msg_id) WHERE msg_id IS NOT NULL;
 `,
+	// 6: file transfers and firmware updates: artifacts, transfers,
+	// firmware jobs, and what devices report (files, version). See ota.go.
+	migrationOTA,
 }
 
 func (db *DB) migrate(ctx context.Context) error {
