@@ -78,7 +78,7 @@ type Listener struct {
 	done  atomic.Bool
 	// exited: Serve returned without Stop (see ready.go).
 	exited atomic.Bool
-	stopc chan struct{}
+	stopc  chan struct{}
 
 	mu        sync.Mutex
 	conns     map[*conn]struct{}
