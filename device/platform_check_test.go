@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,6 +86,10 @@ func TestNotAnOutpostPlatform(t *testing.T) {
 func mosquitto(t *testing.T) string {
 	t.Helper()
 	if addr := os.Getenv("OUTPOST_TEST_MQTT"); addr != "" {
+		// .ci/run sets a URL (tcp://127.0.0.1:1883); a bare HOST:PORT works too.
+		if u, err := url.Parse(addr); err == nil && u.Host != "" {
+			addr = u.Host
+		}
 		return addr
 	}
 	bin, err := exec.LookPath("mosquitto")
