@@ -96,6 +96,8 @@ type Client struct {
 	tele   telemetry
 	obOnce sync.Once
 	model  modelClient
+	acks   downAcks // acknowledgements of queued messages (ack.go)
+	limits limits   // what the platform announced (limits.go)
 }
 
 // New prepares a client for endpoint, a URL of the form
@@ -220,10 +222,14 @@ func (c *Client) Connect(ctx context.Context) error {
 			if err := c.Err(); err != nil {
 				return nil, err // never reconnect after a takeover
 			}
+			if p.Properties == nil {
+				p.Properties = &paho.ConnectProperties{}
+			}
+			// With Request Problem Information 0 the embedded broker
+			// leaves out user properties, the queued message id among
+			// them (ack.go).
+			p.Properties.RequestProblemInfo = true
 			if c.opt.pull {
-				if p.Properties == nil {
-					p.Properties = &paho.ConnectProperties{}
-				}
 				p.Properties.User = append(p.Properties.User, paho.UserProperty{Key: protocol.PropMode, Value: protocol.ModePull})
 			}
 			return p, nil
@@ -243,6 +249,7 @@ func (c *Client) Connect(ctx context.Context) error {
 		return fmt.Errorf("device: %w", err)
 	}
 	c.cm = cm
+	c.startAcks()
 	if c.opt.autoPublish > 0 {
 		c.wg.Add(1)
 		go c.autoPublish(c.opt.autoPublish)
@@ -311,6 +318,7 @@ func (c *Client) Close() error {
 
 func (c *Client) onUp(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 	c.opt.log.Info("connected", "device_id", c.id, "server", c.server.Host)
+	c.limits.connected(c, ca)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -407,6 +415,7 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 	if err != nil || t.DeviceID != c.id || t.Dir != protocol.Down {
 		return false, nil
 	}
+	defer c.ackQueued(p) // once taken in below
 	switch t.Kind {
 	case protocol.KindRPC:
 		req, err := protocol.DecodeRPCRequest(p.Payload)
@@ -491,7 +500,7 @@ func (c *Client) serveRPC(req protocol.RPCRequest, done func()) {
 		}
 	}
 	payload, _ := json.Marshal(resp)
-	if len(payload) > protocol.MaxMessageBytes {
+	if len(payload) > protocol.MaxMessageBytes || c.checkSize(protocol.KindRPC, payload) != nil {
 		payload, _ = json.Marshal(protocol.RPCResponse{ID: req.ID, Error: &protocol.Error{Code: protocol.CodeTooLarge, Message: "result exceeds " + strconv.Itoa(protocol.MaxMessageBytes) + " bytes"}})
 	}
 	c.answers.remember(req.ID, payload)

@@ -340,6 +340,9 @@ func (c *Client) publishUp(ctx context.Context, kind string, payload []byte) err
 	if !c.started.Load() {
 		return ErrNotConnected
 	}
+	if err := c.checkSize(kind, payload); err != nil {
+		return err
+	}
 	select {
 	case <-c.cmReady:
 	case <-ctx.Done():

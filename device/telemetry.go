@@ -252,6 +252,14 @@ func (c *Client) Publish(ctx context.Context) error {
 		if len(msgs) == 0 {
 			return nil
 		}
+		if changed, err := c.resealOversize(msgs); err != nil {
+			return err
+		} else if changed { // split into messages that fit (limits.go)
+			if n := t.ob.Stats().NextSeq; n > 0 {
+				last = n - 1
+			}
+			continue
+		}
 		if c.cm == nil || c.Err() != nil {
 			if err := c.Err(); err != nil {
 				return err

@@ -27,8 +27,6 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/outpost-iot/outpost/protocol"
 )
 
 // Authenticator checks device credentials.
@@ -79,8 +77,12 @@ type Broker struct {
 	once    sync.Once
 	stats   Stats
 	acks    acker
-	// queueClient publishes queued messages (see SetDeliveryHandler).
-	queueClient *mqtt.Client
+	// downClient publishes the platform's messages to devices; windows
+	// holds each device connection's send window (window.go); dh is the
+	// down queue (SetDeliveryHandler).
+	downClient *mqtt.Client
+	windows    sync.Map // *mqtt.Client → *sendWindow
+	dh         atomic.Pointer[DeliveryHandler]
 }
 
 // Stats are broker counters.
@@ -91,6 +93,7 @@ type Stats struct {
 	Retried        atomic.Int64 // messages not acknowledged (transient error)
 	Overloaded     atomic.Int64 // of those, refused because a queue was full
 	MessagesRouted atomic.Int64
+	Oversize       atomic.Int64 // MQTT 5 connections ended for a packet over MaxPacketSize
 }
 
 // New creates the broker and binds its listeners, so that a port in use is
@@ -104,7 +107,9 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
-	caps.MaximumPacketSize = protocol.MaxMessageBytes + 4096
+	// mochi reads packets up to readLimit; MaxPacketSize is what devices
+	// are told, and what the down hook enforces (window.go, delivery.go).
+	caps.MaximumPacketSize = readLimit
 	caps.MaximumInflight = 4096
 	caps.ReceiveMaximum = receiveMaximum
 	caps.MaximumMessageExpiryInterval = 24 * 3600
@@ -116,6 +121,12 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 		SysTopicResendInterval: 0,
 	})
 	b := &Broker{srv: srv, log: cfg.Logger, h: h}
+	b.downClient = srv.NewClient(nil, "local", "outpost-down", true)
+	// Before the presence hook: a device's send window exists before the
+	// device is reported online, so nothing is sent around it.
+	if err := srv.AddHook(&downHook{b: b}, nil); err != nil {
+		return nil, err
+	}
 	if err := srv.AddHook(&authHook{auth: auth, b: b}, nil); err != nil {
 		return nil, err
 	}
@@ -182,15 +193,6 @@ func (b *Broker) Stats() *Stats { return &b.stats }
 
 // Clients returns the number of connected clients.
 func (b *Broker) Clients() int64 { return atomic.LoadInt64(&b.srv.Info.ClientsConnected) }
-
-// PublishToDevice publishes payload on the device's down/{kind} topic with
-// QoS 1.
-func (b *Broker) PublishToDevice(deviceID, kind string, payload []byte) error {
-	if b.closing.Load() {
-		return errors.New("broker is shutting down")
-	}
-	return b.srv.Publish(protocol.DownTopic(deviceID, kind), payload, false, 1)
-}
 
 // DisconnectDevice closes a device's live session, if any (used when a
 // device is deleted or its secret rotated).
