@@ -35,6 +35,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.BatchRetention, "batch-retention", 30*24*time.Hour, "how long telemetry batch ids are kept to recognise redelivered batches (longer than any device outbox holds data)")
 	fs.DurationVar(&cfg.QueueRetention, "queue-retention", 7*24*time.Hour, "how long finished calls and delivered or expired queued messages stay readable")
 	fs.DurationVar(&cfg.KeepAliveDefault, "keepalive", 60*time.Second, "keep-alive for devices that propose none; a device silent for two intervals is dropped")
+	fs.Int64Var(&cfg.StreamRingBytes, "stream-ring-bytes", 64<<20, "memory for recent live-stream events kept so that a reconnecting client resumes without a gap")
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err
 	}
