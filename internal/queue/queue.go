@@ -536,6 +536,12 @@ func (q *Queue) deliverLocked(ctx context.Context, deviceID string) error {
 	if err != nil {
 		return err
 	}
+	subscribed := map[string]bool{}
+	for _, m := range msgs {
+		if _, ok := subscribed[m.Kind]; !ok {
+			subscribed[m.Kind] = q.sender.Subscribed(deviceID, m.Kind)
+		}
+	}
 	q.mu.Lock()
 	// Forget ids that are done (acknowledged, answered, expired): the set
 	// keeps only what is still outstanding.
@@ -544,7 +550,7 @@ func (q *Queue) deliverLocked(ctx context.Context, deviceID string) error {
 	for _, m := range msgs {
 		if s.sent[m.ID] {
 			sent[m.ID] = true
-		} else if q.sender.Subscribed(deviceID, m.Kind) {
+		} else if subscribed[m.Kind] {
 			todo = append(todo, m)
 		}
 	}
