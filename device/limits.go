@@ -73,13 +73,16 @@ func (c *Client) resealOversize(msgs []sealedMsg) (changed bool, err error) {
 		return false, nil
 	}
 	t := &c.tele
+	// Only an outbox that seals to the new limit can split; with another
+	// queue the readings would come back in messages as large.
+	_, canSplit := t.ob.(interface{ SetMessageBytes(int) })
 	for _, m := range msgs {
 		if c.checkSize(m.kind, m.payload) == nil {
 			continue
 		}
-		if m.kind != protocol.KindTelemetry {
+		if m.kind != protocol.KindTelemetry || !canSplit {
 			_ = t.ob.Drop(m.seq)
-			return true, &PublishError{Kind: m.kind, ReasonCode: 0x95}
+			return true, &PublishError{Kind: m.kind, BatchID: m.id, Readings: m.readings, ReasonCode: 0x95}
 		}
 		tm, derr := protocol.DecodeTelemetry(m.payload)
 		if derr != nil || len(tm.Readings) < 2 {
