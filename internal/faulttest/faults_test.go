@@ -121,22 +121,33 @@ func TestKillPlatformWhileStreaming(t *testing.T) {
 	pl := startPlatform(t, dir, "127.0.0.1:0", "127.0.0.1:0")
 	var ss []*streamer
 	var ids []string
+	var urls []string
 	for i := range devices {
 		d := pl.createDevice(t, "streamer-"+strconv.Itoa(i))
 		ids = append(ids, d.ID)
-		ss = append(ss, startStreamer(t, ctx, pl.url(d), perDevice, 250, nil))
+		urls = append(urls, pl.url(d))
 	}
-	// Kill the platform mid-stream, twice: once early and once late.
+	// All devices exist before any streams: creating them takes longer than
+	// the platform needs for a good part of the readings.
+	for _, u := range urls {
+		ss = append(ss, startStreamer(t, ctx, u, perDevice, 250, nil))
+	}
+	// Kill the platform mid-stream, twice: once early and once late. The
+	// counter starts from 0 in each process, so count what the killed ones
+	// stored (at least what they reported last).
+	before := 0
 	for _, frac := range []int{4, 2} {
 		target := devices * perDevice / frac
-		for n := pl.storedReadings(); n < target; n = pl.storedReadings() {
+		n := pl.storedReadings()
+		for ; before+n < target; n = pl.storedReadings() {
 			if ctx.Err() != nil {
-				t.Fatalf("only %d readings stored before the deadline", n)
+				t.Fatalf("only %d readings stored before the deadline", before+n)
 			}
 			time.Sleep(5 * time.Millisecond) // polling the platform's counter
 		}
-		t.Logf("SIGKILL to the platform at %d stored readings", pl.storedReadings())
+		t.Logf("SIGKILL to the platform at %d stored readings", before+n)
 		pl.kill()
+		before += n
 		pl = pl.restart(t)
 	}
 	finish(t, ctx, ss)
