@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,6 +54,20 @@ const (
 // device's send window: the device has a full window of messages
 // unacknowledged and maxWaiting more (or maxWaitingBytes) waiting.
 var ErrDeviceBusy = errors.New("device is not acknowledging what it is sent: too many messages waiting for it")
+
+// ErrTooLargeForDevice is returned for a message whose packet would exceed
+// the Maximum Packet Size the device announced in its CONNECT.
+var ErrTooLargeForDevice = errors.New("message larger than the device's maximum packet size")
+
+// packetSize is the size of m's PUBLISH packet, a few bytes over rather
+// than under: fixed header, topic, packet id, properties, payload.
+func packetSize(m downMsg) int {
+	n := 5 + 2 + len(m.topic) + 2 + 4 + len(m.payload)
+	if m.msgID != "" {
+		n += 1 + 2 + len(protocol.PropMessageID) + 2 + len(m.msgID)
+	}
+	return n
+}
 
 // errShuttingDown is returned for sends after Close began.
 var errShuttingDown = errors.New("broker is shutting down")
@@ -173,6 +188,11 @@ func (b *Broker) send(m downMsg) error {
 	}
 	cl, ok := b.srv.Clients.Get(m.deviceID)
 	if ok {
+		if max := cl.Properties.Props.MaximumPacketSize; max > 0 && packetSize(m) > int(max) {
+			// mochi would drop it when writing, after counting it in
+			// flight, and its PUBACK would never come.
+			return fmt.Errorf("%w: %d bytes, the device takes at most %d", ErrTooLargeForDevice, packetSize(m), max)
+		}
 		if w := b.windowOf(cl); w != nil {
 			if handled, err := w.send(b, m); handled {
 				return err

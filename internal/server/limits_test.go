@@ -94,3 +94,43 @@ func TestOversizeMessageRejected311(t *testing.T) {
 		t.Fatal("connection still open after a packet of twice the limit")
 	}
 }
+
+// TestDeviceMaxPacketSizeRespected: a message larger than the Maximum
+// Packet Size the device announced is refused at once (the broker would
+// drop it on the wire and wait for its PUBACK for ever), and later
+// messages still flow, even with Receive Maximum 1.
+func TestDeviceMaxPacketSizeRespected(t *testing.T) {
+	p := outposttest.Start(t)
+	d := p.CreateDevice(t, "small-device")
+	one, small := uint16(1), uint32(1024)
+	r, _ := dialRaw(t, p, d, func(c *packets.Connect) {
+		c.Properties.ReceiveMaximum = &one
+		c.Properties.MaximumPacketSize = &small
+	})
+	sub := packets.NewControlPacket(packets.SUBSCRIBE)
+	sub.Content.(*packets.Subscribe).PacketID = 1
+	sub.Content.(*packets.Subscribe).Subscriptions = []packets.SubOptions{{Topic: topicOf(d.ID, "down", "#"), QoS: 1}}
+	r.send(t, sub)
+	r.next(t, "SUBACK", func(pk *packets.ControlPacket) bool { return pk.Type == packets.SUBACK })
+
+	big := callRPC(p, d.ID, "echo", `"`+strings.Repeat("x", 2000)+`"`)
+	if res := outcome(t, big); res.status != 503 {
+		t.Fatalf("call too large for the device: %d %s, want 503", res.status, res.body)
+	}
+	for i := range 3 {
+		call := callRPC(p, d.ID, "echo", `"small"`)
+		pk := r.next(t, "request", isPublishOn("/down/rpc"))
+		if pk == nil {
+			t.Fatal("connection closed")
+		}
+		req := pk.Content.(*packets.Publish)
+		var m struct{ ID string }
+		json.Unmarshal(req.Payload, &m)
+		r.puback(t, req.PacketID)
+		r.publish(t, "rpc", uint16(100+i), `{"id":"`+m.ID+`","result":"ok"}`)
+		r.next(t, "PUBACK of the answer", isPuback(uint16(100+i)))
+		if res := outcome(t, call); res.status != 200 {
+			t.Fatalf("small call %d: %d %s", i, res.status, res.body)
+		}
+	}
+}
