@@ -75,16 +75,44 @@ func (c *Client) startAcks() {
 				return
 			case <-kick:
 			}
-			for c.sendAcks() {
+			for {
+				ctx, cancel := context.WithTimeout(c.lifetime, c.opt.connectTimeout)
+				more, err := c.sendAcks(ctx)
+				cancel()
+				if err != nil {
+					c.opt.log.Debug("acknowledge queued messages; will retry", "device_id", c.id, "error", err)
+					select {
+					case <-c.lifetime.Done():
+						return
+					case <-time.After(time.Second):
+					}
+					continue
+				}
+				if !more {
+					break
+				}
 			}
 		}
 	}()
 }
 
-// sendAcks publishes one batch of pending ids. It reports whether there
-// are more to send now; after a failure it waits for a reconnect (or a
-// second) and reports true while the client runs.
-func (c *Client) sendAcks() bool {
+// flushAcks sends every pending acknowledgement and waits for the
+// platform's PUBACK, until ctx ends. Pull calls it, so that a PULL device
+// that disconnects right after is not sent its messages again; Close
+// tries it briefly.
+func (c *Client) flushAcks(ctx context.Context) error {
+	for {
+		more, err := c.sendAcks(ctx)
+		if err != nil || !more {
+			return err
+		}
+	}
+}
+
+// sendAcks publishes one batch of pending ids and waits for its PUBACK. It
+// reports whether more ids are pending. Sending the same id twice (the
+// goroutine and flushAcks at once) is harmless.
+func (c *Client) sendAcks(ctx context.Context) (more bool, err error) {
 	a := &c.acks
 	a.mu.Lock()
 	n := min(len(a.ids), protocol.MaxAckIDs)
@@ -92,31 +120,21 @@ func (c *Client) sendAcks() bool {
 	end := a.base + uint64(n) // ids before this index are in the batch
 	a.mu.Unlock()
 	if n == 0 {
-		return false
+		return false, nil
 	}
 	payload, _ := json.Marshal(protocol.Ack{IDs: batch})
-	ctx, cancel := context.WithTimeout(c.lifetime, c.opt.connectTimeout)
-	defer cancel()
-	err := c.cm.AwaitConnection(ctx)
-	if err == nil {
-		_, err = c.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindAck), QoS: 1, Payload: payload})
+	if err := c.cm.AwaitConnection(ctx); err != nil {
+		return true, err
 	}
-	if err != nil {
-		c.opt.log.Debug("acknowledge queued messages; will retry", "device_id", c.id, "ids", n, "error", err)
-		select {
-		case <-c.lifetime.Done():
-			return false
-		case <-time.After(time.Second):
-		}
-		return true
+	if _, err := c.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindAck), QoS: 1, Payload: payload}); err != nil {
+		return true, err
 	}
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	if end > a.base {
 		cut := min(int(end-a.base), len(a.ids))
 		a.ids = a.ids[cut:]
 		a.base += uint64(cut)
 	}
-	more := len(a.ids) > 0
-	a.mu.Unlock()
-	return more
+	return len(a.ids) > 0, nil
 }

@@ -302,6 +302,12 @@ func (c *Client) Close() error {
 		return nil
 	}
 	if c.cm != nil {
+		if c.Connected() {
+			// Best effort: the platform resends what is not confirmed.
+			fctx, fcancel := context.WithTimeout(context.Background(), time.Second)
+			_ = c.flushAcks(fctx)
+			fcancel()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = c.cm.Disconnect(ctx)
 		cancel()
