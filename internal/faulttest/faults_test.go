@@ -39,9 +39,10 @@ func startStreamer(t *testing.T, ctx context.Context, url string, n, chunk int, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := c.Connect(cctx); err != nil {
+	// Bounded by the test's deadline only: while the devices started
+	// before stream at full speed, a connection can take many seconds on
+	// a loaded machine.
+	if err := c.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}
 	s := &streamer{c: c, n: n, produced: make(chan struct{}), done: make(chan struct{})}
