@@ -213,10 +213,14 @@ func (c *Client) startRun() (*run, bool, error) {
 			if err := c.Err(); err != nil {
 				return nil, err // never reconnect after a takeover
 			}
+			if p.Properties == nil {
+				p.Properties = &paho.ConnectProperties{}
+			}
+			// With Request Problem Information 0 the embedded broker
+			// leaves out user properties, the queued message id among
+			// them (ack.go).
+			p.Properties.RequestProblemInfo = true
 			if c.opt.pull {
-				if p.Properties == nil {
-					p.Properties = &paho.ConnectProperties{}
-				}
 				p.Properties.User = append(p.Properties.User, paho.UserProperty{Key: protocol.PropMode, Value: protocol.ModePull})
 			}
 			return p, nil
@@ -408,6 +412,7 @@ func (c *Client) check(l *link, ca *paho.Connack) {
 		}
 		return
 	}
+	c.limits.connected(c, ca)
 	c.modelConnected(ctx, l, ca)
 	c.mu.Lock()
 	if c.link != l || l.ctx.Err() != nil {
@@ -547,6 +552,9 @@ func onLink(ctx context.Context, l *link) (context.Context, context.CancelFunc) 
 // answer, a device-model message, a raw message) and waits for the
 // platform's acknowledgement, riding out reconnects until ctx ends.
 func (c *Client) publishUp(ctx context.Context, kind string, payload []byte) error {
+	if err := c.checkSize(kind, payload); err != nil {
+		return err
+	}
 	for {
 		l, err := c.waitReady(ctx)
 		if err != nil {

@@ -150,6 +150,8 @@ type Client struct {
 	files *fileMgr // files.go; nil without WithFiles
 	fwMu  sync.Mutex
 	fw    *fwMgr // firmware.go; nil without HandleFirmware
+	acks   downAcks // acknowledgements of queued messages (ack.go)
+	limits limits   // what the platform announced (limits.go)
 }
 
 // New prepares a client for endpoint, a URL of the form
@@ -208,6 +210,7 @@ func New(endpoint string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("device: %w", err)
 	}
 	c.lifetime, c.stop = context.WithCancel(context.Background())
+	c.startAcks()
 	if err := c.initFiles(); err != nil {
 		c.stop()
 		c.closeOutbox()
@@ -289,6 +292,12 @@ func (c *Client) Close() error {
 	r := c.run
 	c.mu.Unlock()
 	if r != nil {
+		if c.Connected() {
+			// Best effort: the platform resends what is not confirmed.
+			fctx, fcancel := context.WithTimeout(context.Background(), time.Second)
+			_ = c.flushAcks(fctx)
+			fcancel()
+		}
 		c.endRun(r, ErrClosed)
 		<-r.done
 	}
@@ -308,6 +317,7 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 	if err != nil || t.DeviceID != c.id || t.Dir != protocol.Down {
 		return false, nil
 	}
+	defer c.ackQueued(p) // once taken in below
 	switch t.Kind {
 	case protocol.KindRPC:
 		req, err := protocol.DecodeRPCRequest(p.Payload)
@@ -392,7 +402,7 @@ func (c *Client) serveRPC(req protocol.RPCRequest, done func()) {
 		}
 	}
 	payload, _ := json.Marshal(resp)
-	if len(payload) > protocol.MaxMessageBytes {
+	if len(payload) > protocol.MaxMessageBytes || c.checkSize(protocol.KindRPC, payload) != nil {
 		payload, _ = json.Marshal(protocol.RPCResponse{ID: req.ID, Error: &protocol.Error{Code: protocol.CodeTooLarge, Message: "result exceeds " + strconv.Itoa(protocol.MaxMessageBytes) + " bytes"}})
 	}
 	c.answers.remember(req.ID, payload)

@@ -84,6 +84,10 @@ func (c *Client) Pull(ctx context.Context) (PullResult, error) {
 			return PullResult{}, fmt.Errorf("device: pull: waiting for handlers: %w", ctx.Err())
 		}
 	}
+	// The pulled messages are confirmed before Pull returns (ack.go).
+	if err := c.flushAcks(ctx); err != nil {
+		return PullResult{}, fmt.Errorf("device: pull: acknowledging messages: %w", err)
+	}
 	return PullResult{Delivered: end.Delivered, Expired: end.Expired, ExpiredIDs: end.ExpiredIDs}, nil
 }
 

@@ -392,6 +392,14 @@ func (c *Client) send(ctx context.Context, last uint64) error {
 		if len(msgs) == 0 {
 			return nil
 		}
+		if changed, err := c.resealOversize(msgs); err != nil {
+			return err
+		} else if changed { // split into messages that fit (limits.go)
+			if n := t.ob.Stats().NextSeq; n > 0 {
+				last = n - 1
+			}
+			continue
+		}
 		l, err := c.waitReady(ctx)
 		if err != nil {
 			return err

@@ -40,8 +40,10 @@ type Parameters struct {
 	Desired  map[string]json.RawMessage `json:"desired"`
 	Reported map[string]json.RawMessage `json:"reported"`
 	// Delivery, after UpdateParameters, is "sent" when the change went to
-	// the device and "offline" when it did not (the device gets the full
-	// set when it next pulls its parameters).
+	// the device at once, "queued" when it waits in the device's down queue
+	// (the device is away or in PULL mode: it gets the change when it comes
+	// back or pulls), and "not_queued" when the queue refused it (the
+	// device gets it with the next full set it asks for).
 	Delivery string `json:"delivery,omitempty"`
 }
 

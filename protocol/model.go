@@ -166,7 +166,10 @@ type ParametersReport struct {
 // Full set, Values is the whole parameter set; otherwise it holds changes
 // only, and a null value means the key was removed. Version grows with
 // every change, so a device can drop an update older than one it applied.
+// A change goes through the down queue and carries its message id in ID,
+// which the device acknowledges (Ack); a full set sent on request has none.
 type ParametersUpdate struct {
+	ID      string                     `json:"id,omitempty"`
 	Version int64                      `json:"version"`
 	Full    bool                       `json:"full,omitempty"`
 	Values  map[string]json.RawMessage `json:"values"`
@@ -209,7 +212,8 @@ type Notification struct {
 }
 
 // FeedCommand is published by the platform on down/feed: an application
-// set feed F to value V at time T (Unix ms).
+// set feed F to value V at time T (Unix ms). ID is the command's id and its
+// message id in the down queue, which the device acknowledges (Ack).
 type FeedCommand struct {
 	ID    string          `json:"id"`
 	Feed  string          `json:"f"`

@@ -78,3 +78,42 @@ func DecodePullEnd(payload []byte) (PullEnd, error) {
 	}
 	return e, nil
 }
+
+// KindAck carries an Ack (up): the device confirms that it received
+// queued messages.
+const KindAck = "ack"
+
+// MaxAckIDs bounds the ids in one Ack.
+const MaxAckIDs = 256
+
+// Ack is published by a device on up/ack once it has received (and, for
+// a command, recorded or applied) queued messages. IDs are the messages'
+// ids: the "id" field of each message's payload (on MQTT 5 also the user
+// property PropMessageID). An answer to a queued call confirms its request
+// as well, so a device that answers need not acknowledge it.
+type Ack struct {
+	IDs []string `json:"ids"`
+}
+
+// DecodeAck parses an acknowledgement published by a device.
+func DecodeAck(payload []byte) (Ack, error) {
+	var a Ack
+	if len(payload) > MaxMessageBytes {
+		return a, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("ack of %d bytes exceeds %d", len(payload), MaxMessageBytes)}
+	}
+	if err := decodeJSON("ack", payload, &a); err != nil {
+		return Ack{}, err
+	}
+	if len(a.IDs) == 0 {
+		return Ack{}, &Error{Code: CodeInvalid, Message: "ack: ids must hold at least one id"}
+	}
+	if len(a.IDs) > MaxAckIDs {
+		return Ack{}, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("ack: %d ids exceed %d per message", len(a.IDs), MaxAckIDs)}
+	}
+	for _, id := range a.IDs {
+		if id == "" || len(id) > MaxBatchIDLen {
+			return Ack{}, &Error{Code: CodeInvalid, Message: "ack: every id must be 1 to 64 bytes"}
+		}
+	}
+	return a, nil
+}

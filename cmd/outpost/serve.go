@@ -56,6 +56,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", broker.DefaultMaxSubscriptions, "most subscriptions one device may hold (-1: no bound)")
 	fs.StringVar(&cfg.SigningKeyFile, "signing-key", "", "Ed25519 private key `FILE` (PKCS #8 PEM) that signs artifacts (default: DIR/signing-key.pem, created on first start)")
 	fs.StringVar(&cfg.PublicURL, "public-url", "", "base `URL` devices download files from (default: the HTTP listener's URL)")
+	fs.Int64Var(&cfg.StreamRingBytes, "stream-ring-bytes", 64<<20, "memory for recent live-stream events kept so that a reconnecting client resumes without a gap")
 	if _, err := parse(fs, sp, args, stdout); err != nil {
 		return err
 	}

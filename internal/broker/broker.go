@@ -27,8 +27,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/outpost-iot/outpost/protocol"
 )
 
 // Authenticator checks device credentials.
@@ -107,13 +105,16 @@ type Broker struct {
 	once    sync.Once
 	stats   Stats
 	acks    acker
-	// queueClient publishes queued messages (see SetDeliveryHandler).
-	queueClient *mqtt.Client
-
 	sess     sessions
 	throttle *authThrottle
 	maxSubs  int
 	stopc    chan struct{} // closed by Close: ends waits for logins
+	// downClient publishes the platform's messages to devices; windows
+	// holds each device connection's send window (window.go); dh is the
+	// down queue (SetDeliveryHandler).
+	downClient *mqtt.Client
+	windows    sync.Map // *mqtt.Client → *sendWindow
+	dh         atomic.Pointer[DeliveryHandler]
 }
 
 // Stats are broker counters.
@@ -139,6 +140,9 @@ type Stats struct {
 	// SubscriptionsRefused counts filters refused because the device
 	// held MaxSubscriptions already.
 	SubscriptionsRefused atomic.Int64
+	// Oversize counts MQTT 5 connections ended for a packet over
+	// MaxPacketSize.
+	Oversize atomic.Int64
 }
 
 // New creates the broker and binds its listeners, so that a port in use is
@@ -159,7 +163,9 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
-	caps.MaximumPacketSize = protocol.MaxMessageBytes + 4096
+	// mochi reads packets up to readLimit; MaxPacketSize is what devices
+	// are told, and what the down hook enforces (window.go, delivery.go).
+	caps.MaximumPacketSize = readLimit
 	caps.MaximumInflight = 4096
 	caps.ReceiveMaximum = receiveMaximum
 	caps.MaximumMessageExpiryInterval = 24 * 3600
@@ -173,9 +179,15 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	})
 	b := &Broker{srv: srv, log: cfg.Logger, h: h, maxSubs: cfg.MaxSubscriptions, stopc: make(chan struct{}),
 		throttle: newAuthThrottle(cfg.AuthFailureDelay, cfg.AuthFailureDelayMax, cfg.Logger)}
+	b.downClient = srv.NewClient(nil, "local", "outpost-down", true)
 	// The session hook goes first: its OnDisconnect must run before any
 	// other hook's (sessions.go).
 	if err := srv.AddHook(&sessionHook{b: b}, nil); err != nil {
+		return nil, err
+	}
+	// Before the presence hook: a device's send window exists before the
+	// device is reported online, so nothing is sent around it.
+	if err := srv.AddHook(&downHook{b: b}, nil); err != nil {
 		return nil, err
 	}
 	if err := srv.AddHook(&authHook{auth: auth, b: b}, nil); err != nil {
@@ -245,15 +257,6 @@ func (b *Broker) Stats() *Stats { return &b.stats }
 
 // Clients returns the number of connected clients.
 func (b *Broker) Clients() int64 { return atomic.LoadInt64(&b.srv.Info.ClientsConnected) }
-
-// PublishToDevice publishes payload on the device's down/{kind} topic with
-// QoS 1.
-func (b *Broker) PublishToDevice(deviceID, kind string, payload []byte) error {
-	if b.closing.Load() {
-		return errors.New("broker is shutting down")
-	}
-	return b.srv.Publish(protocol.DownTopic(deviceID, kind), payload, false, 1)
-}
 
 // DisconnectDevice revokes the credentials a device's connections logged
 // in with: it ends every connection of the device that has authenticated,

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -11,113 +12,130 @@ import (
 
 // DeliveryHandler learns what the platform's down queue needs to know:
 // when a device can receive queued messages, when it can no longer, and
-// when it acknowledged one. The methods run on the device's connection
-// goroutine and must not block.
+// when its send window has room again. The methods run on the device's
+// connection goroutine and must not block.
+//
+// Whether a device got a queued message is not the broker's business: the
+// device says so itself (up/ack, or its answer to a call), which works the
+// same with any broker.
 type DeliveryHandler interface {
-	// DeviceSubscribed is called when conn subscribed to a filter that
-	// covers all of the device's down/ topics; from then on messages
-	// published to it reach it. pull is set when the device declared PULL
-	// mode on CONNECT (user property protocol.PropMode = protocol.ModePull).
+	// DeviceSubscribed is called when conn may receive messages: a
+	// subscription was granted, or a resumed session inherited some.
+	// Which topics it covers, Subscribed tells. pull is set when the
+	// device declared PULL mode on CONNECT (user property
+	// protocol.PropMode = protocol.ModePull).
 	DeviceSubscribed(deviceID string, conn any, pull bool)
 	// DeviceGone is called when conn ends.
 	DeviceGone(deviceID string, conn any)
-	// Acknowledged is called when the device's PUBACK for the queued
-	// message msgID arrives.
-	Acknowledged(deviceID, msgID string)
+	// RoomAvailable is called once a slot of the device's send window
+	// frees after Room reported less room than wanted.
+	RoomAvailable(deviceID string)
 }
 
 // SetDeliveryHandler connects the down queue. Call it once, before Start.
 func (b *Broker) SetDeliveryHandler(h DeliveryHandler) error {
-	cl := b.srv.NewClient(nil, "local", "outpost-queue", true)
-	b.queueClient = cl
-	return b.srv.AddHook(&deliveryHook{h: h}, nil)
+	if h == nil {
+		return errors.New("broker: nil delivery handler")
+	}
+	b.dh.Store(&h)
+	return nil
+}
+
+func (b *Broker) delivery() DeliveryHandler {
+	if p := b.dh.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// PublishToDevice publishes payload on the device's down/{kind} topic with
+// QoS 1, through the device's send window: at once when the window has
+// room, otherwise after the messages ahead of it. It never blocks. It
+// fails with ErrDeviceBusy when too many messages already wait for the
+// device.
+func (b *Broker) PublishToDevice(deviceID, kind string, payload []byte) error {
+	return b.send(downMsg{deviceID: deviceID, topic: protocol.DownTopic(deviceID, kind), payload: payload})
+}
+
+// PublishUntil is PublishToDevice for a message that is useless after
+// deadline (an RPC request): if it is still waiting for room in the send
+// window then, it is dropped unsent.
+func (b *Broker) PublishUntil(deviceID, kind string, payload []byte, deadline time.Time) error {
+	return b.send(downMsg{deviceID: deviceID, topic: protocol.DownTopic(deviceID, kind), payload: payload, deadline: deadline})
 }
 
 // PublishQueued publishes a queued message on the device's down/{kind}
-// topic with QoS 1, tagged with its id (MQTT 5 user property
-// protocol.PropMessageID) so that the device's PUBACK can be matched to it.
-// It reports nothing about delivery: that comes through
-// DeliveryHandler.Acknowledged.
+// topic like PublishToDevice, tagged with its id (MQTT 5 user property
+// protocol.PropMessageID). Call Room first: a message published when there
+// is room goes out at once.
 func (b *Broker) PublishQueued(deviceID, kind, msgID string, payload []byte) error {
-	if b.closing.Load() {
-		return errors.New("broker is shutting down")
-	}
-	if b.queueClient == nil {
-		return errors.New("broker: no delivery handler set")
-	}
-	return b.srv.InjectPacket(b.queueClient, packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
-		TopicName:   protocol.DownTopic(deviceID, kind),
-		Payload:     payload,
-		PacketID:    1, // required by validation; the subscriber gets its own
-		Properties:  packets.Properties{User: []packets.UserProperty{{Key: protocol.PropMessageID, Val: msgID}}},
-	})
+	return b.send(downMsg{deviceID: deviceID, topic: protocol.DownTopic(deviceID, kind), payload: payload, msgID: msgID})
 }
 
-// deliveryHook reports subscriptions, ends of sessions and the PUBACKs of
-// queued messages.
-type deliveryHook struct {
-	mqtt.HookBase
-	h DeliveryHandler
+// Room returns how many QoS 1 messages can be published to the device now
+// without waiting: the free slots of its live connection's send window
+// that no waiting message claims (0 without a live connection). When that
+// is less than want, the DeliveryHandler's RoomAvailable is called once a
+// slot frees.
+func (b *Broker) Room(deviceID string, want int) int {
+	cl, ok := b.srv.Clients.Get(deviceID)
+	if !ok || cl.Closed() {
+		return 0
+	}
+	w := b.windowOf(cl)
+	if w == nil {
+		return 0
+	}
+	return w.room(want)
 }
 
-func (h *deliveryHook) ID() string { return "outpost-delivery" }
-
-func (h *deliveryHook) Provides(b byte) bool {
-	return b == mqtt.OnSubscribed || b == mqtt.OnPacketRead || b == mqtt.OnDisconnect
+// Subscribed reports whether a message on the device's down/{kind} topic
+// would reach it now: its session holds a granted subscription whose
+// filter matches the topic.
+func (b *Broker) Subscribed(deviceID, kind string) bool {
+	subs := b.srv.Topics.Subscribers(protocol.DownTopic(deviceID, kind))
+	_, ok := subs.Subscriptions[deviceID]
+	return ok
 }
 
-func (h *deliveryHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
-	if cl.Net.Inline {
-		return
+// Packet size limits.
+const (
+	// MaxPacketSize is the largest MQTT packet a device may send,
+	// announced as Maximum Packet Size in the CONNACK of MQTT 5
+	// connections: the largest payload plus room for topic and
+	// properties.
+	MaxPacketSize = protocol.MaxMessageBytes + 4096
+	// readLimit is the largest packet the broker reads at all. Packets
+	// between MaxPacketSize and readLimit are read and answered (MQTT 5:
+	// DISCONNECT 0x95; MQTT 3.1.1: handled, and rejected with too_large);
+	// a larger one closes the connection before it is read, so that a
+	// device cannot make the platform allocate more.
+	readLimit = 2 * MaxPacketSize
+)
+
+// tooLarge handles a packet over MaxPacketSize. An MQTT 5 device, which
+// was told the limit in its CONNACK, gets DISCONNECT 0x95 (packet too
+// large), and tooLarge reports true: the connection ends. MQTT 3.1.1 has
+// no such reason code; the packet is processed as usual, and a PUBLISH
+// whose payload is over the message limit is rejected for good with
+// too_large (acknowledged, with an error reply), so the device does not
+// resend it.
+func (b *Broker) tooLarge(cl *mqtt.Client, pk packets.Packet) bool {
+	size := 1 + varintLen(pk.FixedHeader.Remaining) + pk.FixedHeader.Remaining
+	if size <= MaxPacketSize || cl.Properties.ProtocolVersion < 5 {
+		return false
 	}
-	for i, f := range pk.Filters {
-		if i < len(codes) && codes[i] < 0x80 && coversDown(cl.ID, f.Filter) {
-			h.h.DeviceSubscribed(cl.ID, cl, pullMode(cl))
-			return
-		}
-	}
+	b.stats.Oversize.Add(1)
+	b.log.Info("device sent a packet over the maximum packet size; disconnecting with 0x95", "device_id", cl.ID, "bytes", size, "max", MaxPacketSize)
+	_ = b.srv.DisconnectClient(cl, packets.ErrPacketTooLarge)
+	return true
 }
 
-// coversDown reports whether filter matches every down/ topic of the
-// device.
-func coversDown(id, filter string) bool {
-	return filter == protocol.DeviceFilter(id) || filter == protocol.Root+"/"+id+"/#"
-}
-
-func pullMode(cl *mqtt.Client) bool {
-	for _, p := range cl.Properties.Props.User {
-		if p.Key == protocol.PropMode && p.Val == protocol.ModePull {
-			return true
-		}
+func varintLen(n int) int {
+	l := 1
+	for n >= 128 {
+		n >>= 7
+		l++
 	}
-	return false
-}
-
-func (h *deliveryHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	if cl.Net.Inline {
-		return
-	}
-	h.h.DeviceGone(cl.ID, cl)
-}
-
-// OnPacketRead sees a device's PUBACK before mochi drops the acknowledged
-// message from the session, which is the one moment the message (and the
-// id it carries) can still be looked up. (OnQosComplete gets only the
-// PUBACK, and is also called for the device's own publishes.)
-func (h *deliveryHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline || pk.FixedHeader.Type != packets.Puback || pk.ReasonCode >= 0x80 {
-		return pk, nil
-	}
-	sent, ok := cl.State.Inflight.Get(pk.PacketID)
-	if !ok || sent.FixedHeader.Type != packets.Publish {
-		return pk, nil
-	}
-	for _, p := range sent.Properties.User {
-		if p.Key == protocol.PropMessageID {
-			h.h.Acknowledged(cl.ID, p.Val)
-			break
-		}
-	}
-	return pk, nil
+	return l
 }

@@ -36,8 +36,11 @@ type Parameters struct {
 	Desired  map[string]json.RawMessage `json:"desired"`
 	Reported map[string]json.RawMessage `json:"reported"`
 	// Delivery, after a change, is the state of the change's message in
-	// the down queue ("sent", or "queued" for a connected PULL device), or
-	// "offline": the device gets the full set when it next connects.
+	// the down queue ("sent" when it went out at once, "queued" while the
+	// device is away or in PULL mode: it gets the change when it comes
+	// back or pulls), or "not_queued" when the queue refused it (too many
+	// messages waiting): the device gets it with the next full set it asks
+	// for.
 	Delivery string `json:"delivery,omitempty"`
 }
 

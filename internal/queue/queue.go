@@ -2,18 +2,26 @@
 // are offline or in PULL mode, and queued RPC calls, kept in the store with
 // an expiry and delivered in order per device.
 //
-// A PUSH device gets its queue as soon as it has subscribed to its down/
-// topics (a message published before that would be lost), and new messages
-// at once while it stays connected. A PULL device gets it when it publishes
-// a pull request, followed by an end marker (protocol.PullEnd).
+// A PUSH device gets its queue as soon as its session holds a subscription
+// (granted now, or inherited by a resumed persistent session), and new
+// messages at once while it stays connected. A message is published only
+// when some granted filter of the live session matches its topic (a message
+// published to an unsubscribed topic would be lost); the others wait. A
+// PULL device gets its queue when it publishes a pull request, followed by
+// an end marker (protocol.PullEnd).
 //
-// Every message is published with QoS 1. It becomes sent when published
-// and delivered when the device's PUBACK arrives; a call then waits for the
-// device's answer until its deadline. State lives in the store, so the
-// queue survives platform restarts: messages sent but not acknowledged, and
-// calls delivered but not answered, are published again on the device's
-// next connection (devices recognise a redelivery by its id), until their
-// expiry or deadline. Delivery is therefore at least once.
+// Every message is published with QoS 1, and only when the device's send
+// window has room for it (Sender.Room), so a message becomes sent when it
+// really goes out and a call's deadline starts then. It becomes delivered
+// when the device acknowledges it by id on up/ack (Acknowledged), and a
+// call also when the device answers it; the device's MQTT PUBACK does not
+// count, because only the device knows it has the message, and because
+// with an external broker the platform does not see PUBACKs. State lives in
+// the store, so the queue survives platform restarts: messages sent but not
+// acknowledged, and calls delivered but not answered, are published again
+// on the device's next connection or pull (devices recognise a redelivery by
+// its id), until their expiry or deadline. Delivery is therefore at least
+// once.
 package queue
 
 import (
@@ -33,13 +41,23 @@ import (
 	"github.com/outpost-iot/outpost/protocol"
 )
 
-// Sender publishes to devices; the embedded broker implements it.
+// Sender publishes to devices; the embedded broker implements it. No
+// method blocks.
 type Sender interface {
 	// PublishQueued publishes a queued message with QoS 1, tagged with
-	// its id so its acknowledgement can be reported.
+	// its id.
 	PublishQueued(deviceID, kind, msgID string, payload []byte) error
 	// PublishToDevice publishes an untracked message with QoS 1.
 	PublishToDevice(deviceID, kind string, payload []byte) error
+	// Room returns how many messages can be published to the device now
+	// without waiting for room in its send window (0 when it is not
+	// connected). When that is less than want, the sender calls the
+	// queue's RoomAvailable once room opens.
+	Room(deviceID string, want int) int
+	// Subscribed reports whether a message on the device's down/{kind}
+	// topic would reach its live session: some granted subscription
+	// matches the topic.
+	Subscribed(deviceID, kind string) bool
 }
 
 // Limits and defaults.
@@ -54,19 +72,33 @@ const (
 
 // Options configure a Queue.
 type Options struct {
-	// Sweep is the interval of the expiry sweep (default 1s).
+	// Sweep is the interval of the expiry sweep (default 1s). The sweep
+	// also retries deliveries that failed.
 	Sweep time.Duration
 	// MaxPending bounds the messages waiting per device (default
 	// DefaultMaxPending); Enqueue fails with ECONFLICT beyond it.
 	MaxPending int
-	// Workers deliver to devices that just subscribed (default 4).
+	// Workers deliver to devices that subscribed or have room again
+	// (default 4).
 	Workers int
+	// MaxPendingAcks bounds the acknowledgements received and not yet
+	// recorded (default DefaultMaxPendingAcks); Acknowledged fails with
+	// ErrAckBacklog beyond it.
+	MaxPendingAcks int
 	// OnMessage and OnCall are told every state change of a plain message
 	// and of a call. They must not block.
 	OnMessage func(*outpost.QueuedMessage)
 	OnCall    func(*outpost.Call)
 	Logger    *slog.Logger
 }
+
+// DefaultMaxPendingAcks is the default of Options.MaxPendingAcks.
+const DefaultMaxPendingAcks = 65536
+
+// ErrAckBacklog is returned by Acknowledged when too many
+// acknowledgements wait to be recorded (the store is slow or failing): the
+// device should send them again later.
+var ErrAckBacklog = errors.New("queue: too many acknowledgements waiting to be recorded")
 
 // Stats are the queue's counters.
 type Stats struct {
@@ -79,6 +111,7 @@ type Stats struct {
 	TimedOut    atomic.Int64
 	LateAnswers atomic.Int64
 	Pulls       atomic.Int64
+	AckRetries  atomic.Int64 // failed attempts to record acknowledgements
 }
 
 // Queue delivers queued messages. Safe for concurrent use; Close stops
@@ -93,23 +126,39 @@ type Queue struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	acks   chan ack
 
 	locks [64]sync.Mutex // per-device delivery, striped
 
 	mu       sync.Mutex
-	sessions map[string]session
-	kicked   map[string]bool // device → resend, waiting for a worker
+	sessions map[string]*session
+	kicked   map[string]bool // devices waiting for a worker
 	order    []string
 	wake     chan struct{}
+
+	ackMu    sync.Mutex
+	acks     map[string][]string // device → acknowledged ids not yet recorded
+	ackCount int
+	ackWake  chan struct{}
 }
 
+// session is a device's live connection as the queue sees it. Its fields
+// are guarded by Queue.mu.
 type session struct {
 	conn any
 	pull bool
+	// sent holds the ids published in the current round (the session, or
+	// for a pull the pull), which are not published again in it.
+	sent map[string]bool
+	// pulling is the pull request being served, nil if none.
+	pulling *pullState
+	// retry: the last delivery failed; the sweep tries again.
+	retry bool
 }
 
-type ack struct{ deviceID, msgID string }
+type pullState struct {
+	id        string
+	delivered int
+}
 
 // New returns a running queue.
 func New(store outpost.QueueStore, sender Sender, o Options) *Queue {
@@ -122,6 +171,9 @@ func New(store outpost.QueueStore, sender Sender, o Options) *Queue {
 	if o.Workers <= 0 {
 		o.Workers = 4
 	}
+	if o.MaxPendingAcks <= 0 {
+		o.MaxPendingAcks = DefaultMaxPendingAcks
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -133,10 +185,11 @@ func New(store outpost.QueueStore, sender Sender, o Options) *Queue {
 	}
 	q := &Queue{
 		store: store, sender: sender, opt: o, log: o.Logger,
-		acks:     make(chan ack, 4096),
-		sessions: map[string]session{},
+		sessions: map[string]*session{},
 		kicked:   map[string]bool{},
 		wake:     make(chan struct{}, 1),
+		acks:     map[string][]string{},
+		ackWake:  make(chan struct{}, 1),
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.wg.Add(2 + o.Workers)
@@ -149,8 +202,8 @@ func New(store outpost.QueueStore, sender Sender, o Options) *Queue {
 }
 
 // Close stops the queue's goroutines and waits for them. Acknowledgements
-// not yet written are lost; the messages are sent again on the device's
-// next connection.
+// not yet recorded get one last attempt; what still fails is lost, and the
+// messages are sent again on the device's next connection.
 func (q *Queue) Close() error {
 	q.cancel()
 	q.wg.Wait()
@@ -160,17 +213,33 @@ func (q *Queue) Close() error {
 // Stats returns the counters.
 func (q *Queue) Stats() *Stats { return &q.stats }
 
-// Enqueue appends a message to a device's queue and returns it. payload is
-// published as is on the device's down/{kind} topic; kind must be a valid
-// topic kind other than rpc, pull and error. ttl (DefaultTTL if 0, at most
+// NewID returns a new message id: 24 hexadecimal digits.
+func NewID() string { return newID() }
+
+// Enqueue appends a message to a device's queue and returns it; its id is
+// new (see EnqueueID).
+func (q *Queue) Enqueue(ctx context.Context, deviceID, kind string, payload []byte, ttl time.Duration) (*outpost.QueuedMessage, error) {
+	return q.EnqueueID(ctx, newID(), deviceID, kind, payload, ttl)
+}
+
+// EnqueueID appends a message with the given id (1 to 64 characters from
+// [A-Za-z0-9_-], unique) to a device's queue and returns it. payload is
+// published as is on the device's down/{kind} topic; it should carry the id
+// (as a JSON "id" field) so that an MQTT 3.1.1 device, which cannot see
+// MQTT 5 user properties, can acknowledge it. kind must be a valid topic
+// kind other than rpc, pull and error. ttl (DefaultTTL if 0, at most
 // MaxTTL) bounds how long the message waits for delivery; after it the
 // message is dropped (state expired) and reported. A connected PUSH device
-// gets the message before Enqueue returns; otherwise it waits for the
-// device's next connection or pull.
+// subscribed to the topic gets the message before EnqueueID returns when
+// its send window has room; otherwise it waits for the device's next
+// connection, subscription, room or pull.
 //
 // Errors: ENOTFOUND (no such device), EINVALID, ECONFLICT (the device
-// already has Options.MaxPending messages waiting).
-func (q *Queue) Enqueue(ctx context.Context, deviceID, kind string, payload []byte, ttl time.Duration) (*outpost.QueuedMessage, error) {
+// already has Options.MaxPending messages waiting, or the id is taken).
+func (q *Queue) EnqueueID(ctx context.Context, id, deviceID, kind string, payload []byte, ttl time.Duration) (*outpost.QueuedMessage, error) {
+	if protocol.ValidID(id) != nil {
+		return nil, outpost.Errorf(outpost.EINVALID, "message id %q is not 1 to 64 characters from [A-Za-z0-9_-]", id)
+	}
 	if _, err := protocol.ParseTopic(protocol.DownTopic(deviceID, kind)); err != nil {
 		return nil, outpost.Errorf(outpost.EINVALID, "kind %q is not a valid topic kind", kind)
 	}
@@ -186,14 +255,14 @@ func (q *Queue) Enqueue(ctx context.Context, deviceID, kind string, payload []by
 		return nil, err
 	}
 	now := time.Now().UTC().Truncate(time.Millisecond)
-	m := &outpost.QueuedMessage{ID: newID(), DeviceID: deviceID, Kind: kind, Payload: payload, CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	m := &outpost.QueuedMessage{ID: id, DeviceID: deviceID, Kind: kind, Payload: payload, CreatedAt: now, ExpiresAt: now.Add(ttl)}
 	if err := q.store.EnqueueMessage(ctx, m, q.opt.MaxPending); err != nil {
 		return nil, err
 	}
 	q.stats.Enqueued.Add(1)
 	q.opt.OnMessage(m)
 	if q.pushable(deviceID) {
-		if _, err := q.deliver(ctx, deviceID, false); err != nil {
+		if err := q.deliver(ctx, deviceID); err != nil {
 			q.log.Warn("deliver queued message", "device_id", deviceID, "error", err)
 		}
 		if cur, err := q.store.QueuedMessage(ctx, m.ID); err == nil {
@@ -240,7 +309,7 @@ func (q *Queue) EnqueueCall(ctx context.Context, deviceID, method string, args j
 	q.stats.Enqueued.Add(1)
 	q.opt.OnCall(c)
 	if q.pushable(deviceID) {
-		if _, err := q.deliver(ctx, deviceID, false); err != nil {
+		if err := q.deliver(ctx, deviceID); err != nil {
 			q.log.Warn("deliver queued call", "device_id", deviceID, "error", err)
 		}
 		if cur, err := q.store.Call(ctx, id); err == nil {
@@ -283,9 +352,10 @@ func (q *Queue) CancelCall(ctx context.Context, id string) (*outpost.Call, error
 	return c, nil
 }
 
-// Answer records a device's response to a queued call. It reports false
-// when the response belongs to no queued call of this device. An answer
-// to a call that has already finished is kept as late.
+// Answer records a device's response to a queued call, which also
+// confirms that the device got the request. It reports false when the
+// response belongs to no queued call of this device. An answer to a call
+// that has already finished is kept as late.
 func (q *Queue) Answer(ctx context.Context, deviceID string, resp protocol.RPCResponse, raw []byte) (bool, error) {
 	a := outpost.CallAnswer{DeviceID: deviceID, ID: resp.ID, Result: resp.Result, Raw: raw, At: time.Now()}
 	if resp.Error != nil {
@@ -310,44 +380,47 @@ func (q *Queue) Answer(ctx context.Context, deviceID string, resp protocol.RPCRe
 	return true, nil
 }
 
-// Pull serves a PULL device's request: every deliverable message in order
-// (including ones sent before but not acknowledged or answered), then the
-// end marker on down/pull.
-func (q *Queue) Pull(ctx context.Context, deviceID, reqID string) (protocol.PullEnd, error) {
+// Pull starts serving a pull request of a connected device: every
+// deliverable message in order (including ones sent before but not
+// acknowledged or answered), as its send window takes them, then the end
+// marker on down/pull. It does not wait: it runs on the device's
+// connection, whose PUBACKs make the room. A new pull replaces one still
+// being served. Pull reports false when the device has no live session
+// (it has not subscribed), which then gets nothing.
+func (q *Queue) Pull(deviceID, reqID string) bool {
 	q.stats.Pulls.Add(1)
-	l := q.lock(deviceID)
-	l.Lock()
-	defer l.Unlock()
-	n, err := q.deliverLocked(ctx, deviceID, true)
-	if err != nil {
-		return protocol.PullEnd{}, err
-	}
-	ids, err := q.store.TakeExpiredUnreported(ctx, deviceID)
-	if err != nil {
-		return protocol.PullEnd{}, err
-	}
-	end := protocol.PullEnd{ID: reqID, Delivered: n, Expired: len(ids), ExpiredIDs: ids[:min(len(ids), protocol.MaxPullExpiredIDs)]}
-	b, _ := json.Marshal(end)
-	if err := q.sender.PublishToDevice(deviceID, protocol.KindPull, b); err != nil {
-		return protocol.PullEnd{}, fmt.Errorf("publish pull end: %w", err)
-	}
-	return end, nil
-}
-
-// DeviceSubscribed implements broker.DeliveryHandler.
-func (q *Queue) DeviceSubscribed(deviceID string, conn any, pull bool) {
 	q.mu.Lock()
-	q.sessions[deviceID] = session{conn: conn, pull: pull}
-	if !pull {
-		q.kicked[deviceID] = true
-		q.order = append(q.order, deviceID)
+	s := q.sessions[deviceID]
+	if s != nil {
+		s.pulling = &pullState{id: reqID}
+		s.sent = map[string]bool{}
+		q.kickLocked(deviceID)
 	}
 	q.mu.Unlock()
-	if !pull {
-		select {
-		case q.wake <- struct{}{}:
-		default:
-		}
+	if s == nil {
+		return false
+	}
+	q.signal()
+	return true
+}
+
+// DeviceSubscribed implements broker.DeliveryHandler. A new connection
+// starts a new round: what was sent before and not acknowledged is sent
+// again.
+func (q *Queue) DeviceSubscribed(deviceID string, conn any, pull bool) {
+	q.mu.Lock()
+	s := q.sessions[deviceID]
+	if s == nil || s.conn != conn {
+		s = &session{conn: conn, pull: pull, sent: map[string]bool{}}
+		q.sessions[deviceID] = s
+	}
+	kick := !s.pull || s.pulling != nil
+	if kick {
+		q.kickLocked(deviceID)
+	}
+	q.mu.Unlock()
+	if kick {
+		q.signal()
 	}
 }
 
@@ -360,12 +433,43 @@ func (q *Queue) DeviceGone(deviceID string, conn any) {
 	q.mu.Unlock()
 }
 
-// Acknowledged implements broker.DeliveryHandler.
-func (q *Queue) Acknowledged(deviceID, msgID string) {
-	select {
-	case q.acks <- ack{deviceID, msgID}:
-	case <-q.ctx.Done():
+// RoomAvailable implements broker.DeliveryHandler: the device's send
+// window has room again.
+func (q *Queue) RoomAvailable(deviceID string) {
+	q.mu.Lock()
+	_, ok := q.sessions[deviceID]
+	if ok {
+		q.kickLocked(deviceID)
 	}
+	q.mu.Unlock()
+	if ok {
+		q.signal()
+	}
+}
+
+// Acknowledged records that a device confirmed queued messages by id
+// (up/ack). It never blocks: the ids are recorded in the store in the
+// background, retried until the store takes them. It fails with
+// ErrAckBacklog when Options.MaxPendingAcks acknowledgements already wait;
+// the device should then send them again later. Unknown ids, and ids of
+// another device's messages, are ignored.
+func (q *Queue) Acknowledged(deviceID string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	q.ackMu.Lock()
+	if q.ackCount+len(ids) > q.opt.MaxPendingAcks {
+		q.ackMu.Unlock()
+		return ErrAckBacklog
+	}
+	q.acks[deviceID] = append(q.acks[deviceID], ids...)
+	q.ackCount += len(ids)
+	q.ackMu.Unlock()
+	select {
+	case q.ackWake <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 func (q *Queue) pushable(deviceID string) bool {
@@ -375,32 +479,109 @@ func (q *Queue) pushable(deviceID string) bool {
 	return ok && !s.pull
 }
 
+// kickLocked schedules a delivery round for a device; q.mu is held.
+func (q *Queue) kickLocked(deviceID string) {
+	if !q.kicked[deviceID] {
+		q.kicked[deviceID] = true
+		q.order = append(q.order, deviceID)
+	}
+}
+
+func (q *Queue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
 func (q *Queue) lock(deviceID string) *sync.Mutex {
 	h := fnv.New32a()
 	h.Write([]byte(deviceID))
 	return &q.locks[h.Sum32()%uint32(len(q.locks))]
 }
 
-// deliver sends what is deliverable to a device; with resend also what
-// was sent before and not acknowledged or answered.
-func (q *Queue) deliver(ctx context.Context, deviceID string, resend bool) (int, error) {
+// deliver runs a delivery round for a device: it publishes, in queue
+// order, what is deliverable, not yet sent in this round, on a topic the
+// session is subscribed to, as far as the send window has room; and ends a
+// pull being served once everything of it is out.
+func (q *Queue) deliver(ctx context.Context, deviceID string) error {
 	l := q.lock(deviceID)
 	l.Lock()
 	defer l.Unlock()
-	return q.deliverLocked(ctx, deviceID, resend)
+	err := q.deliverLocked(ctx, deviceID)
+	q.mu.Lock()
+	if s := q.sessions[deviceID]; s != nil {
+		s.retry = err != nil
+	}
+	q.mu.Unlock()
+	return err
 }
 
-func (q *Queue) deliverLocked(ctx context.Context, deviceID string, resend bool) (int, error) {
+func (q *Queue) deliverLocked(ctx context.Context, deviceID string) error {
+	q.mu.Lock()
+	s := q.sessions[deviceID]
+	active := s != nil && (!s.pull || s.pulling != nil)
+	q.mu.Unlock()
+	if !active {
+		return nil
+	}
 	now := time.Now()
 	if err := q.expire(ctx, deviceID, now); err != nil {
-		return 0, err
+		return err
 	}
 	// One round: the pending messages of a device are bounded
 	// (Options.MaxPending), and calls waiting for answers by their
 	// deadlines.
-	msgs, err := q.store.Deliverable(ctx, deviceID, now, resend, 10*q.opt.MaxPending)
-	if err != nil || len(msgs) == 0 {
-		return 0, err
+	msgs, err := q.store.Deliverable(ctx, deviceID, now, true, 10*q.opt.MaxPending)
+	if err != nil {
+		return err
+	}
+	subscribed := map[string]bool{}
+	for _, m := range msgs {
+		if _, ok := subscribed[m.Kind]; !ok {
+			subscribed[m.Kind] = q.sender.Subscribed(deviceID, m.Kind)
+		}
+	}
+	q.mu.Lock()
+	// Forget ids that are done (acknowledged, answered, expired): the set
+	// keeps only what is still outstanding.
+	sent := make(map[string]bool, len(s.sent))
+	var todo []*outpost.QueuedMessage
+	for _, m := range msgs {
+		if s.sent[m.ID] {
+			sent[m.ID] = true
+		} else if subscribed[m.Kind] {
+			todo = append(todo, m)
+		}
+	}
+	s.sent = sent
+	q.mu.Unlock()
+	room := 0
+	if len(todo) > 0 {
+		room = q.sender.Room(deviceID, len(todo))
+	}
+	n, err := q.publish(ctx, s, deviceID, todo[:min(room, len(todo))], now)
+	if err != nil {
+		return err
+	}
+	if n < len(todo) {
+		return nil // the rest when the window has room (RoomAvailable)
+	}
+	q.mu.Lock()
+	p := s.pulling // publish counted what it sent
+	s.pulling = nil
+	q.mu.Unlock()
+	if p != nil {
+		return q.endPull(ctx, deviceID, p)
+	}
+	return nil
+}
+
+// publish marks msgs sent and publishes them, in order. It returns how
+// many went out.
+func (q *Queue) publish(ctx context.Context, s *session, deviceID string, msgs []*outpost.QueuedMessage, now time.Time) (int, error) {
+	if len(msgs) == 0 {
+		return 0, nil
 	}
 	marks := make([]outpost.SendMark, len(msgs))
 	payloads := make([][]byte, len(msgs))
@@ -415,13 +596,14 @@ func (q *Queue) deliverLocked(ctx context.Context, deviceID string, resend bool)
 				dl = now.Add(m.Timeout)
 			}
 			marks[i].Deadline = dl
+			var err error
 			if payloads[i], err = withDeadline(m.Payload, dl); err != nil {
 				return 0, err
 			}
 		}
 	}
-	// Recorded before publishing, so a PUBACK always finds the message
-	// sent.
+	// Recorded before publishing, so an acknowledgement always finds the
+	// message sent.
 	calls, err := q.store.MarkSent(ctx, marks, now)
 	if err != nil {
 		return 0, err
@@ -430,6 +612,16 @@ func (q *Queue) deliverLocked(ctx context.Context, deviceID string, resend bool)
 		q.opt.OnCall(c)
 	}
 	total := 0
+	defer func() {
+		q.mu.Lock()
+		for _, m := range msgs[:total] {
+			s.sent[m.ID] = true
+		}
+		if s.pulling != nil {
+			s.pulling.delivered += total
+		}
+		q.mu.Unlock()
+	}()
 	for i, m := range msgs {
 		if err := q.sender.PublishQueued(deviceID, m.Kind, m.ID, payloads[i]); err != nil {
 			return total, fmt.Errorf("publish queued message: %w", err)
@@ -442,6 +634,25 @@ func (q *Queue) deliverLocked(ctx context.Context, deviceID string, resend bool)
 		}
 	}
 	return total, nil
+}
+
+// endPull publishes the end marker of a pull whose messages are all out.
+func (q *Queue) endPull(ctx context.Context, deviceID string, p *pullState) error {
+	ids, err := q.store.TakeExpiredUnreported(ctx, deviceID)
+	if err != nil {
+		q.mu.Lock()
+		if s := q.sessions[deviceID]; s != nil && s.pulling == nil {
+			s.pulling = p // try again with the next round
+		}
+		q.mu.Unlock()
+		return err
+	}
+	end := protocol.PullEnd{ID: p.id, Delivered: p.delivered, Expired: len(ids), ExpiredIDs: ids[:min(len(ids), protocol.MaxPullExpiredIDs)]}
+	b, _ := json.Marshal(end)
+	if err := q.sender.PublishToDevice(deviceID, protocol.KindPull, b); err != nil {
+		return fmt.Errorf("publish pull end: %w", err)
+	}
+	return nil
 }
 
 // withDeadline sets the deadline of an encoded RPC request.
@@ -477,6 +688,7 @@ func (q *Queue) expire(ctx context.Context, deviceID string, now time.Time) erro
 	return nil
 }
 
+// sweeper expires what is due and retries failed delivery rounds.
 func (q *Queue) sweeper() {
 	defer q.wg.Done()
 	t := time.NewTicker(q.opt.Sweep)
@@ -489,47 +701,96 @@ func (q *Queue) sweeper() {
 			if err := q.expire(q.ctx, "", time.Now()); err != nil && q.ctx.Err() == nil {
 				q.log.Error("queue expiry sweep", "error", err)
 			}
+			q.mu.Lock()
+			retry := false
+			for id, s := range q.sessions {
+				if s.retry {
+					q.kickLocked(id)
+					retry = true
+				}
+			}
+			q.mu.Unlock()
+			if retry {
+				q.signal()
+			}
 		}
 	}
 }
 
+// acker records acknowledgements in the store, many per transaction. A
+// failed attempt keeps them and tries again after a pause (doubling up to
+// ackMaxPause); nothing is dropped until Close.
 func (q *Queue) acker() {
 	defer q.wg.Done()
+	pause := ackMinPause
 	for {
-		var first ack
 		select {
 		case <-q.ctx.Done():
+			// One last attempt, so that acknowledgements received just
+			// before shutdown are not lost.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			q.recordAcks(ctx)
+			cancel()
 			return
-		case first = <-q.acks:
+		case <-q.ackWake:
 		}
-		byDev := map[string][]string{first.deviceID: {first.msgID}}
-	drain:
-		for range 1000 {
-			select {
-			case a := <-q.acks:
-				byDev[a.deviceID] = append(byDev[a.deviceID], a.msgID)
-			default:
-				break drain
-			}
+		if q.recordAcks(q.ctx) {
+			pause = ackMinPause
+			continue
 		}
-		now := time.Now()
-		for dev, ids := range byDev {
-			msgs, calls, err := q.store.MarkDelivered(q.ctx, dev, ids, now)
-			if err != nil {
-				if q.ctx.Err() == nil {
-					q.log.Error("record delivery", "device_id", dev, "error", err)
-				}
-				continue
-			}
-			q.stats.Delivered.Add(int64(len(msgs) + len(calls)))
-			for _, m := range msgs {
-				q.opt.OnMessage(m)
-			}
-			for _, c := range calls {
-				q.opt.OnCall(c)
-			}
+		t := time.NewTimer(pause)
+		select {
+		case <-q.ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		pause = min(2*pause, ackMaxPause)
+		select {
+		case q.ackWake <- struct{}{}:
+		default:
 		}
 	}
+}
+
+const (
+	ackMinPause = 50 * time.Millisecond
+	ackMaxPause = 5 * time.Second
+)
+
+// recordAcks writes the pending acknowledgements. It reports false when
+// some could not be written; they stay pending.
+func (q *Queue) recordAcks(ctx context.Context) bool {
+	q.ackMu.Lock()
+	byDev := q.acks
+	q.acks, q.ackCount = map[string][]string{}, 0
+	q.ackMu.Unlock()
+	ok := true
+	now := time.Now()
+	for dev, ids := range byDev {
+		msgs, calls, err := q.store.MarkDelivered(ctx, dev, ids, now)
+		if err != nil {
+			ok = false
+			q.stats.AckRetries.Add(1)
+			if q.ctx.Err() == nil {
+				q.log.Warn("record delivery; will retry", "device_id", dev, "ids", len(ids), "error", err)
+			} else {
+				q.log.Error("record delivery at shutdown; the device gets these messages again", "device_id", dev, "ids", len(ids), "error", err)
+			}
+			q.ackMu.Lock()
+			q.acks[dev] = append(ids, q.acks[dev]...)
+			q.ackCount += len(ids)
+			q.ackMu.Unlock()
+			continue
+		}
+		q.stats.Delivered.Add(int64(len(msgs) + len(calls)))
+		for _, m := range msgs {
+			q.opt.OnMessage(m)
+		}
+		for _, c := range calls {
+			q.opt.OnCall(c)
+		}
+	}
+	return ok
 }
 
 func (q *Queue) worker() {
@@ -537,12 +798,11 @@ func (q *Queue) worker() {
 	for {
 		q.mu.Lock()
 		var dev string
-		var resend bool
 		for len(q.order) > 0 && dev == "" {
 			d := q.order[0]
 			q.order = q.order[1:]
-			if r, ok := q.kicked[d]; ok {
-				dev, resend = d, r
+			if q.kicked[d] {
+				dev = d
 				delete(q.kicked, d)
 			}
 		}
@@ -557,15 +817,9 @@ func (q *Queue) worker() {
 			continue
 		}
 		if more {
-			select {
-			case q.wake <- struct{}{}:
-			default:
-			}
+			q.signal()
 		}
-		if !q.pushable(dev) {
-			continue
-		}
-		if _, err := q.deliver(q.ctx, dev, resend); err != nil && q.ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+		if err := q.deliver(q.ctx, dev); err != nil && q.ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 			q.log.Warn("deliver queue", "device_id", dev, "error", err)
 		}
 	}

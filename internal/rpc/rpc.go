@@ -24,7 +24,11 @@ import (
 
 // Publisher sends a message to a device.
 type Publisher interface {
-	PublishToDevice(deviceID, kind string, payload []byte) error
+	// PublishUntil publishes payload on the device's down/{kind} topic
+	// with QoS 1 without blocking. The message may wait for room in the
+	// device's send window (its Receive Maximum); if it is still waiting at
+	// deadline, it is dropped unsent.
+	PublishUntil(deviceID, kind string, payload []byte, deadline time.Time) error
 }
 
 // Presence tells whether a device holds a live session.
@@ -67,9 +71,15 @@ type Result struct {
 // Call invokes method on a device with JSON args and waits up to timeout
 // (DefaultTimeout if 0) for its answer.
 //
+// The request goes out as soon as the device's send window has room; the
+// timeout runs from the call, waiting included, and a request still
+// waiting when the timeout ends is never sent.
+//
 // Errors carry these outpost codes: EOFFLINE (no live session), ETIMEOUT
 // (no answer in time), EUNKNOWNMETHOD (no such handler), EREMOTE (the
-// handler failed; the message is its text), ENOTSUPPORTED, EINVALID.
+// handler failed; the message is its text), ENOTSUPPORTED, EINVALID,
+// EUNAVAILABLE (the request could not even wait for the device: too many
+// messages already wait for it, or the platform is shutting down).
 func (r *Relay) Call(ctx context.Context, deviceID, method string, args json.RawMessage, timeout time.Duration) (*Result, error) {
 	if err := protocol.ValidMethod(method); err != nil {
 		return nil, outpost.Errorf(outpost.EINVALID, "%v", err)
@@ -106,8 +116,8 @@ func (r *Relay) Call(ctx context.Context, deviceID, method string, args json.Raw
 		r.mu.Unlock()
 	}()
 
-	if err := r.pub.PublishToDevice(deviceID, protocol.KindRPC, payload); err != nil {
-		return nil, fmt.Errorf("publish rpc request: %w", err)
+	if err := r.pub.PublishUntil(deviceID, protocol.KindRPC, payload, deadline); err != nil {
+		return nil, fmt.Errorf("%w (%w)", outpost.Errorf(outpost.EUNAVAILABLE, "device %s cannot take the request now", deviceID), err)
 	}
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()

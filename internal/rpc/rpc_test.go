@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 type fakeDevices struct {
 	relay  *rpc.Relay
 	answer func(deviceID string, req protocol.RPCRequest) protocol.RPCResponse
-	err    error // returned by PublishToDevice
+	err    error // returned by PublishUntil
 
 	requests  chan published // every request, in order
 	delivered chan error     // outcome of each answer's Deliver
@@ -39,7 +39,7 @@ type published struct {
 	req            protocol.RPCRequest
 }
 
-func (f *fakeDevices) PublishToDevice(deviceID, kind string, payload []byte) error {
+func (f *fakeDevices) PublishUntil(deviceID, kind string, payload []byte, _ time.Time) error {
 	if f.err != nil {
 		return f.err
 	}
@@ -337,8 +337,8 @@ func TestPublishFails(t *testing.T) {
 	if err == nil || !errors.Is(err, devices.err) {
 		t.Errorf("error %v, want it to wrap %v", err, devices.err)
 	}
-	if got := outpost.ErrorCode(err); got != outpost.EINTERNAL {
-		t.Errorf("code %q, want %q", got, outpost.EINTERNAL)
+	if got := outpost.ErrorCode(err); got != outpost.EUNAVAILABLE {
+		t.Errorf("code %q, want %q", got, outpost.EUNAVAILABLE)
 	}
 }
 

@@ -52,6 +52,12 @@ func (s *Server) presenceChanged(c presence.Change) {
 // kind.
 func (s *Server) HandleMessage(ctx context.Context, deviceID, kind string, payload []byte) error {
 	s.presence.Seen(deviceID)
+	if len(payload) > protocol.MaxMessageBytes {
+		// Only MQTT 3.1.1 devices get here (MQTT 5 ones are disconnected
+		// with 0x95 for a packet this large): rejected for good, so the
+		// device drops the message instead of resending it for ever.
+		return s.reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeTooLarge, Message: fmt.Sprintf("payload of %d bytes exceeds %d", len(payload), protocol.MaxMessageBytes)})
+	}
 	switch kind {
 	case protocol.KindTelemetry:
 		return s.handleTelemetry(ctx, deviceID, payload)
@@ -66,7 +72,9 @@ func (s *Server) HandleMessage(ctx context.Context, deviceID, kind string, paylo
 		}
 		return nil
 	case protocol.KindPull:
-		return s.handlePull(ctx, deviceID, payload)
+		return s.handlePull(deviceID, payload)
+	case protocol.KindAck:
+		return s.handleAck(deviceID, payload)
 	default:
 		if ota.Handles(kind) {
 			if s.ota == nil {

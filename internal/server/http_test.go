@@ -26,9 +26,9 @@ func httpHostPort(p *outposttest.Platform) string {
 	return strings.TrimPrefix(p.HTTPURL(), "http://")
 }
 
-// dialRaw opens n raw TCP connections to the HTTP listener and closes
+// dialRawHTTP opens n raw TCP connections to the HTTP listener and closes
 // them when the test ends.
-func dialRaw(t *testing.T, p *outposttest.Platform, n int) []net.Conn {
+func dialRawHTTP(t *testing.T, p *outposttest.Platform, n int) []net.Conn {
 	t.Helper()
 	conns := make([]net.Conn, 0, n)
 	for i := 0; i < n; i++ {
@@ -85,7 +85,7 @@ func waitClosed(t *testing.T, conns []net.Conn, want int, within time.Duration) 
 func TestHTTPSlowBodiesReleased(t *testing.T) {
 	p := outposttest.Start(t, func(c *server.Config) { c.HTTPReadTimeout = time.Second })
 	const n = 200
-	conns := dialRaw(t, p, n)
+	conns := dialRawHTTP(t, p, n)
 	for _, c := range conns {
 		fmt.Fprintf(c, "POST /api/v1/devices HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"name\":", p.AdminToken())
 	}
@@ -109,8 +109,8 @@ func TestHTTPIdleConnectionsBounded(t *testing.T) {
 		// Long enough that only the bound can explain a close.
 		c.HTTPReadHeaderTimeout, c.HTTPIdleTimeout = 10*time.Minute, 10*time.Minute
 	})
-	silent := dialRaw(t, p, n/2)
-	idle := dialRaw(t, p, n/2)
+	silent := dialRawHTTP(t, p, n/2)
+	idle := dialRawHTTP(t, p, n/2)
 	for _, c := range idle { // one request each, then keep-alive
 		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
 	}
@@ -134,7 +134,7 @@ func TestHTTPIdleConnectionsBounded(t *testing.T) {
 // the idle timeout.
 func TestHTTPIdleTimeout(t *testing.T) {
 	p := outposttest.Start(t, func(c *server.Config) { c.HTTPIdleTimeout = 200 * time.Millisecond })
-	c := dialRaw(t, p, 1)[0]
+	c := dialRawHTTP(t, p, 1)[0]
 	fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil || resp.StatusCode != 200 {

@@ -66,6 +66,8 @@ func (m *metrics) register(s *Server) {
 			func() float64 { return float64(st.Rejected.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_mqtt_messages_unacknowledged_total", Help: "Device messages left unacknowledged after a transient failure (the device resends)."},
 			func() float64 { return float64(st.Retried.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_mqtt_oversize_disconnects_total", Help: "MQTT 5 connections ended with DISCONNECT 0x95 for a packet over the Maximum Packet Size."},
+			func() float64 { return float64(st.Oversize.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_rpc_pending", Help: "RPC calls waiting for an answer."},
 			func() float64 { return float64(s.relay.Pending()) }),
 	)

@@ -3,9 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -15,17 +13,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/internal/queue"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
 // DownSender sends a message to a device on its down/{kind} topic. The
 // down queue implements it (queueSender): delivered at once to a connected
-// PUSH device, otherwise kept until the device connects or pulls, and
-// dropped (state expired) when it outlives ttl.
+// PUSH device subscribed to the topic, otherwise kept until the device
+// connects or pulls, and dropped (state expired) when it outlives ttl.
 type DownSender interface {
-	// SendDown queues payload and returns the queued message's id and
-	// state (queued, or sent when the device is connected in PUSH mode).
-	SendDown(ctx context.Context, deviceID, kind string, payload []byte, ttl time.Duration) (id string, state outpost.State, err error)
+	// SendDown queues payload under message id id (which the payload
+	// carries as its "id", for the device to acknowledge) and returns the
+	// queued message's state (queued, or sent when it went out at once).
+	SendDown(ctx context.Context, id, deviceID, kind string, payload []byte, ttl time.Duration) (outpost.State, error)
 }
 
 // queueSender puts down messages in the persistent down queue.
@@ -33,18 +33,12 @@ type queueSender struct{ s *Server }
 
 var _ DownSender = queueSender{}
 
-func (d queueSender) SendDown(ctx context.Context, deviceID, kind string, payload []byte, ttl time.Duration) (string, outpost.State, error) {
-	m, err := d.s.queue.Enqueue(ctx, deviceID, kind, payload, ttl)
+func (d queueSender) SendDown(ctx context.Context, id, deviceID, kind string, payload []byte, ttl time.Duration) (outpost.State, error) {
+	m, err := d.s.queue.EnqueueID(ctx, id, deviceID, kind, payload, ttl)
 	if err != nil {
-		return "", "", err
+		return "", err
 	}
-	return m.ID, m.State, nil
-}
-
-func newMessageID() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return m.State, nil
 }
 
 // Default lifetimes of messages to devices.
@@ -89,7 +83,10 @@ var knownKinds = map[string]bool{
 	protocol.KindTelemetry: true, protocol.KindRPC: true, protocol.KindPull: true,
 	protocol.KindFeeds: true, protocol.KindAttributes: true, protocol.KindParameters: true,
 	protocol.KindTime: true, protocol.KindEvent: true, protocol.KindNotification: true,
-	protocol.KindRaw: true,
+	protocol.KindRaw: true, protocol.KindAck: true,
+	protocol.KindFileList: true, protocol.KindFileStatus: true, protocol.KindFileRequest: true,
+	protocol.KindFileURL: true, protocol.KindFirmwareVersion: true, protocol.KindFirmwareStatus: true,
+	protocol.KindFirmwareCheck: true,
 }
 
 // knownCodes are the error codes the platform sends devices.
@@ -568,13 +565,15 @@ func (v *service) SetFeedValue(ctx context.Context, id, ref string, value json.R
 	if ttl <= 0 {
 		ttl = feedCommandTTL
 	}
-	cmd := protocol.FeedCommand{ID: newMessageID(), Feed: ref, Value: compact(value), T: time.Now().UnixMilli()}
+	// The command's id is its message id in the down queue: the id the
+	// device acknowledges.
+	cmd := protocol.FeedCommand{ID: queue.NewID(), Feed: ref, Value: compact(value), T: time.Now().UnixMilli()}
 	b, _ := json.Marshal(cmd)
-	mid, state, err := v.s.model.down.SendDown(ctx, id, protocol.KindFeed, b, ttl)
+	state, err := v.s.model.down.SendDown(ctx, cmd.ID, id, protocol.KindFeed, b, ttl)
 	if err != nil {
 		return nil, err
 	}
-	return &outpost.FeedCommand{ID: cmd.ID, MessageID: mid, State: state, DeviceID: id, Feed: ref, Value: cmd.Value, IssuedAt: cmd.T}, nil
+	return &outpost.FeedCommand{ID: cmd.ID, MessageID: cmd.ID, State: state, DeviceID: id, Feed: ref, Value: cmd.Value, IssuedAt: cmd.T}, nil
 }
 
 // UpdateParameters changes a device's desired parameters (null removes a
@@ -616,18 +615,19 @@ func (v *service) UpdateParameters(ctx context.Context, id string, changes map[s
 	if err != nil {
 		return nil, err
 	}
-	b, _ := json.Marshal(protocol.ParametersUpdate{Version: p.Version, Values: vals})
-	// A connected device gets the change through the down queue (at once
-	// in PUSH mode, with its next pull in PULL mode). A device that is
-	// away is not sent changes: it asks for the full set when it connects.
-	p.Delivery = "offline"
-	if v.s.presence.Online(id) {
-		_, state, err := m.down.SendDown(ctx, id, protocol.KindParameters, b, parametersTTL)
-		if err != nil {
-			v.s.log.Warn("queue parameter change", "device_id", id, "error", err)
-		} else {
-			p.Delivery = string(state)
-		}
+	// Every change goes through the down queue: a connected PUSH device
+	// gets it at once, a device that is away when it comes back (or with
+	// its next pull in PULL mode), until parametersTTL. Only when the
+	// queue refuses it (the device has too many messages waiting) does
+	// the device have to catch up by asking for the full set.
+	mid := queue.NewID()
+	b, _ := json.Marshal(protocol.ParametersUpdate{ID: mid, Version: p.Version, Values: vals})
+	state, err := m.down.SendDown(ctx, mid, id, protocol.KindParameters, b, parametersTTL)
+	if err != nil {
+		v.s.log.Warn("queue parameter change; the device gets it with its next full set", "device_id", id, "error", err)
+		p.Delivery = "not_queued"
+	} else {
+		p.Delivery = string(state)
 	}
 	return p, nil
 }

@@ -88,7 +88,7 @@ func (s *Server) deviceModel(ctx context.Context, deviceID string) (string, erro
 type otaQueue struct{ q *queue.Queue }
 
 func (o otaQueue) Enqueue(ctx context.Context, id, deviceID, kind string, payload []byte, ttl time.Duration) (outpost.State, error) {
-	m, err := o.q.Enqueue(ctx, deviceID, kind, payload, ttl)
+	m, err := o.q.EnqueueID(ctx, id, deviceID, kind, payload, ttl)
 	if err != nil {
 		return "", err
 	}

@@ -454,6 +454,37 @@ func TestProtocolConformanceMQTT311(t *testing.T) {
 		}
 	})
 
+	t.Run("queued call and ack", func(t *testing.T) {
+		// §21: a queued message carries its id in the payload; the device
+		// confirms it on up/ack (MQTT 3.1.1 has no user properties), and
+		// its answer settles the call.
+		c1 := queueCall(t, p, d.ID, "later", `{"n":1}`, "timeout=30s")
+		var req wireRequest
+		if err := json.Unmarshal(c.next(t, down("rpc")), &req); err != nil || req.ID != c1.ID || req.Deadline == 0 {
+			t.Fatalf("queued request %+v (%v), want id %s with a deadline", req, err, c1.ID)
+		}
+		c.publish(t, up("ack"), map[string]any{"ids": []string{req.ID}})
+		waitState(t, p, c1.ID, "delivered")
+		c.publish(t, up("rpc"), map[string]any{"id": req.ID, "result": 1})
+		waitState(t, p, c1.ID, "succeeded")
+
+		// An answer alone confirms delivery too.
+		c2 := queueCall(t, p, d.ID, "later", `{"n":2}`, "timeout=30s")
+		json.Unmarshal(c.next(t, down("rpc")), &req)
+		c.publish(t, up("rpc"), map[string]any{"id": req.ID, "result": 2})
+		waitState(t, p, c2.ID, "succeeded")
+
+		// Acks for unknown ids are accepted and ignored; a malformed ack
+		// is rejected like any message.
+		c.publish(t, up("ack"), map[string]any{"ids": []string{"no-such-message"}})
+		c.publish(t, up("ack"), `{"ids":[]}`)
+		var e wireErrorReply
+		json.Unmarshal(c.next(t, down("error")), &e)
+		if e.Kind != "ack" || e.Code != "invalid" {
+			t.Fatalf("error reply = %+v, want kind ack, code invalid", e)
+		}
+	})
+
 	// Nothing else arrived: no error replies for the valid messages, the
 	// redelivered batch or the duplicate RPC answer.
 	if left := c.received(); len(left) != 0 {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,13 +40,14 @@ func (s *Server) openQueue() error {
 	s.metrics.reg.MustRegister(
 		counter("outpost_queue_enqueued_total", "Messages and calls put in device queues.", &st.Enqueued),
 		counter("outpost_queue_sent_total", "Queued messages published to devices, redeliveries included.", &st.Sent),
-		counter("outpost_queue_delivered_total", "Queued messages acknowledged by devices.", &st.Delivered),
+		counter("outpost_queue_delivered_total", "Queued messages confirmed by devices (up/ack, or an answer to a call).", &st.Delivered),
 		counter("outpost_queue_expired_total", "Queued messages and calls dropped at expiry without reaching the device.", &st.Expired),
 		counter("outpost_queue_pulls_total", "Pull requests served.", &st.Pulls),
 		counter("outpost_calls_succeeded_total", "Queued calls answered with a result.", &st.Succeeded),
 		counter("outpost_calls_failed_total", "Queued calls answered with an error.", &st.Failed),
 		counter("outpost_calls_timed_out_total", "Queued calls sent but not answered in time.", &st.TimedOut),
 		counter("outpost_calls_late_answers_total", "Answers to queued calls that had already finished.", &st.LateAnswers),
+		counter("outpost_queue_ack_retries_total", "Failed attempts to record device acknowledgements (retried).", &st.AckRetries),
 	)
 	return nil
 }
@@ -63,13 +65,33 @@ func (s *Server) answerQueued(ctx context.Context, deviceID string, resp protoco
 	return nil
 }
 
-func (s *Server) handlePull(ctx context.Context, deviceID string, payload []byte) error {
+// handlePull starts serving a pull request. The messages and the end
+// marker follow as the device's send window takes them, after this
+// request's PUBACK.
+func (s *Server) handlePull(deviceID string, payload []byte) error {
 	req, err := protocol.DecodePullRequest(payload)
 	if err != nil {
 		return s.reject(deviceID, protocol.KindPull, "", err)
 	}
-	_, err = s.queue.Pull(ctx, deviceID, req.ID)
-	return err
+	if !s.queue.Pull(deviceID, req.ID) {
+		s.log.Debug("pull request from a device that has not subscribed; nothing can reach it", "device_id", deviceID)
+	}
+	return nil
+}
+
+// handleAck records a device's confirmation of queued messages. It never
+// waits for the store; when too many confirmations are still waiting to be
+// recorded, the message is not acknowledged and the device sends it again
+// later.
+func (s *Server) handleAck(deviceID string, payload []byte) error {
+	a, err := protocol.DecodeAck(payload)
+	if err != nil {
+		return s.reject(deviceID, protocol.KindAck, "", err)
+	}
+	if err := s.queue.Acknowledged(deviceID, a.IDs); err != nil {
+		return fmt.Errorf("%w: %w", broker.ErrOverloaded, err)
+	}
+	return nil
 }
 
 // QueueCall implements httpapi.CallService.

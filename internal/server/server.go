@@ -157,8 +157,17 @@ type Config struct {
 	// ChunkHook, for fault tests, may change a chunk's data after its
 	// hash was computed (see ota.Options.ChunkHook).
 	ChunkHook func(deviceID, transferID string, index int64, data []byte)
-	Logger    *slog.Logger
+	// StreamRingBytes bounds the memory of the live stream's replay ring,
+	// which lets a client that reconnects resume without a gap (default
+	// 64 MiB; at most 10,000 events). While no client has been subscribed
+	// for a minute, events are not encoded or kept at all.
+	StreamRingBytes int64
+	Logger          *slog.Logger
 }
+
+// streamKeepIdle is how long after the last live-stream client left
+// events are still encoded and kept for a client that reconnects.
+const streamKeepIdle = time.Minute
 
 // Server is a running platform.
 type Server struct {
@@ -281,7 +290,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 
 	// Event ids start at the start time in microseconds: they keep growing
 	// across restarts (the replay ring does not survive one).
-	s.hub = stream.NewHubAt(10_000, uint64(time.Now().UnixMicro()))
+	s.hub = stream.New(stream.Options{RingBytes: cfg.StreamRingBytes, FirstID: uint64(time.Now().UnixMicro()), KeepIdle: streamKeepIdle})
 	s.metrics = newMetrics()
 	s.presence = presence.NewTracker(s.db, s.presenceChanged, s.log)
 	s.limiter = newRateLimiter(cfg.DeviceRate, cfg.DeviceBurst)

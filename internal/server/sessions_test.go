@@ -20,9 +20,9 @@ import (
 	"github.com/outpost-iot/outpost/internal/server"
 )
 
-// rawDevice logs in over MQTT version v (4 or 5) and subscribes to the
+// loginRaw logs in over MQTT version v (4 or 5) and subscribes to the
 // device's down/ topics.
-func rawDevice(t *testing.T, p *outposttest.Platform, d outposttest.Device, v byte) *outposttest.Raw {
+func loginRaw(t *testing.T, p *outposttest.Platform, d outposttest.Device, v byte) *outposttest.Raw {
 	t.Helper()
 	c := outposttest.DialRaw(t, p.MQTTAddr(), v)
 	if err := c.Login(d.ID, d.Password); err != nil {
@@ -81,7 +81,7 @@ func TestReconnectRightAfterDropNeverDeaf(t *testing.T) {
 		if prev != nil {
 			prev.Close() // dropped: no DISCONNECT
 		}
-		c := rawDevice(t, p, d, v)
+		c := loginRaw(t, p, d, v)
 		prev = c
 		call := make(chan callResult, 1)
 		go func() {

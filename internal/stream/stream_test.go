@@ -3,8 +3,11 @@ package stream_test
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/outpost-iot/outpost/internal/stream"
 	"go.uber.org/goleak"
@@ -252,5 +255,93 @@ func TestResumeAcrossRestart(t *testing.T) {
 	}
 	if len(sub.C) != 1 {
 		t.Fatalf("%d events replayed, want the new hub's one event", len(sub.C))
+	}
+}
+
+// TestRingBoundedInBytes (issue 9, item 10): the replay ring holds the
+// newest events that fit in its byte bound, however few they are.
+func TestRingBoundedInBytes(t *testing.T) {
+	big := strings.Repeat("x", 100_000) // ~100 KB per event, like a 2,000-reading batch
+	h := stream.New(stream.Options{RingEvents: 10_000, RingBytes: 1 << 20})
+	s, _ := MustSubscribe(t, h, stream.Filter{}, 1, 0)
+	for i := range 100 {
+		h.Publish(stream.KindTelemetry, "a", map[string]any{"n": i, "big": big})
+	}
+	drain(s)
+	if b := h.RingBytes(); b > 1<<20 || b < 900_000 {
+		t.Fatalf("ring holds %d bytes, want at most %d and nearly full", b, 1<<20)
+	}
+	// A resume from the start replays only what the bytes allow, and says
+	// how much is missing.
+	r, missed := MustSubscribe(t, h, stream.Filter{}, 1, 1)
+	got := drain(r)
+	if len(got) == 0 || len(got) > 10 || got[len(got)-1] != 100 || missed != uint64(99-len(got)) {
+		t.Fatalf("resume from 1: replayed %d events ending %v, missed %d", len(got), got[max(len(got)-1, 0):], missed)
+	}
+	// An event larger than the whole bound is delivered but not kept.
+	h.Publish(stream.KindTelemetry, "a", strings.Repeat("y", 2<<20))
+	if got := drain(s); len(got) != 1 {
+		t.Fatalf("live subscriber got %v", got)
+	}
+	if b := h.RingBytes(); b != 0 {
+		t.Fatalf("ring holds %d bytes after an event over its bound", b)
+	}
+}
+
+// countingData counts how often it is encoded.
+type countingData struct{ n *atomic.Int32 }
+
+func (c countingData) MarshalJSON() ([]byte, error) {
+	c.n.Add(1)
+	return []byte(`{"x":1}`), nil
+}
+
+// TestNoEncodingWithoutListeners (issue 9, item 10): with KeepIdle, events
+// published while nobody listens (and has not for KeepIdle) are not
+// encoded; a client that resumes later is told how many it missed.
+func TestNoEncodingWithoutListeners(t *testing.T) {
+	var encoded atomic.Int32
+	h := stream.New(stream.Options{KeepIdle: time.Hour})
+	for range 5 {
+		h.Publish(stream.KindTelemetry, "a", countingData{&encoded})
+	}
+	if n := encoded.Load(); n != 0 {
+		t.Fatalf("%d events encoded with nobody listening", n)
+	}
+	s, _ := h.Subscribe(stream.Filter{Kinds: set(stream.KindPresence)}, 10, 0)
+	h.Publish(stream.KindTelemetry, "a", countingData{&encoded}) // id 6: kept for replay
+	s.Close()
+	h.Publish(stream.KindTelemetry, "a", countingData{&encoded}) // id 7: within KeepIdle
+	if n := encoded.Load(); n != 2 {
+		t.Fatalf("%d events encoded while a subscriber was, or had just been, there; want 2", n)
+	}
+	r, missed := MustSubscribe(t, h, stream.Filter{}, 10, 2)
+	if got := drain(r); missed != 3 || !slices.Equal(got, []uint64{6, 7}) {
+		t.Fatalf("resume after 2: missed %d, replayed %v; want 3 missed and 6, 7", missed, got)
+	}
+
+	// Without KeepIdle every event is kept, listened to or not.
+	var all atomic.Int32
+	h = stream.NewHub(10)
+	h.Publish(stream.KindTelemetry, "a", countingData{&all})
+	if all.Load() != 1 {
+		t.Fatal("NewHub did not encode an event for replay")
+	}
+}
+
+// TestIdleHubStopsEncoding: once the last subscriber has been gone for
+// KeepIdle, publishing stops encoding.
+func TestIdleHubStopsEncoding(t *testing.T) {
+	var encoded atomic.Int32
+	h := stream.New(stream.Options{KeepIdle: time.Millisecond})
+	s, _ := h.Subscribe(stream.Filter{}, 10, 0)
+	s.Close()
+	time.Sleep(5 * time.Millisecond) // let KeepIdle pass: the condition under test is elapsed time
+	h.Publish(stream.KindTelemetry, "a", countingData{&encoded})
+	if n := encoded.Load(); n != 0 {
+		t.Fatalf("%d events encoded after the hub went idle", n)
+	}
+	if h.LastID() != 1 {
+		t.Fatalf("LastID %d: the skipped event must use up its id", h.LastID())
 	}
 }
