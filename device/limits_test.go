@@ -2,6 +2,7 @@ package device_test
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"strings"
@@ -24,6 +25,7 @@ import (
 type smallPacketBroker struct {
 	mqtt.HookBase
 	limit uint32
+	srv   *mqtt.Server
 
 	mu       sync.Mutex
 	largest  int
@@ -47,6 +49,15 @@ func (h *smallPacketBroker) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (pa
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.largest = max(h.largest, pk.FixedHeader.Remaining+5)
+	if pk.FixedHeader.Type == packets.Publish && strings.HasSuffix(pk.TopicName, "/up/time") {
+		// Answer as the platform does, or the SDK takes the broker for
+		// one that is not Outpost and sends nothing.
+		if req, err := protocol.DecodeTimeRequest(pk.Payload); err == nil {
+			reply, _ := json.Marshal(protocol.TimeReply{ID: req.ID, Sent: req.Sent, T: time.Now().UnixMilli()})
+			topic := strings.TrimSuffix(pk.TopicName, "/up/time") + "/down/time"
+			go func() { _ = h.srv.Publish(topic, reply, false, 1) }()
+		}
+	}
 	if pk.FixedHeader.Type == packets.Publish && strings.HasSuffix(pk.TopicName, "/up/telemetry") {
 		if t, err := protocol.DecodeTelemetry(pk.Payload); err == nil {
 			for _, r := range t.Readings {
@@ -61,8 +72,8 @@ func startSmallPacketBroker(t *testing.T, limit uint32) (*smallPacketBroker, str
 	t.Helper()
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = 0 // read anything, to see what the device sends
-	srv := mqtt.New(&mqtt.Options{Capabilities: caps, Logger: slog.New(slog.DiscardHandler)})
-	h := &smallPacketBroker{limit: limit, readings: map[string]bool{}}
+	srv := mqtt.New(&mqtt.Options{Capabilities: caps, InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	h := &smallPacketBroker{limit: limit, srv: srv, readings: map[string]bool{}}
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		t.Fatal(err)
 	}

@@ -336,7 +336,11 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	if err := s.openOTA(); err != nil {
-		return nil, err
+		// The rest of the platform is worth running (a full disk cannot
+		// create the signing key); files and firmware stay off until a
+		// restart that can open them.
+		s.log.Error("files and firmware over the air are off", "error", err)
+		s.artifacts, s.ota = nil, nil
 	}
 	s.svc = &service{s: s}
 	s.metrics.register(s)
