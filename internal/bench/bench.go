@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"runtime"
@@ -52,6 +53,16 @@ same run, prints a table and, as the last line, one JSON object):
                   --sync normal|full (normal) --raw-window W (16)
                   --timeout D (5m)
 
+  latency  publish → PUBACK and publish → live-stream latency of a probe
+           device beside paced background load, at several loads (percent
+           of the maximum, measured first unless --max is given), with the
+           writer's busy ratio, bytes written and CPU per reading; each load
+           also on a plain mochi broker and on the store alone
+           flags: --load LIST (10,25,50,100) --max R (0: measure)
+                  --devices N (10) --batch K (50) --window W (16)
+                  --duration D (10s) --warmup D (2s) --probe-rate R (20)
+                  --sync normal|full --raw=false --timeout D (10m)
+
   rpc      RPC round trips through POST /api/v1/devices/{id}/rpc/echo at
            several caller counts; compared with a plain MQTT request/response
            round trip over a plain mochi broker at the same concurrency
@@ -75,19 +86,21 @@ const (
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return errors.New("bench: no benchmark given (want ingest or rpc)")
+		return errors.New("bench: no benchmark given (want ingest, rpc or latency)")
 	}
 	switch args[0] {
 	case "ingest":
 		return ingestMain(ctx, args[1:], stdout, stderr)
 	case "rpc":
 		return rpcMain(ctx, args[1:], stdout, stderr)
+	case "latency":
+		return latencyMain(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("bench: unknown benchmark %q (want ingest or rpc)", args[0])
+	return fmt.Errorf("bench: unknown benchmark %q (want ingest, rpc or latency)", args[0])
 }
 
 // parseFlags parses fs and refuses positional arguments. It returns
@@ -238,6 +251,14 @@ func startPlatform(ctx context.Context, syncMode string, httpConns int) (*platfo
 	tr.MaxIdleConns = httpConns + 16
 	tr.MaxIdleConnsPerHost = httpConns + 16 // reuse connections instead of churning ports
 	tr.DisableCompression = true
+	var d net.Dialer
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return countConn{c}, nil
+	}
 	return &platform{srv: srv, dir: dir, http: &http.Client{Transport: tr}}, nil
 }
 

