@@ -237,12 +237,13 @@ type platform struct {
 
 // startPlatform opens the platform with embedded defaults in a temporary
 // data directory, listening on 127.0.0.1 ephemeral ports.
-func startPlatform(ctx context.Context, syncMode string, httpConns int) (*platform, error) {
+func startPlatform(ctx context.Context, syncMode string, httpConns int, d Design) (*platform, error) {
 	dir, err := os.MkdirTemp("", "outpost-bench-*")
 	if err != nil {
 		return nil, fmt.Errorf("bench: temporary directory: %w", err)
 	}
-	srv, err := server.Open(ctx, server.Config{DataDir: dir, MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Sync: syncMode})
+	srv, err := server.Open(ctx, server.Config{DataDir: dir, MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Sync: syncMode,
+		Store: d.store(syncMode), Ingest: d.ingest()})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: start platform: %w", err)
@@ -251,9 +252,9 @@ func startPlatform(ctx context.Context, syncMode string, httpConns int) (*platfo
 	tr.MaxIdleConns = httpConns + 16
 	tr.MaxIdleConnsPerHost = httpConns + 16 // reuse connections instead of churning ports
 	tr.DisableCompression = true
-	var d net.Dialer
+	var dialer net.Dialer
 	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
+		c, err := dialer.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}

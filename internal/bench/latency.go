@@ -49,6 +49,7 @@ type LatencyConfig struct {
 	// ProbeRate is the probe device's messages per second.
 	ProbeRate float64
 	Sync      string
+	Design    Design
 	// Raw also runs the raw broker and the raw store at each load.
 	Raw     bool
 	Timeout time.Duration
@@ -125,6 +126,7 @@ type LatencyResult struct {
 	Batch     int     `json:"batch"`
 	Window    int     `json:"window"`
 	Sync      string  `json:"sync"`
+	Design    Design  `json:"design"`
 	ProbeRate float64 `json:"probe_rate"`
 	WarmupS   float64 `json:"warmup_s"`
 	DurationS float64 `json:"duration_s"`
@@ -152,6 +154,7 @@ func latencyMain(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.BoolVar(&cfg.Raw, "raw", true, "also run the raw broker and the raw store at each load")
 	fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Minute, "give up after this long")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	cfg.Design.flags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -205,6 +208,9 @@ func (c *LatencyConfig) validate() error {
 			return errors.New("bench latency: loads must be between 0 and 200 percent")
 		}
 	}
+	if err := c.Design.validate(); err != nil {
+		return fmt.Errorf("bench latency: %w", err)
+	}
 	return checkTimeout(c.Timeout)
 }
 
@@ -219,7 +225,7 @@ func RunLatency(ctx context.Context, cfg LatencyConfig, log io.Writer) (*Latency
 	defer cancel()
 	began := time.Now()
 	pr := progress{log}
-	res := &LatencyResult{Benchmark: "latency", Machine: machine(), Devices: cfg.Devices, Batch: cfg.Batch, Window: cfg.Window, Sync: cfg.Sync,
+	res := &LatencyResult{Benchmark: "latency", Machine: machine(), Devices: cfg.Devices, Batch: cfg.Batch, Window: cfg.Window, Sync: cfg.Sync, Design: cfg.Design,
 		ProbeRate: cfg.ProbeRate, WarmupS: cfg.Warmup.Seconds(), DurationS: cfg.Duration.Seconds(), MaxReadingsPerS: cfg.MaxReadingsPerS}
 	run := 0
 	if res.MaxReadingsPerS == 0 {
@@ -628,7 +634,7 @@ func dialDevice(ctx context.Context, addr string, d apiDevice, clientID string, 
 func latencyPlatform(ctx context.Context, cfg LatencyConfig, rate float64, run int) (LatencyRun, error) {
 	var r LatencyRun
 	r.LoadAvg = loadAvg()
-	p, err := startPlatform(ctx, cfg.Sync, 8)
+	p, err := startPlatform(ctx, cfg.Sync, 8, cfg.Design)
 	if err != nil {
 		return r, err
 	}
@@ -867,7 +873,7 @@ func latencyRawStore(ctx context.Context, cfg LatencyConfig, rate float64, run i
 		return r, err
 	}
 	defer os.RemoveAll(dir)
-	db, err := sqlite.Open(ctx, filepath.Join(dir, "raw.db"), sqlite.Options{Synchronous: strings.ToUpper(cfg.Sync)})
+	db, err := sqlite.Open(ctx, filepath.Join(dir, "raw.db"), cfg.Design.store(cfg.Sync))
 	if err != nil {
 		return r, fmt.Errorf("bench: raw store: %w", err)
 	}
@@ -881,7 +887,9 @@ func latencyRawStore(ctx context.Context, cfg LatencyConfig, rate float64, run i
 		}
 	}
 	obs := &storeObserver{}
-	w := ingest.NewWriter(db, ingest.Options{Observer: obs})
+	io := cfg.Design.ingest()
+	io.Observer = obs
+	w := ingest.NewWriter(db, io)
 	defer w.Close()
 	var (
 		mu       sync.Mutex
@@ -940,8 +948,8 @@ func latencyRawStore(ctx context.Context, cfg LatencyConfig, rate float64, run i
 func printLatency(w io.Writer, r *LatencyResult) {
 	fmt.Fprintf(w, "Outpost latency benchmark\n")
 	fmt.Fprintf(w, "machine:  %s\n", r.Machine)
-	fmt.Fprintf(w, "workload: %d background devices, %d readings per message, %d in flight each; probe %.0f messages/s; warm-up %.0fs, measured %.0fs per load; SQLite synchronous=%s\n",
-		r.Devices, r.Batch, r.Window, r.ProbeRate, r.WarmupS, r.DurationS, strings.ToUpper(r.Sync))
+	fmt.Fprintf(w, "workload: %d background devices, %d readings per message, %d in flight each; probe %.0f messages/s; warm-up %.0fs, measured %.0fs per load; SQLite synchronous=%s; %s\n",
+		r.Devices, r.Batch, r.Window, r.ProbeRate, r.WarmupS, r.DurationS, strings.ToUpper(r.Sync), r.Design)
 	if r.Calibration != nil {
 		fmt.Fprintf(w, "100%% load = %s readings/s, measured under unpaced load (probe PUBACK p99 %.1f ms, stream p99 %.1f ms)\n\n",
 			groupf(r.MaxReadingsPerS), r.Calibration.PubAck.P99MS, r.Calibration.Stream.P99MS)

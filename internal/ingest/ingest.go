@@ -3,9 +3,12 @@
 // Writer groups the batches that arrive while a transaction is committing
 // into the next transaction (group commit), so each device waits for its own
 // batch to be durable — the broker acknowledges only after the batch is
-// committed — yet the store sees few, large transactions. Submit hands a
-// batch over without waiting, so one connection can have many batches in
-// the same group; batches commit, and their callbacks run, in queue order.
+// committed — yet the store sees few, large transactions. Groups are also
+// sized by latency: when the writer is idle, a small group waits up to
+// MaxDelay for more batches, since every commit writes at least a page
+// however few readings it holds. Submit hands a batch over without
+// waiting, so one connection can have many batches in the same group;
+// batches commit, and their callbacks run, in queue order.
 package ingest
 
 import (
@@ -33,6 +36,13 @@ type Observer interface {
 type Options struct {
 	// MaxReadings bounds the readings in one transaction (default 20,000).
 	MaxReadings int
+	// MinReadings and MaxDelay size groups by latency: a group of fewer
+	// than MinReadings readings (default 256) waits for more until its
+	// first batch has waited MaxDelay (default 2ms; negative: never
+	// waits). Under load the queue fills faster than that and groups
+	// commit at once.
+	MinReadings int
+	MaxDelay    time.Duration
 	// QueueLen is how many batches may wait for the writer (default 4096).
 	// When it is full, Submit fails with ErrQueueFull (or waits, if its
 	// context allows): the back-pressure that keeps memory bounded.
@@ -68,6 +78,7 @@ type Writer struct {
 type job struct {
 	b    *outpost.Batch
 	done Done
+	at   time.Time // queued
 }
 
 // NewWriter starts a writer; Close stops it.
@@ -77,6 +88,12 @@ func NewWriter(store Appender, o Options) *Writer {
 	}
 	if o.QueueLen <= 0 {
 		o.QueueLen = 4096
+	}
+	if o.MinReadings <= 0 {
+		o.MinReadings = 256
+	}
+	if o.MaxDelay == 0 {
+		o.MaxDelay = 2 * time.Millisecond
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -122,7 +139,7 @@ func (w *Writer) Submit(ctx context.Context, b *outpost.Batch, done Done) error 
 	if w.closed {
 		return ErrClosed
 	}
-	j := &job{b: b, done: done}
+	j := &job{b: b, done: done, at: time.Now()}
 	select {
 	case w.in <- j:
 		return nil
@@ -158,6 +175,8 @@ func (w *Writer) run() {
 	defer close(w.done)
 	var group []*job
 	var batches []*outpost.Batch
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for {
 		j, ok := <-w.in
 		if !ok {
@@ -165,6 +184,7 @@ func (w *Writer) run() {
 		}
 		group, batches = append(group[:0], j), append(batches[:0], j.b)
 		n := len(j.b.Readings)
+		deadline := j.at.Add(w.opt.MaxDelay)
 	fill:
 		for n < w.opt.MaxReadings {
 			select {
@@ -174,7 +194,23 @@ func (w *Writer) run() {
 				}
 				group, batches = append(group, j), append(batches, j.b)
 				n += len(j.b.Readings)
+				continue
 			default:
+			}
+			wait := time.Until(deadline)
+			if n >= w.opt.MinReadings || wait <= 0 {
+				break
+			}
+			linger.Reset(wait)
+			select {
+			case j, ok := <-w.in:
+				linger.Stop()
+				if !ok {
+					break fill
+				}
+				group, batches = append(group, j), append(batches, j.b)
+				n += len(j.b.Readings)
+			case <-linger.C:
 				break fill
 			}
 		}

@@ -68,6 +68,7 @@ func (m *metrics) register(s *Server) {
 			func() float64 { return float64(st.Retried.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_rpc_pending", Help: "RPC calls waiting for an answer."},
 			func() float64 { return float64(s.relay.Pending()) }),
+		storeCollector{s.db},
 	)
 }
 

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"time"
 )
 
@@ -11,6 +12,11 @@ import (
 // twice; a device redelivers only what its outbox still holds, so ids
 // older than any outbox can wait may go. It returns how many were removed.
 func (db *DB) PruneBatches(ctx context.Context, before time.Time) (int64, error) {
+	// Ids still in the landing table move to batches first, so that
+	// they are pruned like the others.
+	if err := db.MergeLanding(ctx); err != nil {
+		return 0, fmt.Errorf("prune batches: %w", err)
+	}
 	var n int64
 	err := db.writeTx(ctx, "prune batches", func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM batches WHERE received_at < ?`, before.UnixMilli())

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -31,6 +32,23 @@ type Options struct {
 	// CacheMiB is the writer's page cache in MiB (default 256). A large cache
 	// keeps the readings index in memory and decides ingest speed.
 	CacheMiB int
+	// Landing chooses where AppendBatches puts readings; see LandingMode.
+	Landing LandingMode
+	// MergeRows and MergeAge start a merge of the landing table into the
+	// readings table once it holds MergeRows readings (default 16384) or
+	// its oldest reading has waited MergeAge (default 2s). A merge moves
+	// the readings of a few series per transaction, about MergeChunk
+	// readings (default 2048), so a commit waits for one chunk at most.
+	MergeRows  int
+	MergeAge   time.Duration
+	MergeChunk int
+	// CheckpointEvery is how often a background checkpoint copies the WAL
+	// into the database file (default 1s); commits never checkpoint.
+	// Once the WAL holds more than CheckpointRestart pages (default 8192,
+	// 32 MiB at 4 KiB pages) the checkpoint finishes under the write lock,
+	// so the WAL starts over from its beginning.
+	CheckpointEvery   time.Duration
+	CheckpointRestart int
 }
 
 // DB is an open Outpost database.
@@ -44,7 +62,19 @@ type DB struct {
 	wmu     sync.Mutex
 	devSeq  map[string]int64 // device id → devices.seq
 	feedSeq map[feedKey]int64
-	readSeq int64 // last readings.seq used (counters.readings_seq)
+	readSeq int64 // last readings.seq used (counters.readings_seq or readings_landing)
+
+	opt   Options
+	stmts appendStmts // prepared once on the writer connection
+	land  landing     // guarded by wmu
+	app   appendBuf   // AppendBatches' reusable buffers, guarded by wmu
+
+	ck        *sql.DB    // checkpointer connection
+	mergeMu   sync.Mutex // one merge at a time
+	maint     maintStats
+	maintKick chan struct{}
+	maintStop chan struct{}
+	maintDone chan struct{}
 }
 
 type feedKey struct {
@@ -71,6 +101,21 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	if o.CacheMiB <= 0 {
 		o.CacheMiB = 256
 	}
+	if o.MergeRows <= 0 {
+		o.MergeRows = 16384
+	}
+	if o.MergeAge <= 0 {
+		o.MergeAge = 2 * time.Second
+	}
+	if o.MergeChunk <= 0 {
+		o.MergeChunk = 2048
+	}
+	if o.CheckpointEvery <= 0 {
+		o.CheckpointEvery = time.Second
+	}
+	if o.CheckpointRestart <= 0 {
+		o.CheckpointRestart = 8192
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
@@ -83,7 +128,11 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 		// end the file name early, so they (and '%') are escaped.
 		return "file:" + uriPath.Replace(path) + "?" + q.Encode()
 	}
-	w, err := sql.Open("sqlite", dsn("synchronous("+o.Synchronous+")", fmt.Sprintf("cache_size(-%d)", o.CacheMiB*1024))+"&_txlock=immediate")
+	// The writer never checkpoints (wal_autocheckpoint 0): a background
+	// checkpointer does, off the commit path. journal_size_limit truncates
+	// a WAL that grew large once it starts over.
+	w, err := sql.Open("sqlite", dsn("synchronous("+o.Synchronous+")", fmt.Sprintf("cache_size(-%d)", o.CacheMiB*1024),
+		"wal_autocheckpoint(0)", "journal_size_limit(67108864)")+"&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
@@ -91,30 +140,46 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	db := &DB{path: path, w: w, devSeq: map[string]int64{}, feedSeq: map[feedKey]int64{}}
+	db := &DB{path: path, w: w, devSeq: map[string]int64{}, feedSeq: map[feedKey]int64{}, opt: o}
 	if err := db.migrate(ctx); err != nil {
 		w.Close()
 		return nil, err
 	}
-	if err := w.QueryRowContext(ctx, `SELECT value FROM counters WHERE name = 'readings_seq'`).Scan(&db.readSeq); err != nil {
+	if err := db.openAppend(ctx); err != nil {
+		db.stmts.close()
 		w.Close()
-		return nil, fmt.Errorf("sqlite: readings sequence: %w", err)
+		return nil, err
 	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
+		db.stmts.close()
 		w.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
 	r.SetMaxOpenConns(4)
 	db.r = r
+	ck, err := sql.Open("sqlite", dsn())
+	if err != nil {
+		db.stmts.close()
+		r.Close()
+		w.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	ck.SetMaxOpenConns(1)
+	db.ck = ck
+	db.startMaintenance()
 	return db, nil
 }
 
 var uriPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")
 
-// Close closes the database. Pending writes must have finished.
+// Close stops the background merge and checkpoints and closes the
+// database. Pending writes must have finished. Readings still in the
+// landing table stay there (the next Open serves them as they are).
 func (db *DB) Close() error {
-	return errors.Join(db.r.Close(), db.w.Close())
+	db.stopMaintenance()
+	db.stmts.close()
+	return errors.Join(db.ck.Close(), db.r.Close(), db.w.Close())
 }
 
 // Path returns the database file path.
@@ -194,6 +259,33 @@ INSERT INTO counters (name, value) SELECT 'readings_seq', COALESCE(MAX(seq), 0) 
 	`
 ALTER TABLE device_events ADD COLUMN msg_id TEXT;
 CREATE UNIQUE INDEX device_events_msg ON device_events (device_seq, msg_id) WHERE msg_id IS NOT NULL;
+`,
+	// 6: an append-only landing table for readings. Small commits append
+	// here (one B-tree, written at its end: a page or two per commit
+	// whatever the number of series) and a background merge moves the
+	// rows into the clustered readings table, many rows per series at a
+	// time. seq is the reading's readings.seq; batch holds the batch id on
+	// the first reading of a batch, until the merge moves it into batches.
+	// During a merge, readings_merged says up to which seq the landing rows
+	// of a series are already in readings. Reads go through readings_all,
+	// which sees each reading once. See landing.go.
+	`
+CREATE TABLE readings_landing (
+	seq    INTEGER PRIMARY KEY,
+	series INTEGER NOT NULL,
+	ts     INTEGER NOT NULL,
+	value  TEXT    NOT NULL,
+	batch  TEXT
+);
+CREATE TABLE readings_merged (
+	series  INTEGER PRIMARY KEY,
+	through INTEGER NOT NULL
+);
+CREATE VIEW readings_all (series, ts, seq, value) AS
+	SELECT series, ts, seq, value FROM readings
+	UNION ALL
+	SELECT l.series, l.ts, l.seq, l.value FROM readings_landing l
+	WHERE l.seq > COALESCE((SELECT m.through FROM readings_merged m WHERE m.series = l.series), 0);
 `,
 }
 

@@ -1,0 +1,476 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// The write path of readings, off the commit path:
+//
+//   - Small commits append to readings_landing, a rowid table keyed by
+//     seq: every append lands at the end of one B-tree, so a commit dirties
+//     a page or two however many series it touches. (Writing into the
+//     clustered readings table dirties at least one page per series, and
+//     each dirty page is written whole to the WAL and again at the next
+//     checkpoint: most of the bytes written per reading at low load.)
+//   - A background goroutine merges the landing table into the clustered
+//     table once it holds MergeRows rows or its oldest row has waited
+//     MergeAge. The clustered table costs pages per series touched (the
+//     leaf, and the siblings and parent that SQLite rebalances when a leaf
+//     in the middle of the tree fills), so a merge moves all the rows of a
+//     series at once, a few series per transaction (about MergeChunk
+//     rows): each transaction holds the write lock briefly, yet each
+//     series' pages are written once per merge. A chunk records in
+//     readings_merged the seq up to which its series are merged, which
+//     hides those landing rows from reads (readings_all) until the last
+//     transaction of the merge deletes them, a contiguous seq range. The
+//     batch ids that travelled with the readings (readings_landing.batch)
+//     move to the batches table with their series; until then db.land.ids
+//     knows them, so redeliveries are recognised either way.
+//   - The writer connection never checkpoints (wal_autocheckpoint 0): the
+//     same goroutine runs a passive checkpoint on a connection of its own
+//     every CheckpointEvery, concurrently with commits. A WAL that passed
+//     CheckpointRestart pages is finished under the write lock (only the
+//     frames written since the passive pass remain), so that the next
+//     commit starts the WAL over from its beginning.
+//
+// Reads see both tables through the readings_all view.
+
+// landing is the in-memory state of readings_landing, guarded by wmu.
+type landing struct {
+	ids   map[batchKey]struct{} // ids of the batches whose readings are in readings_landing, not yet merged
+	rows  int                   // rows in readings_landing not yet merged
+	since time.Time             // when the oldest of them landed; zero when none
+}
+
+// maintStats are the counters behind Stats, guarded by mu.
+type maintStats struct {
+	mu                 sync.Mutex
+	merges, mergedRows int64
+	mergeHeld          time.Duration
+	checkpoints        int64
+	checkpointTime     time.Duration
+	checkpointHeld     time.Duration
+	restarts           int64
+	walFrames          int
+	errors             int64
+	lastErr            error
+}
+
+// Stats are counters of the store's background work since Open.
+type Stats struct {
+	// LandingRows is the number of readings in the landing table now.
+	LandingRows int
+	// Merges counts merge transactions; MergedRows the readings they
+	// moved; MergeHeld the time they held the write lock.
+	Merges, MergedRows int64
+	MergeHeld          time.Duration
+	// Checkpoints counts background checkpoints; CheckpointTime is their
+	// total duration, CheckpointHeld the part spent under the write lock
+	// (finishing a WAL before it starts over), Restarts how often that
+	// happened.
+	Checkpoints    int64
+	CheckpointTime time.Duration
+	CheckpointHeld time.Duration
+	Restarts       int64
+	// WALFrames is the WAL's length in pages at the last checkpoint.
+	WALFrames int
+	// Errors counts failed merges and checkpoints (each is retried);
+	// LastError is the latest.
+	Errors    int64
+	LastError error
+}
+
+// Stats returns the counters of the background merge and checkpoints.
+func (db *DB) Stats() Stats {
+	db.wmu.Lock()
+	rows := db.land.rows
+	db.wmu.Unlock()
+	m := &db.maint
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return Stats{LandingRows: rows, Merges: m.merges, MergedRows: m.mergedRows, MergeHeld: m.mergeHeld,
+		Checkpoints: m.checkpoints, CheckpointTime: m.checkpointTime, CheckpointHeld: m.checkpointHeld, Restarts: m.restarts,
+		WALFrames: m.walFrames, Errors: m.errors, LastError: m.lastErr}
+}
+
+// MaintenanceTime returns how long background work (merges, finishing
+// checkpoints) has held the write lock since Open: time in which the
+// writer could not commit.
+func (db *DB) MaintenanceTime() time.Duration {
+	m := &db.maint
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mergeHeld + m.checkpointHeld
+}
+
+func (m *maintStats) fail(err error) {
+	m.mu.Lock()
+	m.errors++
+	m.lastErr = err
+	m.mu.Unlock()
+}
+
+// openAppend prepares the append statements and loads the state of the
+// landing table: its row count, the batch ids it holds and, with the
+// counter, the last seq used.
+func (db *DB) openAppend(ctx context.Context) error {
+	if err := db.stmts.prepare(ctx, db.w); err != nil {
+		return fmt.Errorf("sqlite: prepare: %w", err)
+	}
+	var counter, landed int64
+	err := db.w.QueryRowContext(ctx, `SELECT value, (SELECT COALESCE(MAX(seq), 0) FROM readings_landing),
+		(SELECT COUNT(*) FROM readings_landing l WHERE `+unmerged+`)
+		FROM counters WHERE name = 'readings_seq'`).Scan(&counter, &landed, &db.land.rows)
+	if err != nil {
+		return fmt.Errorf("sqlite: readings sequence: %w", err)
+	}
+	db.readSeq = max(counter, landed)
+	db.land.ids = map[batchKey]struct{}{}
+	if db.land.rows > 0 {
+		db.land.since = time.Now()
+	}
+	rows, err := db.w.QueryContext(ctx, `SELECT f.device_seq, l.batch FROM readings_landing l JOIN feeds f ON f.seq = l.series
+		WHERE l.batch IS NOT NULL AND `+unmerged)
+	if err != nil {
+		return fmt.Errorf("sqlite: landing batch ids: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k batchKey
+		if err := rows.Scan(&k.dev, &k.id); err != nil {
+			return fmt.Errorf("sqlite: landing batch ids: %w", err)
+		}
+		db.land.ids[k] = struct{}{}
+	}
+	return rows.Err()
+}
+
+// unmerged is the condition on a landing row l that it is not yet in the
+// readings table (the same as in the readings_all view).
+const unmerged = `l.seq > COALESCE((SELECT m.through FROM readings_merged m WHERE m.series = l.series), 0)`
+
+// landed records n rows appended to the landing table. Callers hold wmu.
+func (db *DB) landed(n int) {
+	if db.land.rows == 0 {
+		db.land.since = time.Now()
+	}
+	db.land.rows += n
+	if db.land.rows >= db.opt.MergeRows {
+		select {
+		case db.maintKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// forgetLanding drops what db.land knows of device dev, whose landing
+// rows were deleted (n of them). Callers hold wmu.
+func (db *DB) forgetLanding(dev int64, n int) {
+	for k := range db.land.ids {
+		if k.dev == dev {
+			delete(db.land.ids, k)
+		}
+	}
+	db.land.rows = max(0, db.land.rows-n)
+	if db.land.rows == 0 {
+		db.land.since = time.Time{}
+	}
+}
+
+func (db *DB) startMaintenance() {
+	db.maintKick = make(chan struct{}, 1)
+	db.maintStop = make(chan struct{})
+	db.maintDone = make(chan struct{})
+	go db.maintain()
+}
+
+func (db *DB) stopMaintenance() {
+	if db.maintStop == nil {
+		return
+	}
+	select {
+	case <-db.maintStop:
+	default:
+		close(db.maintStop)
+	}
+	<-db.maintDone
+}
+
+// maintain merges the landing table and checkpoints the WAL until Close.
+func (db *DB) maintain() {
+	defer close(db.maintDone)
+	ctx := context.Background()
+	tick := time.NewTicker(min(db.opt.MergeAge/4, db.opt.CheckpointEvery, 100*time.Millisecond))
+	defer tick.Stop()
+	lastCheckpoint := time.Now()
+	for {
+		select {
+		case <-db.maintStop:
+			return
+		case <-tick.C:
+		case <-db.maintKick:
+		}
+		if upTo, ok := db.mergeDue(); ok {
+			if err := db.merge(ctx, upTo); err != nil {
+				db.maint.fail(err)
+			}
+		}
+		if time.Since(lastCheckpoint) >= db.opt.CheckpointEvery {
+			lastCheckpoint = time.Now()
+			if err := db.checkpoint(ctx); err != nil {
+				db.maint.fail(err)
+			}
+		}
+	}
+}
+
+// mergeDue tells whether the landing table is due for a merge, and up to
+// which seq: the rows there now.
+func (db *DB) mergeDue() (int64, bool) {
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	due := db.land.rows >= db.opt.MergeRows || (db.land.rows > 0 && time.Since(db.land.since) >= db.opt.MergeAge)
+	return db.readSeq, due
+}
+
+// MergeLanding moves every reading in the landing table into the readings
+// table now, instead of waiting for the background merge.
+func (db *DB) MergeLanding(ctx context.Context) error {
+	db.wmu.Lock()
+	upTo := db.readSeq
+	db.wmu.Unlock()
+	return db.merge(ctx, upTo)
+}
+
+// seriesRows is one series' share of a merge.
+type seriesRows struct {
+	series int64
+	rows   int
+}
+
+// merge moves the landing rows with seq ≤ upTo into the readings table:
+// a few series per transaction, releasing the write lock in between,
+// then one transaction that deletes them from the landing table.
+func (db *DB) merge(ctx context.Context, upTo int64) error {
+	db.mergeMu.Lock()
+	defer db.mergeMu.Unlock()
+	began := time.Now()
+	// A merge that Close interrupted left marks: finish it first, so that
+	// the statements below need not look at marks.
+	var marks bool
+	if err := db.r.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM readings_merged)`).Scan(&marks); err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	if marks {
+		if err := db.dropMerged(ctx, 0, began); err != nil {
+			return err
+		}
+	}
+	// The plan reads a snapshot taken after upTo was: every row up to
+	// upTo is in it. Only merges remove rows (besides a deleted device,
+	// whose rows then are simply not found).
+	rows, err := db.r.QueryContext(ctx, `SELECT series, COUNT(*) FROM readings_landing WHERE seq <= ? GROUP BY series ORDER BY series`, upTo)
+	if err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	var plan []seriesRows
+	for rows.Next() {
+		var s seriesRows
+		if err := rows.Scan(&s.series, &s.rows); err != nil {
+			rows.Close()
+			return fmt.Errorf("merge readings: %w", err)
+		}
+		plan = append(plan, s)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	if len(plan) == 0 {
+		return nil
+	}
+	for first := true; len(plan) > 0; first = false {
+		select {
+		case <-db.maintStop:
+			return nil // the next merge finishes from readings_merged
+		default:
+		}
+		n, sum := 1, plan[0].rows
+		for n < len(plan) && sum+plan[n].rows <= db.opt.MergeChunk {
+			sum += plan[n].rows
+			n++
+		}
+		if err := db.mergeSeries(ctx, upTo, plan[:n], first); err != nil {
+			return err
+		}
+		plan = plan[n:]
+	}
+	return db.dropMerged(ctx, upTo, began)
+}
+
+// mergeSeries merges the landing rows of some series, up to upTo, in one
+// transaction; the first of a merge also moves every batch id up to upTo.
+func (db *DB) mergeSeries(ctx context.Context, upTo int64, part []seriesRows, first bool) error {
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	start := time.Now()
+	tx, err := db.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	defer tx.Rollback()
+	var keys []batchKey
+	if first {
+		rows, err := tx.QueryContext(ctx, `INSERT OR IGNORE INTO batches (device_seq, batch_id, received_at)
+			SELECT f.device_seq, l.batch, ? FROM readings_landing l JOIN feeds f ON f.seq = l.series
+			WHERE l.seq <= ? AND l.batch IS NOT NULL
+			RETURNING device_seq, batch_id`, time.Now().UnixMilli(), upTo)
+		if err != nil {
+			return fmt.Errorf("merge readings: %w", err)
+		}
+		for rows.Next() {
+			var k batchKey
+			if err := rows.Scan(&k.dev, &k.id); err != nil {
+				rows.Close()
+				return fmt.Errorf("merge readings: %w", err)
+			}
+			keys = append(keys, k)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("merge readings: %w", err)
+		}
+	}
+	// Sorted by the clustered key: each series' rows go to its pages in
+	// one run.
+	lo, hi := part[0].series, part[len(part)-1].series
+	r, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO readings (series, ts, seq, value)
+		SELECT series, ts, seq, value FROM readings_landing
+		WHERE seq <= ? AND series BETWEEN ? AND ? ORDER BY series, ts, seq`, upTo, lo, hi)
+	if err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	moved, _ := r.RowsAffected()
+	mark, err := tx.PrepareContext(ctx, `INSERT INTO readings_merged (series, through) VALUES (?, ?)
+		ON CONFLICT (series) DO UPDATE SET through = excluded.through`)
+	if err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	defer mark.Close()
+	n := 0
+	for _, p := range part {
+		if _, err := mark.ExecContext(ctx, p.series, upTo); err != nil {
+			return fmt.Errorf("merge readings: %w", err)
+		}
+		n += p.rows
+	}
+	// Every seq up to readSeq has been used: the counter must cover the
+	// merged rows once the landing table no longer holds them.
+	if _, err := tx.StmtContext(ctx, db.stmts.setSeq).ExecContext(ctx, db.readSeq); err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	for _, k := range keys {
+		delete(db.land.ids, k)
+	}
+	db.land.rows = max(0, db.land.rows-n)
+	if db.land.rows == 0 {
+		db.land.since = time.Time{}
+	}
+	m := &db.maint
+	m.mu.Lock()
+	m.merges++
+	m.mergedRows += moved
+	m.mergeHeld += time.Since(start)
+	m.mu.Unlock()
+	return nil
+}
+
+// dropMerged ends a merge: it deletes the landing rows up to upTo, now
+// all in the readings table, and the merge marks, in one transaction.
+// With upTo 0 it finishes an interrupted merge: only the rows its marks
+// cover go.
+func (db *DB) dropMerged(ctx context.Context, upTo int64, began time.Time) error {
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	start := time.Now()
+	tx, err := db.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	defer tx.Rollback()
+	q, args := `DELETE FROM readings_landing WHERE seq <= ?`, []any{upTo}
+	if upTo == 0 {
+		q, args = `DELETE FROM readings_landing AS l WHERE NOT (`+unmerged+`)`, nil
+	}
+	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM readings_merged`); err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("merge readings: %w", err)
+	}
+	if db.land.rows > 0 {
+		db.land.since = began // the rows left arrived during the merge
+	}
+	m := &db.maint
+	m.mu.Lock()
+	m.mergeHeld += time.Since(start)
+	m.mu.Unlock()
+	return nil
+}
+
+// checkpoint copies the WAL into the database file without holding up
+// commits; a WAL grown past CheckpointRestart pages is then finished
+// under the write lock, so the next commit starts it over.
+func (db *DB) checkpoint(ctx context.Context) error {
+	start := time.Now()
+	busy, frames, done, err := db.walCheckpoint(ctx)
+	var held time.Duration
+	if err == nil && frames >= db.opt.CheckpointRestart {
+		db.wmu.Lock()
+		t := time.Now()
+		busy, frames, done, err = db.walCheckpoint(ctx)
+		held = time.Since(t)
+		db.wmu.Unlock()
+	}
+	m := &db.maint
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.checkpoints++
+	m.checkpointTime += time.Since(start)
+	m.checkpointHeld += held
+	if held > 0 && err == nil && busy == 0 && done == frames {
+		m.restarts++
+	}
+	if err == nil {
+		m.walFrames = frames
+	}
+	return err
+}
+
+// Checkpoint runs a background checkpoint now.
+func (db *DB) Checkpoint(ctx context.Context) error { return db.checkpoint(ctx) }
+
+// walCheckpoint runs a passive checkpoint on the checkpointer connection
+// and returns SQLite's answer: busy, the WAL's length in frames and how
+// many of them are in the database file.
+func (db *DB) walCheckpoint(ctx context.Context) (busy, frames, done int, err error) {
+	err = db.ck.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &frames, &done)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = nil
+	}
+	if err != nil {
+		err = fmt.Errorf("checkpoint: %w", err)
+	}
+	return busy, frames, done, err
+}
