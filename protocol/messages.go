@@ -117,14 +117,18 @@ type ErrorReply struct {
 // DecodeTelemetry parses and checks a telemetry payload. It fails on
 // malformed JSON, a missing readings array, an oversized batch or a bad
 // batch id. Individual readings are checked by ValidateReading so that one
-// bad reading need not cost the rest of the batch.
+// bad reading need not cost the rest of the batch. It accepts what
+// json.Unmarshal accepts, with the same result, but each reading's Value
+// is a sub-slice of payload: the caller must not modify payload while it
+// uses them.
 func DecodeTelemetry(payload []byte) (Telemetry, error) {
 	var t Telemetry
 	if len(payload) > MaxMessageBytes {
 		return t, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("payload of %d bytes exceeds %d", len(payload), MaxMessageBytes)}
 	}
-	if err := json.Unmarshal(payload, &t); err != nil {
-		return Telemetry{}, &Error{Code: CodeInvalid, Message: "telemetry: " + err.Error()}
+	t, err := decodeTelemetry(payload)
+	if err != nil {
+		return Telemetry{}, err
 	}
 	if t.Readings == nil {
 		return Telemetry{}, &Error{Code: CodeInvalid, Message: `telemetry: missing "r" array`}

@@ -26,7 +26,7 @@ type Design struct {
 
 func (d *Design) flags(fs *flag.FlagSet) {
 	fs.StringVar(&d.Landing, "landing", "auto", "where commits go: auto (landing table for small commits), always, off (clustered table only)")
-	fs.DurationVar(&d.MaxDelay, "max-delay", 0, "how long the ingest writer lets a small group wait for more batches (0: default 2ms; negative: never)")
+	fs.DurationVar(&d.MaxDelay, "max-delay", 0, "how long the ingest writer lets a small group wait for more batches (0: default 4ms; negative: never)")
 	fs.IntVar(&d.MergeChunk, "merge-chunk", 0, "readings per merge transaction (0: default)")
 }
 

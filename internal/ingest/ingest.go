@@ -37,10 +37,12 @@ type Options struct {
 	// MaxReadings bounds the readings in one transaction (default 20,000).
 	MaxReadings int
 	// MinReadings and MaxDelay size groups by latency: a group of fewer
-	// than MinReadings readings (default 256) waits for more until its
-	// first batch has waited MaxDelay (default 2ms; negative: never
-	// waits). Under load the queue fills faster than that and groups
-	// commit at once.
+	// than MinReadings readings (default 256) may wait for more batches
+	// until its first batch has waited MaxDelay (default 4ms; negative:
+	// never waits) — only while several devices send batches faster than
+	// that (see linger), so that a lone device, or one that waits for each
+	// acknowledgement, is never held up. Under load the queue fills faster
+	// and groups commit at once.
 	MinReadings int
 	MaxDelay    time.Duration
 	// QueueLen is how many batches may wait for the writer (default 4096).
@@ -93,7 +95,7 @@ func NewWriter(store Appender, o Options) *Writer {
 		o.MinReadings = 256
 	}
 	if o.MaxDelay == 0 {
-		o.MaxDelay = 2 * time.Millisecond
+		o.MaxDelay = 4 * time.Millisecond
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -171,17 +173,81 @@ func (w *Writer) Close() error {
 	return nil
 }
 
+// lingerMaxSkip bounds the backoff of lingering: after lingers that caught
+// nothing, at most one group in this many lingers.
+const lingerMaxSkip = 128
+
+// linger decides whether a small group waits for more batches. A wait
+// pays off only when other batches are on their way independently of this
+// commit: it needs batches from more than one device lately, arriving
+// faster than the time left; it lasts at most twice the usual gap; and
+// after waits that caught nothing it backs off.
+type linger struct {
+	gap    time.Duration // moving average of the time between batches
+	last   time.Time
+	recent [4]string // devices of the latest batches
+	next   int
+	misses int // lingers in a row that caught nothing
+	skip   int // groups left before lingering again
+}
+
+func (l *linger) arrived(j *job) {
+	if !l.last.IsZero() {
+		d := max(0, j.at.Sub(l.last))
+		l.gap += (d - l.gap) / 8
+	}
+	l.last = j.at
+	l.recent[l.next] = j.b.DeviceID
+	l.next = (l.next + 1) % len(l.recent)
+}
+
+// until returns how long to wait for another batch before the deadline,
+// or 0 not to wait.
+func (l *linger) until(deadline time.Time) time.Duration {
+	wait := time.Until(deadline)
+	if wait <= 0 || l.gap >= wait {
+		return 0
+	}
+	devices := false
+	for _, d := range l.recent[1:] {
+		if d != "" && d != l.recent[0] {
+			devices = true
+		}
+	}
+	if !devices {
+		return 0
+	}
+	if l.skip > 0 {
+		l.skip--
+		return 0
+	}
+	return min(wait, 2*l.gap)
+}
+
+// result records whether a wait caught a batch.
+func (l *linger) result(caught bool) {
+	if caught {
+		l.misses = 0
+		return
+	}
+	l.misses = min(l.misses+1, 8)
+	l.skip = min(1<<l.misses, lingerMaxSkip)
+}
+
 func (w *Writer) run() {
 	defer close(w.done)
 	var group []*job
 	var batches []*outpost.Batch
-	linger := time.NewTimer(time.Hour)
-	linger.Stop()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	// The gap starts as if the platform were idle.
+	l := linger{gap: max(w.opt.MaxDelay, 0)}
 	for {
 		j, ok := <-w.in
 		if !ok {
 			return
 		}
+		l.arrived(j)
 		group, batches = append(group[:0], j), append(batches[:0], j.b)
 		n := len(j.b.Readings)
 		deadline := j.at.Add(w.opt.MaxDelay)
@@ -192,25 +258,32 @@ func (w *Writer) run() {
 				if !ok {
 					break fill
 				}
+				l.arrived(j)
 				group, batches = append(group, j), append(batches, j.b)
 				n += len(j.b.Readings)
 				continue
 			default:
 			}
-			wait := time.Until(deadline)
-			if n >= w.opt.MinReadings || wait <= 0 {
+			if n >= w.opt.MinReadings {
 				break
 			}
-			linger.Reset(wait)
+			wait := l.until(deadline)
+			if wait <= 0 {
+				break
+			}
+			timer.Reset(wait)
 			select {
 			case j, ok := <-w.in:
-				linger.Stop()
+				timer.Stop()
+				l.result(true)
 				if !ok {
 					break fill
 				}
+				l.arrived(j)
 				group, batches = append(group, j), append(batches, j.b)
 				n += len(j.b.Readings)
-			case <-linger.C:
+			case <-timer.C:
+				l.result(false)
 				break fill
 			}
 		}

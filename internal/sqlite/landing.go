@@ -33,7 +33,8 @@ import (
 //     knows them, so redeliveries are recognised either way.
 //   - The writer connection never checkpoints (wal_autocheckpoint 0): the
 //     same goroutine runs a passive checkpoint on a connection of its own
-//     every CheckpointEvery, concurrently with commits. A WAL that passed
+//     every CheckpointReadings readings or CheckpointEvery, concurrently
+//     with commits. A WAL that passed
 //     CheckpointRestart pages is finished under the write lock (only the
 //     frames written since the passive pass remain), so that the next
 //     commit starts the WAL over from its beginning.
@@ -156,6 +157,7 @@ const unmerged = `l.seq > COALESCE((SELECT m.through FROM readings_merged m WHER
 
 // landed records n rows appended to the landing table. Callers hold wmu.
 func (db *DB) landed(n int) {
+	db.written.Add(int64(n))
 	if db.land.rows == 0 {
 		db.land.since = time.Now()
 	}
@@ -205,7 +207,7 @@ func (db *DB) stopMaintenance() {
 func (db *DB) maintain() {
 	defer close(db.maintDone)
 	ctx := context.Background()
-	tick := time.NewTicker(min(db.opt.MergeAge/4, db.opt.CheckpointEvery, 100*time.Millisecond))
+	tick := time.NewTicker(min(db.opt.MergeAge/4, db.opt.CheckpointEvery, 50*time.Millisecond))
 	defer tick.Stop()
 	lastCheckpoint := time.Now()
 	for {
@@ -220,7 +222,8 @@ func (db *DB) maintain() {
 				db.maint.fail(err)
 			}
 		}
-		if time.Since(lastCheckpoint) >= db.opt.CheckpointEvery {
+		if n := db.written.Load(); n >= int64(db.opt.CheckpointReadings) || (n > 0 && time.Since(lastCheckpoint) >= db.opt.CheckpointEvery) {
+			db.written.Add(-n)
 			lastCheckpoint = time.Now()
 			if err := db.checkpoint(ctx); err != nil {
 				db.maint.fail(err)

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
@@ -36,19 +37,23 @@ type Options struct {
 	Landing LandingMode
 	// MergeRows and MergeAge start a merge of the landing table into the
 	// readings table once it holds MergeRows readings (default 16384) or
-	// its oldest reading has waited MergeAge (default 2s). A merge moves
+	// its oldest reading has waited MergeAge (default 5s). A merge moves
 	// the readings of a few series per transaction, about MergeChunk
 	// readings (default 2048), so a commit waits for one chunk at most.
 	MergeRows  int
 	MergeAge   time.Duration
 	MergeChunk int
-	// CheckpointEvery is how often a background checkpoint copies the WAL
-	// into the database file (default 1s); commits never checkpoint.
-	// Once the WAL holds more than CheckpointRestart pages (default 8192,
-	// 32 MiB at 4 KiB pages) the checkpoint finishes under the write lock,
-	// so the WAL starts over from its beginning.
-	CheckpointEvery   time.Duration
-	CheckpointRestart int
+	// A background checkpoint copies the WAL into the database file once
+	// CheckpointReadings readings (default 100,000) were written since the
+	// last one, or CheckpointEvery (default 5s) has passed; commits never
+	// checkpoint. A page written many times in between (the end of the
+	// landing table, a page of a busy series) is copied once. Once the WAL
+	// holds more than CheckpointRestart pages (default 8192, 32 MiB at 4
+	// KiB pages) the checkpoint finishes under the write lock, so the WAL
+	// starts over from its beginning.
+	CheckpointReadings int
+	CheckpointEvery    time.Duration
+	CheckpointRestart  int
 }
 
 // DB is an open Outpost database.
@@ -69,8 +74,9 @@ type DB struct {
 	land  landing     // guarded by wmu
 	app   appendBuf   // AppendBatches' reusable buffers, guarded by wmu
 
-	ck        *sql.DB    // checkpointer connection
-	mergeMu   sync.Mutex // one merge at a time
+	ck        *sql.DB      // checkpointer connection
+	written   atomic.Int64 // readings appended since the last checkpoint
+	mergeMu   sync.Mutex   // one merge at a time
 	maint     maintStats
 	maintKick chan struct{}
 	maintStop chan struct{}
@@ -105,13 +111,16 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 		o.MergeRows = 16384
 	}
 	if o.MergeAge <= 0 {
-		o.MergeAge = 2 * time.Second
+		o.MergeAge = 5 * time.Second
 	}
 	if o.MergeChunk <= 0 {
 		o.MergeChunk = 2048
 	}
+	if o.CheckpointReadings <= 0 {
+		o.CheckpointReadings = 100_000
+	}
 	if o.CheckpointEvery <= 0 {
-		o.CheckpointEvery = time.Second
+		o.CheckpointEvery = 5 * time.Second
 	}
 	if o.CheckpointRestart <= 0 {
 		o.CheckpointRestart = 8192

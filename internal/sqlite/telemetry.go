@@ -310,6 +310,8 @@ func (db *DB) AppendBatches(ctx context.Context, batches []*outpost.Batch) ([]ou
 	clear(pending)
 	if landed > 0 {
 		db.landed(landed)
+	} else if n := db.readSeq - seq0; n > 0 {
+		db.written.Add(n)
 	}
 	return res, nil
 }
