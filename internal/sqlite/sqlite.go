@@ -39,7 +39,7 @@ type Options struct {
 	// readings table once it holds MergeRows readings (default 16384) or
 	// its oldest reading has waited MergeAge (default 5s). A merge moves
 	// the readings of a few series per transaction, about MergeChunk
-	// readings (default 2048), so a commit waits for one chunk at most.
+	// readings (default 4096), so a commit waits for one chunk at most.
 	MergeRows  int
 	MergeAge   time.Duration
 	MergeChunk int
@@ -114,7 +114,7 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 		o.MergeAge = 5 * time.Second
 	}
 	if o.MergeChunk <= 0 {
-		o.MergeChunk = 2048
+		o.MergeChunk = 4096
 	}
 	if o.CheckpointReadings <= 0 {
 		o.CheckpointReadings = 100_000

@@ -30,12 +30,15 @@ const (
 
 // directPerSeries is the average number of readings per series from which
 // LandingAuto writes a commit straight into the readings table. Every
-// series a commit touches dirties at least one 4 KiB page of the
-// clustered table (rewritten whole in the WAL and later in the database
-// file), so below this the landing table, written at its end only, costs
-// fewer bytes per reading; above it, writing once is cheaper in CPU than
-// appending and merging later.
-const directPerSeries = 32
+// series a commit touches costs about four 4 KiB pages of the clustered
+// table (its leaf, and the neighbours and parent SQLite rebalances when a
+// leaf in the middle of the tree fills), each written to the WAL and again
+// at the next checkpoint: about 16 KB/r + 26 bytes per reading for r
+// readings per series. The landing table costs about 250 bytes per
+// reading, merge and checkpoint included, at one batch per commit; from
+// 64 readings per series the direct write costs about as much, and less
+// CPU than appending and merging later.
+const directPerSeries = 64
 
 // chunkLevels is the number of prepared multi-row INSERTs per table: 1, 2,
 // 4, … 128 rows. A commit inserts 128 rows per statement and the rest as
