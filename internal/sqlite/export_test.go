@@ -14,3 +14,10 @@ func (db *DB) CheckRaw(ctx context.Context, q string, dest ...any) error {
 	defer db.wmu.Unlock()
 	return db.w.QueryRowContext(ctx, q).Scan(dest...)
 }
+
+// SetMergeReadHook runs fn once a merge has read its rows, until the test
+// ends.
+func SetMergeReadHook(tb interface{ Cleanup(func()) }, fn func(*DB)) {
+	mergeReadHook = fn
+	tb.Cleanup(func() { mergeReadHook = nil })
+}

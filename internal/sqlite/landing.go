@@ -21,10 +21,11 @@ import (
 //     table once it holds MergeRows rows or its oldest row has waited
 //     MergeAge. The clustered table costs pages per series touched (the
 //     leaf, and the siblings and parent that SQLite rebalances when a leaf
-//     in the middle of the tree fills), so a merge moves all the rows of a
-//     series at once, a few series per transaction (about MergeChunk
-//     rows): each transaction holds the write lock briefly, yet each
-//     series' pages are written once per merge. A chunk records in
+//     in the middle of the tree fills), so a merge reads the rows once,
+//     outside the write lock, sorted by the clustered key, and moves all
+//     the rows of a series at once, a few series per transaction (about
+//     MergeChunk rows): each transaction holds the write lock briefly, yet
+//     each series' pages are written once per merge. A chunk records in
 //     readings_merged the seq up to which its series are merged, which
 //     hides those landing rows from reads (readings_all) until the last
 //     transaction of the merge deletes them, a contiguous seq range. The
@@ -173,6 +174,7 @@ func (db *DB) landed(n int) {
 // forgetLanding drops what db.land knows of device dev, whose landing
 // rows were deleted (n of them). Callers hold wmu.
 func (db *DB) forgetLanding(dev int64, n int) {
+	db.deletions++
 	for k := range db.land.ids {
 		if k.dev == dev {
 			delete(db.land.ids, k)
@@ -250,15 +252,25 @@ func (db *DB) MergeLanding(ctx context.Context) error {
 	return db.merge(ctx, upTo)
 }
 
-// seriesRows is one series' share of a merge.
-type seriesRows struct {
-	series int64
-	rows   int
+// mergeReadHook, when set (tests), runs once a merge has read its rows.
+var mergeReadHook func(*DB)
+
+// errDeviceDeleted stops a merge that read rows before a device was
+// deleted.
+var errDeviceDeleted = errors.New("merge readings: a device was deleted meanwhile")
+
+// landRow is a landing row on its way to the readings table.
+type landRow struct {
+	series, ts, seq int64
+	value           string
 }
 
-// merge moves the landing rows with seq ≤ upTo into the readings table:
-// a few series per transaction, releasing the write lock in between,
-// then one transaction that deletes them from the landing table.
+// merge moves the landing rows with seq ≤ upTo into the readings table.
+// It reads them once, outside the write lock, sorted by the clustered key;
+// then it inserts them a few series per transaction (about MergeChunk
+// rows), releasing the write lock in between, so that a commit waits for
+// one short transaction at most; a last transaction deletes them from the
+// landing table.
 func (db *DB) merge(ctx context.Context, upTo int64) error {
 	db.mergeMu.Lock()
 	defer db.mergeMu.Unlock()
@@ -274,53 +286,81 @@ func (db *DB) merge(ctx context.Context, upTo int64) error {
 			return err
 		}
 	}
-	// The plan reads a snapshot taken after upTo was: every row up to
-	// upTo is in it. Only merges remove rows (besides a deleted device,
-	// whose rows then are simply not found).
-	rows, err := db.r.QueryContext(ctx, `SELECT series, COUNT(*) FROM readings_landing WHERE seq <= ? GROUP BY series ORDER BY series`, upTo)
+	// This snapshot is taken after upTo was: every row up to upTo is in
+	// it. Only merges remove rows, besides the deletion of a device: then
+	// the merge stops (see mergeSeries) and the next one starts over.
+	db.wmu.Lock()
+	deletions := db.deletions
+	db.wmu.Unlock()
+	rows, err := db.r.QueryContext(ctx, `SELECT series, ts, seq, value FROM readings_landing WHERE seq <= ? ORDER BY series, ts, seq`, upTo)
 	if err != nil {
 		return fmt.Errorf("merge readings: %w", err)
 	}
-	var plan []seriesRows
+	all := db.mergeBuf[:0]
 	for rows.Next() {
-		var s seriesRows
-		if err := rows.Scan(&s.series, &s.rows); err != nil {
+		var r landRow
+		if err := rows.Scan(&r.series, &r.ts, &r.seq, &r.value); err != nil {
 			rows.Close()
 			return fmt.Errorf("merge readings: %w", err)
 		}
-		plan = append(plan, s)
+		all = append(all, r)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("merge readings: %w", err)
 	}
-	if len(plan) == 0 {
+	defer func() {
+		clear(all)
+		db.mergeBuf = all[:0]
+	}()
+	if len(all) == 0 {
 		return nil
 	}
-	for first := true; len(plan) > 0; first = false {
+	if mergeReadHook != nil {
+		mergeReadHook(db)
+	}
+	for first := true; len(all) > 0; first = false {
 		select {
 		case <-db.maintStop:
 			return nil // the next merge finishes from readings_merged
 		default:
 		}
-		n, sum := 1, plan[0].rows
-		for n < len(plan) && sum+plan[n].rows <= db.opt.MergeChunk {
-			sum += plan[n].rows
-			n++
+		// Whole series, about MergeChunk rows (at least one series).
+		n := 0
+		for n < len(all) {
+			s := all[n].series
+			end := n
+			for end < len(all) && all[end].series == s {
+				end++
+			}
+			if n > 0 && end > db.opt.MergeChunk {
+				break
+			}
+			n = end
 		}
-		if err := db.mergeSeries(ctx, upTo, plan[:n], first); err != nil {
+		if err := db.mergeSeries(ctx, upTo, deletions, all[:n], first); err != nil {
+			if errors.Is(err, errDeviceDeleted) {
+				return nil
+			}
 			return err
 		}
-		plan = plan[n:]
+		all = all[n:]
 	}
 	return db.dropMerged(ctx, upTo, began)
 }
 
-// mergeSeries merges the landing rows of some series, up to upTo, in one
-// transaction; the first of a merge also moves every batch id up to upTo.
-func (db *DB) mergeSeries(ctx context.Context, upTo int64, part []seriesRows, first bool) error {
+// mergeSeries inserts the landing rows of whole series into the readings
+// table and marks those series merged up to upTo, in one transaction; the
+// first of a merge also moves every batch id up to upTo.
+func (db *DB) mergeSeries(ctx context.Context, upTo, deletions int64, part []landRow, first bool) error {
 	db.wmu.Lock()
 	defer db.wmu.Unlock()
+	if db.deletions != deletions {
+		// A device deleted since the rows were read took its landing rows
+		// with it (and its series number may be reused): they must not
+		// come back.
+		return errDeviceDeleted
+	}
 	start := time.Now()
 	tx, err := db.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -349,28 +389,29 @@ func (db *DB) mergeSeries(ctx context.Context, upTo int64, part []seriesRows, fi
 			return fmt.Errorf("merge readings: %w", err)
 		}
 	}
-	// Sorted by the clustered key: each series' rows go to its pages in
-	// one run.
-	lo, hi := part[0].series, part[len(part)-1].series
-	r, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO readings (series, ts, seq, value)
-		SELECT series, ts, seq, value FROM readings_landing
-		WHERE seq <= ? AND series BETWEEN ? AND ? ORDER BY series, ts, seq`, upTo, lo, hi)
-	if err != nil {
-		return fmt.Errorf("merge readings: %w", err)
-	}
-	moved, _ := r.RowsAffected()
-	mark, err := tx.PrepareContext(ctx, `INSERT INTO readings_merged (series, through) VALUES (?, ?)
-		ON CONFLICT (series) DO UPDATE SET through = excluded.through`)
-	if err != nil {
-		return fmt.Errorf("merge readings: %w", err)
-	}
-	defer mark.Close()
-	n := 0
-	for _, p := range part {
-		if _, err := mark.ExecContext(ctx, p.series, upTo); err != nil {
+	in := rowInserter{ctx: ctx, tx: tx, stmts: &db.stmts.readings, cols: 4, args: db.app.args[:0]}
+	defer func() { db.app.args = in.args[:0] }()
+	mark := tx.StmtContext(ctx, db.stmts.mark)
+	var moved int64
+	for i := 0; i < len(part); {
+		s := part[i].series
+		end := i
+		for end < len(part) && part[end].series == s {
+			end++
+		}
+		for _, r := range part[i:end] {
+			if err := in.add(r.series, r.ts, r.seq, r.value); err != nil {
+				return fmt.Errorf("merge readings: %w", err)
+			}
+		}
+		if err := in.flush(); err != nil {
 			return fmt.Errorf("merge readings: %w", err)
 		}
-		n += p.rows
+		if _, err := mark.ExecContext(ctx, s, upTo); err != nil {
+			return fmt.Errorf("merge readings: %w", err)
+		}
+		moved += int64(end - i)
+		i = end
 	}
 	// Every seq up to readSeq has been used: the counter must cover the
 	// merged rows once the landing table no longer holds them.
@@ -383,7 +424,7 @@ func (db *DB) mergeSeries(ctx context.Context, upTo int64, part []seriesRows, fi
 	for _, k := range keys {
 		delete(db.land.ids, k)
 	}
-	db.land.rows = max(0, db.land.rows-n)
+	db.land.rows = max(0, db.land.rows-len(part))
 	if db.land.rows == 0 {
 		db.land.since = time.Time{}
 	}

@@ -323,3 +323,39 @@ func TestCheckpointOffCommitPath(t *testing.T) {
 		t.Errorf("WAL of %d frames after 200 commits: commits checkpointed", frames)
 	}
 }
+
+// A device deleted while a merge is under way (its rows read, not yet
+// inserted) stays deleted: its readings do not reappear, not even under a
+// new feed that reuses its series number.
+func TestDeleteDeviceDuringMerge(t *testing.T) {
+	ctx := context.Background()
+	db := mustOpenWith(t, filepath.Join(t.TempDir(), "outpost.db"), sqlite.Options{Landing: sqlite.LandingAlways, MergeAge: time.Hour, MergeRows: 1 << 30})
+	kept := storetest.MustCreateDevice(t, db, "kept")
+	gone := storetest.MustCreateDevice(t, db, "gone") // its feeds get the highest series numbers
+	storetest.MustAppend(t, db, landingBatch(kept.ID, "k1", 0, 4), landingBatch(gone.ID, "g1", 0, 4))
+	var again *outpost.Device
+	sqlite.SetMergeReadHook(t, func(db *sqlite.DB) {
+		sqlite.SetMergeReadHook(t, nil)
+		if err := db.DeleteDevice(ctx, gone.ID); err != nil {
+			t.Error(err)
+		}
+		again = storetest.MustCreateDevice(t, db, "again")
+		storetest.MustAppend(t, db, &outpost.Batch{DeviceID: again.ID, ID: "a1", Readings: []outpost.Reading{
+			{Feed: "f0", TS: 5000, Value: []byte("new")}, {Feed: "f1", TS: 5000, Value: []byte("new")}}})
+	})
+	if err := db.MergeLanding(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.MergeLanding(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := readingsOf(t, db, again.ID); !slices.Equal(got, []string{"f0@5000=new", "f1@5000=new"}) {
+		t.Errorf("new device: %v", got)
+	}
+	if got := readingsOf(t, db, kept.ID); len(got) != 4 {
+		t.Errorf("kept device: %v", got)
+	}
+	if st := db.Stats(); st.LandingRows != 0 {
+		t.Errorf("landing rows left: %d", st.LandingRows)
+	}
+}

@@ -39,7 +39,7 @@ type Options struct {
 	// readings table once it holds MergeRows readings (default 16384) or
 	// its oldest reading has waited MergeAge (default 5s). A merge moves
 	// the readings of a few series per transaction, about MergeChunk
-	// readings (default 4096), so a commit waits for one chunk at most.
+	// readings (default 1024), so a commit waits for one chunk at most.
 	MergeRows  int
 	MergeAge   time.Duration
 	MergeChunk int
@@ -76,7 +76,9 @@ type DB struct {
 
 	ck        *sql.DB      // checkpointer connection
 	written   atomic.Int64 // readings appended since the last checkpoint
-	mergeMu   sync.Mutex   // one merge at a time
+	deletions int64        // devices deleted since Open, guarded by wmu
+	mergeMu   sync.Mutex   // one merge at a time; guards mergeBuf
+	mergeBuf  []landRow
 	maint     maintStats
 	maintKick chan struct{}
 	maintStop chan struct{}
@@ -114,7 +116,7 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 		o.MergeAge = 5 * time.Second
 	}
 	if o.MergeChunk <= 0 {
-		o.MergeChunk = 4096
+		o.MergeChunk = 1024
 	}
 	if o.CheckpointReadings <= 0 {
 		o.CheckpointReadings = 100_000

@@ -63,6 +63,7 @@ type appendStmts struct {
 	insBatch *sql.Stmt
 	hasBatch *sql.Stmt
 	setSeq   *sql.Stmt
+	mark     *sql.Stmt // merges: readings_merged
 }
 
 func (st *appendStmts) prepare(ctx context.Context, w *sql.DB) error {
@@ -82,12 +83,16 @@ func (st *appendStmts) prepare(ctx context.Context, w *sql.DB) error {
 	if st.hasBatch, err = w.PrepareContext(ctx, `SELECT 1 FROM batches WHERE device_seq = ? AND batch_id = ?`); err != nil {
 		return err
 	}
-	st.setSeq, err = w.PrepareContext(ctx, `UPDATE counters SET value = ? WHERE name = 'readings_seq'`)
+	if st.setSeq, err = w.PrepareContext(ctx, `UPDATE counters SET value = ? WHERE name = 'readings_seq'`); err != nil {
+		return err
+	}
+	st.mark, err = w.PrepareContext(ctx, `INSERT INTO readings_merged (series, through) VALUES (?, ?)
+		ON CONFLICT (series) DO UPDATE SET through = excluded.through`)
 	return err
 }
 
 func (st *appendStmts) close() {
-	for _, s := range append(append(st.readings[:], st.landing[:]...), st.insBatch, st.hasBatch, st.setSeq) {
+	for _, s := range append(append(st.readings[:], st.landing[:]...), st.insBatch, st.hasBatch, st.setSeq, st.mark) {
 		if s != nil {
 			s.Close()
 		}
