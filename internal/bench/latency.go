@@ -81,9 +81,9 @@ type LatencyRun struct {
 	// → a plain subscriber (raw broker); every batch's submit → commit
 	// callback (raw store).
 	Stream *Lat `json:"stream,omitempty"`
-	// WriterBusy is the fraction of the window the store's writer spent
-	// committing (commits, plus background merges and checkpoints when
-	// the store reports them).
+	// WriterBusy is the fraction of the window the store held its write
+	// lock (commits, background merges, finishing checkpoints); for a
+	// store that does not report it, the time of the commits.
 	WriterBusy float64 `json:"writer_busy"`
 	Commits    int     `json:"commits,omitempty"`
 	// ReadingsPerCommit is the mean group size.
@@ -710,7 +710,12 @@ func latencyPlatform(ctx context.Context, cfg LatencyConfig, rate float64, run i
 	}
 	if m0 != nil && m1 != nil {
 		delta := func(name string) float64 { return m1[name] - m0[name] }
-		busy := delta("outpost_ingest_commit_seconds_sum") + delta("outpost_store_maintenance_seconds_total")
+		// The store's time under its write lock; a store without that
+		// metric: the commits' time.
+		busy := delta("outpost_store_write_seconds_total")
+		if _, ok := m1["outpost_store_write_seconds_total"]; !ok {
+			busy = delta("outpost_ingest_commit_seconds_sum")
+		}
 		r.WriterBusy = round(busy/(b.at.Sub(a.at).Seconds()), 3)
 		r.Commits = int(delta("outpost_ingest_commit_seconds_count"))
 		if r.Commits > 0 {
@@ -924,11 +929,10 @@ func latencyRawStore(ctx context.Context, cfg LatencyConfig, rate float64, run i
 		return cfg.Batch, nil
 	}
 	var c0, c1, n0, n1 int
-	var b0, b1 time.Duration
 	var m0, m1 time.Duration
 	a, b, readings, err := window(ctx, cfg, l, nil,
-		func() { c0, n0, b0 = obs.snapshot(); m0 = db.MaintenanceTime(); counting.Store(true) },
-		func() { counting.Store(false); c1, n1, b1 = obs.snapshot(); m1 = db.MaintenanceTime() })
+		func() { c0, n0, _ = obs.snapshot(); m0 = db.WriteTime(); counting.Store(true) },
+		func() { counting.Store(false); c1, n1, _ = obs.snapshot(); m1 = db.WriteTime() })
 	if err != nil {
 		return r, err
 	}
@@ -940,7 +944,7 @@ func latencyRawStore(ctx context.Context, cfg LatencyConfig, rate float64, run i
 	if r.Commits > 0 {
 		r.ReadingsPerCommit = round(float64(n1-n0)/float64(r.Commits), 1)
 	}
-	r.WriterBusy = round(((b1-b0)+(m1-m0)).Seconds()/b.at.Sub(a.at).Seconds(), 3)
+	r.WriterBusy = round((m1-m0).Seconds()/b.at.Sub(a.at).Seconds(), 3)
 	r.Late = l.late.Load()
 	return r, nil
 }

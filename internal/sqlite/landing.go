@@ -54,6 +54,7 @@ type maintStats struct {
 	mu                 sync.Mutex
 	merges, mergedRows int64
 	mergeHeld          time.Duration
+	appendHeld         time.Duration
 	checkpoints        int64
 	checkpointTime     time.Duration
 	checkpointHeld     time.Duration
@@ -67,6 +68,8 @@ type maintStats struct {
 type Stats struct {
 	// LandingRows is the number of readings in the landing table now.
 	LandingRows int
+	// AppendHeld is the time AppendBatches held the write lock.
+	AppendHeld time.Duration
 	// Merges counts merge transactions; MergedRows the readings they
 	// moved; MergeHeld the time they held the write lock.
 	Merges, MergedRows int64
@@ -95,19 +98,27 @@ func (db *DB) Stats() Stats {
 	m := &db.maint
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return Stats{LandingRows: rows, Merges: m.merges, MergedRows: m.mergedRows, MergeHeld: m.mergeHeld,
+	return Stats{LandingRows: rows, AppendHeld: m.appendHeld, Merges: m.merges, MergedRows: m.mergedRows, MergeHeld: m.mergeHeld,
 		Checkpoints: m.checkpoints, CheckpointTime: m.checkpointTime, CheckpointHeld: m.checkpointHeld, Restarts: m.restarts,
 		WALFrames: m.walFrames, Errors: m.errors, LastError: m.lastErr}
 }
 
-// MaintenanceTime returns how long background work (merges, finishing
-// checkpoints) has held the write lock since Open: time in which the
-// writer could not commit.
-func (db *DB) MaintenanceTime() time.Duration {
+// WriteTime returns how long appends and background work (merges,
+// finishing checkpoints) have held the write lock since Open: the writer's
+// busy time, without the time commits spent waiting for the lock.
+func (db *DB) WriteTime() time.Duration {
 	m := &db.maint
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.mergeHeld + m.checkpointHeld
+	return m.appendHeld + m.mergeHeld + m.checkpointHeld
+}
+
+// held adds the time since start to *d.
+func (m *maintStats) held(d *time.Duration, start time.Time) {
+	t := time.Since(start)
+	m.mu.Lock()
+	*d += t
+	m.mu.Unlock()
 }
 
 func (m *maintStats) fail(err error) {

@@ -194,6 +194,7 @@ func (in *rowInserter) flush() error {
 func (db *DB) AppendBatches(ctx context.Context, batches []*outpost.Batch) ([]outpost.AppendResult, error) {
 	db.wmu.Lock()
 	defer db.wmu.Unlock()
+	defer db.maint.held(&db.maint.appendHeld, time.Now())
 
 	tx, err := db.w.BeginTx(ctx, nil)
 	if err != nil {
