@@ -49,3 +49,21 @@ func BenchmarkTelemetryHotPath(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDecodeTelemetryOnly is DecodeTelemetry alone, without
+// ValidateReading.
+func BenchmarkDecodeTelemetryOnly(b *testing.B) {
+	for _, n := range []int{1, 50, 500} {
+		p := sdkTelemetry(n)
+		b.Run(fmt.Sprintf("readings=%d", n), func(b *testing.B) {
+			b.SetBytes(int64(len(p)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := protocol.DecodeTelemetry(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/reading")
+		})
+	}
+}
