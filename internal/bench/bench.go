@@ -51,7 +51,8 @@ same run, prints a table and, as the last line, one JSON object):
            taking the same batches without a broker
            flags: --devices N (10) --readings M (200000) --batch K (50)
                   --sync normal|full (normal) --raw-window W (16)
-                  --timeout D (5m)
+                  --timeout D (5m); the write path's design:
+                  --landing auto|always|off --max-delay D --merge-chunk N
 
   latency  publish → PUBACK and publish → live-stream latency of a probe
            device beside paced background load, at several loads (percent
@@ -62,6 +63,7 @@ same run, prints a table and, as the last line, one JSON object):
                   --devices N (10) --batch K (50) --window W (16)
                   --duration D (10s) --warmup D (2s) --probe-rate R (20)
                   --sync normal|full --raw=false --timeout D (10m)
+                  and the design flags of ingest
 
   rpc      RPC round trips through POST /api/v1/devices/{id}/rpc/echo at
            several caller counts; compared with a plain MQTT request/response

@@ -3,8 +3,12 @@
 //
 // One connection writes (SQLite allows one writer at a time; serialising in
 // Go avoids busy retries) and a small pool reads, both in WAL mode so reads
-// never block ingestion. The schema is versioned: Open applies every
-// migration the file has not seen, in one transaction each.
+// never block ingestion. Readings take a path of their own (landing.go):
+// small commits append to a landing table that a goroutine owned by the DB
+// merges into the clustered readings table, and the same goroutine
+// checkpoints the WAL on a connection of its own, off the commit path. The
+// schema is versioned: Open applies every migration the file has not seen,
+// in one transaction each.
 package sqlite
 
 import (
