@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
 )
 
@@ -114,16 +115,32 @@ type ErrorReply struct {
 	Rejected int    `json:"rejected,omitempty"`
 }
 
+// telemetrySchema is what the strict check expects of a Telemetry.
+var telemetrySchema = schemaOf(reflect.TypeOf(&Telemetry{}))
+
 // DecodeTelemetry parses and checks a telemetry payload. It fails on
 // malformed JSON, a missing readings array, an oversized batch or a bad
 // batch id. Individual readings are checked by ValidateReading so that one
-// bad reading need not cost the rest of the batch.
+// bad reading need not cost the rest of the batch. It accepts what
+// json.Unmarshal accepts, with the same result, but each reading's Value
+// is a sub-slice of payload: the caller must not modify payload while it
+// uses them. It is as strict as every decoder of device input: valid
+// UTF-8, no duplicate keys, field names exactly as documented, numbers of
+// at most MaxNumberLen bytes.
 func DecodeTelemetry(payload []byte) (Telemetry, error) {
 	var t Telemetry
 	if len(payload) > MaxMessageBytes {
 		return t, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("payload of %d bytes exceeds %d", len(payload), MaxMessageBytes)}
 	}
-	if err := decodeJSON("telemetry", payload, &t); err != nil {
+	// The strict check (UTF-8, duplicate keys, exact field names, number
+	// lengths) runs first; the one-pass decoder then accepts what
+	// json.Unmarshal would.
+	if err := checkJSON(payload, telemetrySchema); err != nil {
+		pe := err.(*Error)
+		return Telemetry{}, &Error{Code: pe.Code, Message: "telemetry: " + pe.Message}
+	}
+	t, err := decodeTelemetry(payload)
+	if err != nil {
 		return Telemetry{}, err
 	}
 	if t.Readings == nil {

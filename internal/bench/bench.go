@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"runtime"
@@ -50,7 +51,19 @@ same run, prints a table and, as the last line, one JSON object):
            taking the same batches without a broker
            flags: --devices N (10) --readings M (200000) --batch K (50)
                   --sync normal|full (normal) --raw-window W (16)
-                  --timeout D (5m)
+                  --timeout D (5m); the write path's design:
+                  --landing auto|always|off --max-delay D --merge-chunk N
+
+  latency  publish → PUBACK and publish → live-stream latency of a probe
+           device beside paced background load, at several loads (percent
+           of the maximum, measured first unless --max is given), with the
+           writer's busy ratio, bytes written and CPU per reading; each load
+           also on a plain mochi broker and on the store alone
+           flags: --load LIST (10,25,50,100) --max R (0: measure)
+                  --devices N (10) --batch K (50) --window W (16)
+                  --duration D (10s) --warmup D (2s) --probe-rate R (20)
+                  --sync normal|full --raw=false --timeout D (10m)
+                  and the design flags of ingest
 
   rpc      RPC round trips through POST /api/v1/devices/{id}/rpc/echo at
            several caller counts; compared with a plain MQTT request/response
@@ -76,7 +89,7 @@ const (
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return errors.New("bench: no benchmark given (want ingest, rpc or ota)")
+		return errors.New("bench: no benchmark given (want ingest, rpc, ota or latency)")
 	}
 	switch args[0] {
 	case "ingest":
@@ -85,12 +98,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return rpcMain(ctx, args[1:], stdout, stderr)
 	case "ota":
 		return otaMain(ctx, args[1:], stdout, stderr)
+	case "latency":
+		return latencyMain(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("bench: unknown benchmark %q (want ingest, rpc or ota)", args[0])
+	return fmt.Errorf("bench: unknown benchmark %q (want ingest, rpc, ota or latency)", args[0])
 }
 
 // parseFlags parses fs and refuses positional arguments. It returns
@@ -227,12 +242,13 @@ type platform struct {
 
 // startPlatform opens the platform with embedded defaults in a temporary
 // data directory, listening on 127.0.0.1 ephemeral ports.
-func startPlatform(ctx context.Context, syncMode string, httpConns int) (*platform, error) {
+func startPlatform(ctx context.Context, syncMode string, httpConns int, d Design) (*platform, error) {
 	dir, err := os.MkdirTemp("", "outpost-bench-*")
 	if err != nil {
 		return nil, fmt.Errorf("bench: temporary directory: %w", err)
 	}
-	srv, err := server.Open(ctx, server.Config{DataDir: dir, MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Sync: syncMode})
+	srv, err := server.Open(ctx, server.Config{DataDir: dir, MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Sync: syncMode,
+		Store: d.store(syncMode), Ingest: d.ingest()})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: start platform: %w", err)
@@ -241,6 +257,14 @@ func startPlatform(ctx context.Context, syncMode string, httpConns int) (*platfo
 	tr.MaxIdleConns = httpConns + 16
 	tr.MaxIdleConnsPerHost = httpConns + 16 // reuse connections instead of churning ports
 	tr.DisableCompression = true
+	var dialer net.Dialer
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return countConn{c}, nil
+	}
 	return &platform{srv: srv, dir: dir, http: &http.Client{Transport: tr}}, nil
 }
 

@@ -114,6 +114,67 @@ func TestRPC(t *testing.T) {
 	}
 }
 
+// A latency run measures the 100 % load, then each load on the platform,
+// the raw broker and the raw store, and its JSON line holds every figure.
+func TestLatency(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := Main(ctx, []string{"latency", "--devices", "2", "--batch", "10", "--load", "0,50", "--duration", "1s", "--warmup", "200ms",
+		"--probe-rate", "50", "--timeout", "90s"}, &out, testLog(t))
+	if err != nil {
+		t.Fatalf("bench latency: %v\n%s", err, out.String())
+	}
+	t.Log("\n" + out.String())
+	m := lastJSON(t, out.String())
+	positive(t, m, "max_readings_per_s", "devices", "batch", "probe_rate")
+	if d, ok := m["design"].(map[string]any); !ok || d["landing"] != "auto" {
+		t.Errorf("design = %v", m["design"])
+	}
+	c, ok := m["calibration"].(map[string]any)
+	if !ok {
+		t.Fatalf("no calibration run: %v", m)
+	}
+	positive(t, c, "readings_per_s", "cpu_us_per_reading", "bytes_written_per_reading", "writer_busy")
+	ls, ok := m["levels"].([]any)
+	if !ok || len(ls) != 2 {
+		t.Fatalf("levels = %v, want 2", m["levels"])
+	}
+	for i, l := range ls {
+		lv := l.(map[string]any)
+		if want := []float64{0, 50}[i]; lv["load_pct"] != want {
+			t.Errorf("levels[%d].load_pct = %v, want %v", i, lv["load_pct"], want)
+		}
+		for _, run := range []string{"platform", "raw_broker", "raw_store"} {
+			r, ok := lv[run].(map[string]any)
+			if !ok {
+				t.Fatalf("levels[%d] has no %s run", i, run)
+			}
+			lat := "stream"
+			if run != "raw_store" {
+				if pa, ok := r["puback"].(map[string]any); !ok {
+					t.Errorf("levels[%d].%s has no puback latency", i, run)
+				} else {
+					positive(t, pa, "n", "p50_ms", "p99_ms", "max_ms")
+				}
+			}
+			if i == 1 || run != "raw_store" { // no batch to time at 0 % without a probe
+				if st, ok := r[lat].(map[string]any); !ok {
+					t.Errorf("levels[%d].%s has no %s latency", i, run, lat)
+				} else {
+					positive(t, st, "n", "p50_ms", "p99_ms", "max_ms")
+				}
+			}
+			if i == 1 {
+				positive(t, r, "readings_per_s", "cpu_us_per_reading")
+			}
+		}
+		if i == 1 {
+			positive(t, lv["platform"].(map[string]any), "writer_busy", "bytes_written_per_reading", "commits")
+		}
+	}
+}
+
 func TestUsage(t *testing.T) {
 	ctx := context.Background()
 	for _, args := range [][]string{nil, {"nope"}} {
@@ -134,13 +195,21 @@ func TestUsage(t *testing.T) {
 		{"rpc", "--callers", "1,x"},
 		{"rpc", "--calls", "0"},
 		{"rpc", "--timeout", "0s"},
+		{"latency", "--load", "x"},
+		{"latency", "--load", "300"},
+		{"latency", "--window", "0"},
+		{"latency", "--duration", "1ms"},
+		{"latency", "--landing", "sometimes"},
+		{"ingest", "--landing", "sometimes"},
 	} {
 		if err := Main(ctx, args, io.Discard, io.Discard); err == nil {
 			t.Errorf("Main(%q) accepted bad flags", args)
 		}
 	}
-	if err := Main(ctx, []string{"ingest", "--help"}, io.Discard, io.Discard); err != nil {
-		t.Errorf("ingest --help: %v", err)
+	for _, b := range []string{"ingest", "rpc", "latency"} {
+		if err := Main(ctx, []string{b, "--help"}, io.Discard, io.Discard); err != nil {
+			t.Errorf("%s --help: %v", b, err)
+		}
 	}
 }
 

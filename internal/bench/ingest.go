@@ -39,6 +39,8 @@ type IngestConfig struct {
 	// MemProfile, if set, receives a heap profile taken at the end of the
 	// platform run.
 	MemProfile string
+	// Design is the write path's design.
+	Design Design
 	// DeviceOutbox is where the SDK devices keep readings until the
 	// platform acknowledges them: "memory" (default; the figure measures
 	// the platform) or "disk" (each device's durable outbox in a temporary
@@ -59,6 +61,7 @@ type IngestResult struct {
 	Readings  int     `json:"readings"`
 	Batch     int     `json:"batch"`
 	Sync      string  `json:"sync"`
+	Design    Design  `json:"design"`
 	// DeviceOutbox is where the SDK devices kept unacknowledged readings.
 	DeviceOutbox string `json:"device_outbox"`
 	Messages     int    `json:"messages"`
@@ -138,6 +141,7 @@ func ingestMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "give up after this long")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (platform and raw runs) to this file")
 	fs.StringVar(&cfg.MemProfile, "memprofile", "", "write a heap profile taken at the end of the platform run to this file")
+	cfg.Design.flags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -176,6 +180,9 @@ func (c *IngestConfig) validate() error {
 	case c.RawWindow < 1 || c.RawWindow > 1024:
 		return fmt.Errorf("bench ingest: --raw-window must be between 1 and 1024")
 	}
+	if err := c.Design.validate(); err != nil {
+		return fmt.Errorf("bench ingest: %w", err)
+	}
 	return checkTimeout(c.Timeout)
 }
 
@@ -189,7 +196,7 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 	defer cancel()
 	began := time.Now()
 	pr := progress{log}
-	res := &IngestResult{Benchmark: "ingest", Machine: machine(), Devices: cfg.Devices, Readings: cfg.Readings, Batch: cfg.Batch, Sync: cfg.Sync, DeviceOutbox: cfg.DeviceOutbox}
+	res := &IngestResult{Benchmark: "ingest", Machine: machine(), Devices: cfg.Devices, Readings: cfg.Readings, Batch: cfg.Batch, Sync: cfg.Sync, Design: cfg.Design, DeviceOutbox: cfg.DeviceOutbox}
 
 	if err := phase(ctx, "platform", func(ctx context.Context) error { return ingestPlatform(ctx, cfg, res, pr) }); err != nil {
 		return nil, timeoutHint(ctx, cfg.Timeout, err)
@@ -245,7 +252,7 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 	msgs = nil
 	pr.printf("raw store: %d batches, up to %d readings per transaction", len(batches), writerMaxReadings)
 	rs, err := phaseResult(ctx, "raw-store", func(ctx context.Context) (rawStoreResult, error) {
-		return runRawStore(ctx, cfg.Sync, ids, batches, 0)
+		return runRawStore(ctx, cfg.Design.store(cfg.Sync), ids, batches, 0)
 	})
 	if err != nil {
 		return nil, timeoutHint(ctx, cfg.Timeout, err)
@@ -265,7 +272,7 @@ func RunIngest(ctx context.Context, cfg IngestConfig, log io.Writer) (*IngestRes
 		}
 	}
 	pr.printf("raw store: %d batches, %d batches per transaction as observed on the platform", len(sub), per)
-	ro, err := runRawStore(ctx, cfg.Sync, ids, sub, per)
+	ro, err := runRawStore(ctx, cfg.Design.store(cfg.Sync), ids, sub, per)
 	if err != nil {
 		return nil, timeoutHint(ctx, cfg.Timeout, err)
 	}
@@ -305,7 +312,7 @@ func phaseResult[T any](ctx context.Context, name string, fn func(context.Contex
 // what was stored.
 func ingestPlatform(ctx context.Context, cfg IngestConfig, res *IngestResult, pr progress) error {
 	pr.printf("starting the platform (sync %s)", cfg.Sync)
-	p, err := startPlatform(ctx, cfg.Sync, 8)
+	p, err := startPlatform(ctx, cfg.Sync, 8, cfg.Design)
 	if err != nil {
 		return err
 	}
@@ -630,8 +637,8 @@ func timeoutHint(ctx context.Context, timeout time.Duration, err error) error {
 func printIngest(w io.Writer, r *IngestResult) {
 	fmt.Fprintf(w, "Outpost ingest benchmark\n")
 	fmt.Fprintf(w, "machine:  %s\n", r.Machine)
-	fmt.Fprintf(w, "workload: %d devices, %s readings (%s each), up to %d readings per message: %s messages of %.0f bytes on average; SQLite synchronous=%s; device outbox in %s\n\n",
-		r.Devices, group(r.Readings), group(share(r.Readings, r.Devices, 0)), r.Batch, group(r.Messages), r.PayloadBytesAvg, strings.ToUpper(r.Sync), r.DeviceOutbox)
+	fmt.Fprintf(w, "workload: %d devices, %s readings (%s each), up to %d readings per message: %s messages of %.0f bytes on average; SQLite synchronous=%s; %s; device outbox in %s\n\n",
+		r.Devices, group(r.Readings), group(share(r.Readings, r.Devices, 0)), r.Batch, group(r.Messages), r.PayloadBytesAvg, strings.ToUpper(r.Sync), r.Design, r.DeviceOutbox)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "\treadings/s\tmessages/s\tseconds\tplatform / this\t\n")
 	row := func(name string, rps, mps, secs float64) {

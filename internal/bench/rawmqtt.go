@@ -125,6 +125,11 @@ type rawClient struct {
 // PUBLISH; it runs on the client's single delivery goroutine and the
 // message is acknowledged after it returns.
 func dialRaw(ctx context.Context, addr, clientID string, onMsg func(paho.PublishReceived)) (*rawClient, error) {
+	return dialRawAuth(ctx, addr, clientID, "", "", onMsg)
+}
+
+// dialRawAuth is dialRaw with a user name and password (none when empty).
+func dialRawAuth(ctx context.Context, addr, clientID, user, password string, onMsg func(paho.PublishReceived)) (*rawClient, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -133,7 +138,7 @@ func dialRaw(ctx context.Context, addr, clientID string, onMsg func(paho.Publish
 	cfg := paho.ClientConfig{
 		ClientID: clientID,
 		// Publishers write from many goroutines.
-		Conn:          pahopackets.NewThreadSafeConn(conn),
+		Conn:          pahopackets.NewThreadSafeConn(countConn{conn}),
 		PacketTimeout: 30 * time.Second,
 	}
 	if onMsg != nil {
@@ -146,7 +151,12 @@ func dialRaw(ctx context.Context, addr, clientID string, onMsg func(paho.Publish
 	}
 	c := paho.NewClient(cfg)
 	// No Receive Maximum property: see rawBroker.
-	ca, err := c.Connect(ctx, &paho.Connect{ClientID: clientID, KeepAlive: 60, CleanStart: true})
+	cp := &paho.Connect{ClientID: clientID, KeepAlive: 60, CleanStart: true}
+	if user != "" {
+		cp.Username, cp.UsernameFlag = user, true
+		cp.Password, cp.PasswordFlag = []byte(password), true
+	}
+	ca, err := c.Connect(ctx, cp)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("bench: raw client %s: connect: %w", clientID, err)
@@ -201,6 +211,28 @@ func closeRaw(cs []*rawClient) {
 }
 
 var errStalled = errors.New("no progress")
+
+// loopbackBytes counts the bytes the benchmark's own clients write to and
+// read from their connections. Everything runs in one process over
+// loopback, so these are also the bytes the platform's side wrote and
+// read: subtracted from the process's wchar, they leave what went to
+// files.
+var loopbackBytes atomic.Int64
+
+// countConn counts a client connection's bytes in loopbackBytes.
+type countConn struct{ net.Conn }
+
+func (c countConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	loopbackBytes.Add(int64(n))
+	return n, err
+}
+
+func (c countConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	loopbackBytes.Add(int64(n))
+	return n, err
+}
 
 // closeWithin runs fn and gives up waiting after d, so a broker that hangs
 // on close cannot keep a benchmark from ending (its goroutines are then

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
@@ -33,7 +32,7 @@ type rawStoreResult struct {
 // each transaction (to replay a group size observed on the platform).
 // Every batch carries its id, so the dedup insert is paid as on the
 // platform. It checks that every batch was stored and counts the rows.
-func runRawStore(ctx context.Context, syncMode string, deviceIDs []string, batches []*outpost.Batch, perGroup int) (rawStoreResult, error) {
+func runRawStore(ctx context.Context, so sqlite.Options, deviceIDs []string, batches []*outpost.Batch, perGroup int) (rawStoreResult, error) {
 	var res rawStoreResult
 	dir, err := os.MkdirTemp("", "outpost-bench-store-*")
 	if err != nil {
@@ -41,7 +40,7 @@ func runRawStore(ctx context.Context, syncMode string, deviceIDs []string, batch
 	}
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "raw.db")
-	db, err := sqlite.Open(ctx, path, sqlite.Options{Synchronous: strings.ToUpper(syncMode)})
+	db, err := sqlite.Open(ctx, path, so)
 	if err != nil {
 		return res, fmt.Errorf("bench: raw store: %w", err)
 	}
@@ -104,6 +103,6 @@ func countRows(ctx context.Context, path string) (int, error) {
 	}
 	defer db.Close()
 	var n int
-	err = db.QueryRowContext(ctx, `SELECT COUNT(*) FROM readings`).Scan(&n)
+	err = db.QueryRowContext(ctx, `SELECT COUNT(*) FROM readings_all`).Scan(&n)
 	return n, err
 }

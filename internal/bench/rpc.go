@@ -183,7 +183,7 @@ func rpcPlatform(ctx context.Context, cfg RPCConfig, res *RPCResult, pr progress
 		maxCallers = max(maxCallers, c)
 	}
 	pr.printf("starting the platform")
-	p, err := startPlatform(ctx, "normal", maxCallers)
+	p, err := startPlatform(ctx, "normal", maxCallers, Design{})
 	if err != nil {
 		return err
 	}

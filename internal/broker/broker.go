@@ -97,14 +97,14 @@ const (
 
 // Broker is the embedded MQTT broker.
 type Broker struct {
-	srv     *mqtt.Server
-	log     *slog.Logger
-	h       Handler
-	lns     []*Listener
-	closing atomic.Bool
-	once    sync.Once
-	stats   Stats
-	acks    acker
+	srv      *mqtt.Server
+	log      *slog.Logger
+	h        Handler
+	lns      []*Listener
+	closing  atomic.Bool
+	once     sync.Once
+	stats    Stats
+	acks     acker
 	sess     sessions
 	throttle *authThrottle
 	maxSubs  int

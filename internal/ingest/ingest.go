@@ -3,9 +3,12 @@
 // Writer groups the batches that arrive while a transaction is committing
 // into the next transaction (group commit), so each device waits for its own
 // batch to be durable — the broker acknowledges only after the batch is
-// committed — yet the store sees few, large transactions. Submit hands a
-// batch over without waiting, so one connection can have many batches in
-// the same group; batches commit, and their callbacks run, in queue order.
+// committed — yet the store sees few, large transactions. Groups are also
+// sized by latency: when the writer is idle, a small group waits up to
+// MaxDelay for more batches, since every commit writes at least a page
+// however few readings it holds. Submit hands a batch over without
+// waiting, so one connection can have many batches in the same group;
+// batches commit, and their callbacks run, in queue order.
 package ingest
 
 import (
@@ -33,6 +36,15 @@ type Observer interface {
 type Options struct {
 	// MaxReadings bounds the readings in one transaction (default 20,000).
 	MaxReadings int
+	// MinReadings and MaxDelay size groups by latency: a group of fewer
+	// than MinReadings readings (default 256) may wait for more batches
+	// until its first batch has waited MaxDelay (default 4ms; negative:
+	// never waits) — only while several devices send batches faster than
+	// that (see linger), so that a lone device, or one that waits for each
+	// acknowledgement, is never held up. Under load the queue fills faster
+	// and groups commit at once.
+	MinReadings int
+	MaxDelay    time.Duration
 	// QueueLen is how many batches may wait for the writer (default 4096).
 	// When it is full, Submit fails with ErrQueueFull (or waits, if its
 	// context allows): the back-pressure that keeps memory bounded.
@@ -68,6 +80,7 @@ type Writer struct {
 type job struct {
 	b    *outpost.Batch
 	done Done
+	at   time.Time // queued
 }
 
 // NewWriter starts a writer; Close stops it.
@@ -77,6 +90,12 @@ func NewWriter(store Appender, o Options) *Writer {
 	}
 	if o.QueueLen <= 0 {
 		o.QueueLen = 4096
+	}
+	if o.MinReadings <= 0 {
+		o.MinReadings = 256
+	}
+	if o.MaxDelay == 0 {
+		o.MaxDelay = 4 * time.Millisecond
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -122,7 +141,7 @@ func (w *Writer) Submit(ctx context.Context, b *outpost.Batch, done Done) error 
 	if w.closed {
 		return ErrClosed
 	}
-	j := &job{b: b, done: done}
+	j := &job{b: b, done: done, at: time.Now()}
 	select {
 	case w.in <- j:
 		return nil
@@ -154,17 +173,84 @@ func (w *Writer) Close() error {
 	return nil
 }
 
+// lingerMaxSkip bounds the backoff of lingering: after lingers that caught
+// nothing, at most one group in this many lingers.
+const lingerMaxSkip = 128
+
+// linger decides whether a small group waits for more batches. A wait
+// pays off only when other batches are on their way independently of this
+// commit: it needs batches from more than one device lately, arriving
+// faster than the time left; it lasts at most twice the usual gap; and
+// after waits that caught nothing it backs off.
+type linger struct {
+	gap    time.Duration // moving average of the time between batches
+	last   time.Time
+	recent [4]string // devices of the latest batches
+	next   int
+	misses int // lingers in a row that caught nothing
+	skip   int // groups left before lingering again
+}
+
+func (l *linger) arrived(j *job) {
+	if !l.last.IsZero() {
+		d := max(0, j.at.Sub(l.last))
+		l.gap += (d - l.gap) / 8
+	}
+	l.last = j.at
+	l.recent[l.next] = j.b.DeviceID
+	l.next = (l.next + 1) % len(l.recent)
+}
+
+// until returns how long to wait for another batch before the deadline,
+// or 0 not to wait.
+func (l *linger) until(deadline time.Time) time.Duration {
+	wait := time.Until(deadline)
+	if wait <= 0 || l.gap >= wait {
+		return 0
+	}
+	devices := false
+	for _, d := range l.recent[1:] {
+		if d != "" && d != l.recent[0] {
+			devices = true
+		}
+	}
+	if !devices {
+		return 0
+	}
+	if l.skip > 0 {
+		l.skip--
+		return 0
+	}
+	return min(wait, 2*l.gap)
+}
+
+// result records whether a wait caught a batch.
+func (l *linger) result(caught bool) {
+	if caught {
+		l.misses = 0
+		return
+	}
+	l.misses = min(l.misses+1, 8)
+	l.skip = min(1<<l.misses, lingerMaxSkip)
+}
+
 func (w *Writer) run() {
 	defer close(w.done)
 	var group []*job
 	var batches []*outpost.Batch
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	// The gap starts as if the platform were idle.
+	l := linger{gap: max(w.opt.MaxDelay, 0)}
 	for {
 		j, ok := <-w.in
 		if !ok {
 			return
 		}
+		l.arrived(j)
 		group, batches = append(group[:0], j), append(batches[:0], j.b)
 		n := len(j.b.Readings)
+		deadline := j.at.Add(w.opt.MaxDelay)
 	fill:
 		for n < w.opt.MaxReadings {
 			select {
@@ -172,9 +258,32 @@ func (w *Writer) run() {
 				if !ok {
 					break fill
 				}
+				l.arrived(j)
 				group, batches = append(group, j), append(batches, j.b)
 				n += len(j.b.Readings)
+				continue
 			default:
+			}
+			if n >= w.opt.MinReadings {
+				break
+			}
+			wait := l.until(deadline)
+			if wait <= 0 {
+				break
+			}
+			timer.Reset(wait)
+			select {
+			case j, ok := <-w.in:
+				timer.Stop()
+				l.result(true)
+				if !ok {
+					break fill
+				}
+				l.arrived(j)
+				group, batches = append(group, j), append(batches, j.b)
+				n += len(j.b.Readings)
+			case <-timer.C:
+				l.result(false)
 				break fill
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -473,4 +474,64 @@ func TestSubmitQueueFullAndOrder(t *testing.T) {
 
 func reading() []outpost.Reading {
 	return []outpost.Reading{{Feed: "f", TS: 1, Value: []byte("1")}}
+}
+
+// A small group waits for more batches when batches have been arriving
+// faster than MaxDelay: every commit costs at least a page written, so
+// two batches in one commit cost half as much per reading.
+func TestSmallGroupWaitsForMore(t *testing.T) {
+	store := newGatedStore()
+	w := MustNewWriter(t, store, ingest.Options{MaxDelay: time.Hour, MinReadings: 2})
+	out := make(chan written, 10)
+	// p holds the store while x, of another device, arrives right after it.
+	p, x, y := batch("p", 1), batch("x", 1), batch("y", 1)
+	x.DeviceID = "d-2"
+	writeAsync(context.Background(), w, p, out)
+	if got := <-store.entered; len(got) != 1 || got[0] != p {
+		t.Fatalf("first call %v", got)
+	}
+	writeAsync(context.Background(), w, x, out)
+	for w.Queued() != 1 {
+		runtime.Gosched()
+	}
+	store.gate <- nil
+	// The writer takes x and, batches having come fast, waits for y.
+	for w.Queued() != 0 {
+		runtime.Gosched()
+	}
+	writeAsync(context.Background(), w, y, out)
+	got := <-store.entered
+	stop := make(chan struct{})
+	defer close(stop)
+	go serve(store, stop)
+	if len(got) != 2 || got[0] != x || got[1] != y {
+		t.Errorf("second call %v, want x and y together", ids(got))
+	}
+	for range 3 {
+		if r := <-out; r.err != nil || r.res != outpost.AppendStored {
+			t.Errorf("%s: %v, %v", r.b.ID, r.res, r.err)
+		}
+	}
+}
+
+// A device alone, writing one batch after the other, is never held up
+// waiting for batches that cannot come.
+func TestLoneBatchDoesNotWait(t *testing.T) {
+	w := MustNewWriter(t, &gatedStore{}, ingest.Options{MaxDelay: time.Hour, MinReadings: 1000})
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res, err := w.Write(ctx, batch(fmt.Sprint(i), 1))
+		cancel()
+		if err != nil || res != outpost.AppendStored {
+			t.Fatalf("write %d: %v, %v", i, res, err)
+		}
+	}
+}
+
+func ids(bs []*outpost.Batch) []string {
+	var out []string
+	for _, b := range bs {
+		out = append(out, b.ID)
+	}
+	return out
 }

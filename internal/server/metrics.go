@@ -9,6 +9,7 @@ import (
 
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/rpc"
+	"github.com/outpost-iot/outpost/internal/sqlite"
 )
 
 // metrics holds every Prometheus metric of the platform, registered in one
@@ -80,6 +81,9 @@ func (m *metrics) register(s *Server) {
 				Help: "Size of the file system holding the data directory, in bytes."},
 				func() float64 { _, t, _ := diskSpace(s.cfg.DataDir); return float64(t) }),
 		)
+	}
+	if sdb, ok := s.db.(*sqlite.DB); ok {
+		m.reg.MustRegister(storeCollector{sdb}) // SQLite's background work
 	}
 	m.registerBrokerLimits(s)
 }

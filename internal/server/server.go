@@ -30,6 +30,7 @@ import (
 	"github.com/outpost-iot/outpost/internal/presence"
 	"github.com/outpost-iot/outpost/internal/queue"
 	"github.com/outpost-iot/outpost/internal/rpc"
+	"github.com/outpost-iot/outpost/internal/sqlite"
 	"github.com/outpost-iot/outpost/internal/stream"
 )
 
@@ -104,6 +105,12 @@ type Config struct {
 	// writer (default 4096). When it is full, MQTT 5 devices get PUBACK
 	// 0x97 "quota exceeded" and retry later.
 	IngestQueue int
+	// Store and Ingest tune the SQLite store and the ingest writer (zero
+	// values: their defaults); benchmarks compare designs with them. Sync
+	// and IngestQueue take precedence; the writer's Observer and Logger
+	// are the server's.
+	Store  sqlite.Options
+	Ingest ingest.Options
 	// DeviceRate bounds the telemetry readings one device may send per
 	// second (0: no limit), with bursts of up to DeviceBurst readings
 	// (default one second's worth). A device over its rate gets MQTT 5
@@ -296,7 +303,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.limiter = newRateLimiter(cfg.DeviceRate, cfg.DeviceBurst)
 	s.retentionStop, s.retentionDone = make(chan struct{}), make(chan struct{})
 	go s.retention(s.retentionStop, s.retentionDone)
-	s.writer = ingest.NewWriter(s.db, ingest.Options{QueueLen: cfg.IngestQueue, Observer: s, Logger: s.log})
+	io := cfg.Ingest
+	io.QueueLen, io.Observer, io.Logger = cfg.IngestQueue, s, s.log
+	s.writer = ingest.NewWriter(s.db, io)
 
 	var tlsCfg *tls.Config
 	if cfg.TLSCertFile != "" {

@@ -78,8 +78,9 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (outpost.Store
 		}
 		return db, spec, nil
 	default:
-		db, err := sqlite.Open(ctx, spec.Path, sqlite.Options{
-			Synchronous: strings.ToUpper(cfg.Sync), IntegrityCheck: cfg.IntegrityCheck, Logger: log})
+		so := cfg.Store
+		so.Synchronous, so.IntegrityCheck, so.Logger = strings.ToUpper(cfg.Sync), cfg.IntegrityCheck, log
+		db, err := sqlite.Open(ctx, spec.Path, so)
 		if err != nil {
 			if errors.Is(err, sqlite.ErrCorrupt) {
 				err = fmt.Errorf("%w\nrestore the database from a backup (docs/architecture.md, \"Backup and restore\"), or start with --integrity-check=-1 to skip the check at your own risk", err)

@@ -106,7 +106,16 @@ func (db *DB) DeleteDevice(ctx context.Context, id string) error {
 	} else if err != nil {
 		return fmt.Errorf("delete device: %w", err)
 	}
+	r, err := tx.ExecContext(ctx, `DELETE FROM readings_landing WHERE series IN (SELECT seq FROM feeds WHERE device_seq = ?)`, seq)
+	if err != nil {
+		return fmt.Errorf("delete device: %w", err)
+	}
+	landed, err := r.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("delete device: %w", err)
+	}
 	for _, q := range []string{
+		`DELETE FROM readings_merged WHERE series IN (SELECT seq FROM feeds WHERE device_seq = ?)`,
 		`DELETE FROM readings WHERE series IN (SELECT seq FROM feeds WHERE device_seq = ?)`,
 		`DELETE FROM batches WHERE device_seq = ?`,
 		`DELETE FROM devices WHERE seq = ?`, // cascades to feeds
@@ -118,6 +127,7 @@ func (db *DB) DeleteDevice(ctx context.Context, id string) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("delete device: %w", err)
 	}
+	db.forgetLanding(seq, int(landed))
 	delete(db.devSeq, id)
 	for k := range db.feedSeq {
 		if k.dev == seq {

@@ -248,7 +248,7 @@ func verifyCopy(ctx context.Context, path string) (*BackupInfo, error) {
 		return nil, fmt.Errorf("backup: %w: the copy fails its integrity check: %s", ErrCorrupt, strings.Join(problems, "; "))
 	}
 	info := &BackupInfo{}
-	if err := db.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM devices), (SELECT COUNT(*) FROM readings)`).Scan(&info.Devices, &info.Readings); err != nil {
+	if err := db.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM devices), (SELECT COUNT(*) FROM readings_all)`).Scan(&info.Devices, &info.Readings); err != nil {
 		return nil, fmt.Errorf("backup: check copy: %w", err)
 	}
 	st, err := os.Stat(path)

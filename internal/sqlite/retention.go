@@ -12,6 +12,11 @@ import (
 // twice; a device redelivers only what its outbox still holds, so ids
 // older than any outbox can wait may go. It returns how many were removed.
 func (db *DB) PruneBatches(ctx context.Context, before time.Time) (int64, error) {
+	// Ids still in the landing table move to batches first, so that
+	// they are pruned like the others.
+	if err := db.MergeLanding(ctx); err != nil {
+		return 0, fmt.Errorf("prune batches: %w", err)
+	}
 	var n int64
 	err := db.writeTx(ctx, "prune batches", func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM batches WHERE received_at < ?`, before.UnixMilli())
@@ -50,6 +55,11 @@ func (db *DB) PurgeFinished(ctx context.Context, before time.Time) (int64, error
 // own over the readings key (series, ts, seq), so the writer is never held
 // for the whole table and ingestion goes on between them.
 func (db *DB) PruneReadings(ctx context.Context, before time.Time) (int64, error) {
+	// Readings still in the landing table move to readings first, so that
+	// they are pruned like the others.
+	if err := db.MergeLanding(ctx); err != nil {
+		return 0, fmt.Errorf("prune readings: %w", err)
+	}
 	rows, err := db.r.QueryContext(ctx, `SELECT seq FROM feeds ORDER BY seq`)
 	if err != nil {
 		return 0, fmt.Errorf("prune readings: %w", err)

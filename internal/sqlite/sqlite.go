@@ -3,8 +3,12 @@
 //
 // One connection writes (SQLite allows one writer at a time; serialising in
 // Go avoids busy retries) and a small pool reads, both in WAL mode so reads
-// never block ingestion. The schema is versioned: Open applies every
-// migration the file has not seen, in one transaction each.
+// never block ingestion. Readings take a path of their own (landing.go):
+// small commits append to a landing table that a goroutine owned by the DB
+// merges into the clustered readings table, and the same goroutine
+// checkpoints the WAL on a connection of its own, off the commit path. The
+// schema is versioned: Open applies every migration the file has not seen,
+// in one transaction each.
 package sqlite
 
 import (
@@ -18,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/migrate"
@@ -41,6 +46,27 @@ type Options struct {
 	IntegrityCheck time.Duration
 	// Logger receives what Open finds wrong; default: discard.
 	Logger *slog.Logger
+	// Landing chooses where AppendBatches puts readings; see LandingMode.
+	Landing LandingMode
+	// MergeRows and MergeAge start a merge of the landing table into the
+	// readings table once it holds MergeRows readings (default 16384) or
+	// its oldest reading has waited MergeAge (default 5s). A merge moves
+	// the readings of a few series per transaction, about MergeChunk
+	// readings (default 1024), so a commit waits for one chunk at most.
+	MergeRows  int
+	MergeAge   time.Duration
+	MergeChunk int
+	// A background checkpoint copies the WAL into the database file once
+	// CheckpointReadings readings (default 100,000) were written since the
+	// last one, or CheckpointEvery (default 5s) has passed; commits never
+	// checkpoint. A page written many times in between (the end of the
+	// landing table, a page of a busy series) is copied once. Once the WAL
+	// holds more than CheckpointRestart pages (default 8192, 32 MiB at 4
+	// KiB pages) the checkpoint finishes under the write lock, so the WAL
+	// starts over from its beginning.
+	CheckpointReadings int
+	CheckpointEvery    time.Duration
+	CheckpointRestart  int
 }
 
 // DB is an open Outpost database.
@@ -55,10 +81,25 @@ type DB struct {
 	wmu     sync.Mutex
 	devSeq  map[string]int64 // device id → devices.seq
 	feedSeq map[feedKey]int64
-	readSeq int64 // last readings.seq used (counters.readings_seq)
+	readSeq int64 // last readings.seq used (counters.readings_seq or readings_landing)
 
 	walLost  bool  // see checkWAL
 	readOnly error // see ReadOnly
+
+	opt   Options
+	stmts appendStmts // prepared once on the writer connection
+	land  landing     // guarded by wmu
+	app   appendBuf   // AppendBatches' reusable buffers, guarded by wmu
+
+	ck        *sql.DB      // checkpointer connection; nil when read-only
+	written   atomic.Int64 // readings appended since the last checkpoint
+	deletions int64        // devices deleted since Open, guarded by wmu
+	mergeMu   sync.Mutex   // one merge at a time; guards mergeBuf
+	mergeBuf  []landRow
+	maint     maintStats
+	maintKick chan struct{}
+	maintStop chan struct{}
+	maintDone chan struct{}
 }
 
 type feedKey struct {
@@ -96,6 +137,24 @@ func Open(ctx context.Context, path string, o Options) (*DB, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MergeRows <= 0 {
+		o.MergeRows = 16384
+	}
+	if o.MergeAge <= 0 {
+		o.MergeAge = 5 * time.Second
+	}
+	if o.MergeChunk <= 0 {
+		o.MergeChunk = 1024
+	}
+	if o.CheckpointReadings <= 0 {
+		o.CheckpointReadings = 100_000
+	}
+	if o.CheckpointEvery <= 0 {
+		o.CheckpointEvery = 5 * time.Second
+	}
+	if o.CheckpointRestart <= 0 {
+		o.CheckpointRestart = 8192
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
@@ -147,7 +206,11 @@ func open(ctx context.Context, path string, o Options, readOnly bool) (*DB, erro
 		// end the file name early, so they (and '%') are escaped.
 		return "file:" + uriPath.Replace(path) + "?" + q.Encode()
 	}
-	w, err := sql.Open("sqlite", dsn("synchronous("+o.Synchronous+")", fmt.Sprintf("cache_size(-%d)", o.CacheMiB*1024))+"&_txlock=immediate")
+	// The writer never checkpoints (wal_autocheckpoint 0): a background
+	// checkpointer does, off the commit path. journal_size_limit truncates
+	// a WAL that grew large once it starts over.
+	w, err := sql.Open("sqlite", dsn("synchronous("+o.Synchronous+")", fmt.Sprintf("cache_size(-%d)", o.CacheMiB*1024),
+		"wal_autocheckpoint(0)", "journal_size_limit(67108864)")+"&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
@@ -155,7 +218,7 @@ func open(ctx context.Context, path string, o Options, readOnly bool) (*DB, erro
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	db := &DB{path: path, w: w, devSeq: map[string]int64{}, feedSeq: map[feedKey]int64{}}
+	db := &DB{path: path, w: w, devSeq: map[string]int64{}, feedSeq: map[feedKey]int64{}, opt: o}
 	if o.IntegrityCheck > 0 {
 		if err := db.quickCheck(ctx, o.IntegrityCheck, o.Logger); err != nil {
 			w.Close()
@@ -171,12 +234,14 @@ func open(ctx context.Context, path string, o Options, readOnly bool) (*DB, erro
 		w.Close()
 		return nil, err
 	}
-	if err := w.QueryRowContext(ctx, `SELECT value FROM counters WHERE name = 'readings_seq'`).Scan(&db.readSeq); err != nil {
+	if err := db.openAppend(ctx); err != nil {
+		db.stmts.close()
 		w.Close()
-		return nil, fmt.Errorf("sqlite: readings sequence: %w", err)
+		return nil, err
 	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
+		db.stmts.close()
 		w.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
@@ -184,6 +249,7 @@ func open(ctx context.Context, path string, o Options, readOnly bool) (*DB, erro
 	db.r = r
 	scan, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
+		db.stmts.close()
 		r.Close()
 		w.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
@@ -191,6 +257,20 @@ func open(ctx context.Context, path string, o Options, readOnly bool) (*DB, erro
 	scan.SetMaxOpenConns(4)
 	scan.SetMaxIdleConns(1)
 	db.scan = scan
+	if readOnly {
+		return db, nil // nothing to merge or checkpoint
+	}
+	ck, err := sql.Open("sqlite", dsn())
+	if err != nil {
+		db.stmts.close()
+		scan.Close()
+		r.Close()
+		w.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	ck.SetMaxOpenConns(1)
+	db.ck = ck
+	db.startMaintenance()
 	return db, nil
 }
 
@@ -201,9 +281,17 @@ func (db *DB) ReadOnly() error { return db.readOnly }
 
 var uriPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")
 
-// Close closes the database. Pending writes must have finished.
+// Close stops the background merge and checkpoints and closes the
+// database. Pending writes must have finished. Readings still in the
+// landing table stay there (the next Open serves them as they are).
 func (db *DB) Close() error {
-	err := errors.Join(db.scan.Close(), db.r.Close(), db.w.Close())
+	var err error
+	if db.ck != nil {
+		db.stopMaintenance()
+		err = db.ck.Close()
+	}
+	db.stmts.close()
+	err = errors.Join(err, db.scan.Close(), db.r.Close(), db.w.Close())
 	// A clean stop: the next start need not look for this run's WAL.
 	if rerr := os.Remove(db.path + runningSuffix); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		err = errors.Join(err, fmt.Errorf("sqlite: %w", rerr))
@@ -292,6 +380,33 @@ CREATE UNIQUE INDEX device_events_msg ON device_events (device_seq, msg_id) WHER
 	// 6: file transfers and firmware updates: artifacts, transfers,
 	// firmware jobs, and what devices report (files, version). See ota.go.
 	migrationOTA,
+	// 7: an append-only landing table for readings. Small commits append
+	// here (one B-tree, written at its end: a page or two per commit
+	// whatever the number of series) and a background merge moves the
+	// rows into the clustered readings table, many rows per series at a
+	// time. seq is the reading's readings.seq; batch holds the batch id on
+	// the first reading of a batch, until the merge moves it into batches.
+	// During a merge, readings_merged says up to which seq the landing rows
+	// of a series are already in readings. Reads go through readings_all,
+	// which sees each reading once. See landing.go.
+	`
+CREATE TABLE readings_landing (
+	seq    INTEGER PRIMARY KEY,
+	series INTEGER NOT NULL,
+	ts     INTEGER NOT NULL,
+	value  TEXT    NOT NULL,
+	batch  TEXT
+);
+CREATE TABLE readings_merged (
+	series  INTEGER PRIMARY KEY,
+	through INTEGER NOT NULL
+);
+CREATE VIEW readings_all (series, ts, seq, value) AS
+	SELECT series, ts, seq, value FROM readings
+	UNION ALL
+	SELECT l.series, l.ts, l.seq, l.value FROM readings_landing l
+	WHERE l.seq > COALESCE((SELECT m.through FROM readings_merged m WHERE m.series = l.series), 0);
+`,
 }
 
 func (db *DB) migrate(ctx context.Context) error {
