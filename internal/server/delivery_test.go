@@ -202,6 +202,10 @@ func TestEveryPushedMessageDelivered(t *testing.T) {
 	}
 	ids := make(chan string, 1000)
 	var acks sync.WaitGroup
+	// ackMu and stopped keep acks.Add (on paho's goroutine) from racing
+	// acks.Wait at the end of the test.
+	var ackMu sync.Mutex
+	stopped := false
 	cl := paho.NewClient(paho.ClientConfig{
 		Conn: conn,
 		// The device takes its time with each command before its PUBACK,
@@ -214,6 +218,11 @@ func TestEveryPushedMessageDelivered(t *testing.T) {
 			}
 			if strings.HasSuffix(pr.Packet.Topic, "/down/feed") && json.Unmarshal(pr.Packet.Payload, &m) == nil {
 				ids <- m.ID
+			}
+			ackMu.Lock()
+			defer ackMu.Unlock()
+			if stopped {
+				return true, nil
 			}
 			acks.Add(1)
 			go func() {
@@ -236,6 +245,9 @@ func TestEveryPushedMessageDelivered(t *testing.T) {
 	defer func() {
 		cancel()
 		wg.Wait()
+		ackMu.Lock()
+		stopped = true
+		ackMu.Unlock()
 		acks.Wait()
 		_ = cl.Disconnect(&paho.Disconnect{})
 		conn.Close()
