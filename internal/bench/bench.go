@@ -82,6 +82,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return ingestMain(ctx, args[1:], stdout, stderr)
 	case "rpc":
 		return rpcMain(ctx, args[1:], stdout, stderr)
+	case "connections":
+		return connectionsMain(ctx, args[1:], stdout, stderr)
+	case childCommand:
+		return childMain(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

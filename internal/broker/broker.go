@@ -157,20 +157,7 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	case cfg.MaxSubscriptions < 0:
 		cfg.MaxSubscriptions = 0
 	}
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
-	caps.MaximumPacketSize = protocol.MaxMessageBytes + 4096
-	caps.MaximumInflight = 4096
-	caps.ReceiveMaximum = receiveMaximum
-	caps.MaximumMessageExpiryInterval = 24 * 3600
-	srv := mqtt.New(&mqtt.Options{
-		InlineClient: true,
-		Capabilities: caps,
-		// mochi reports routine events (hooks added, stopped) at info
-		// level, and puts whole packets into its records (log.go).
-		Logger:                 slog.New(mochiLog{cfg.Logger.Handler()}),
-		SysTopicResendInterval: 0,
-	})
+	srv := mqtt.New(MochiOptions(cfg))
 	b := &Broker{srv: srv, log: cfg.Logger, h: h, maxSubs: cfg.MaxSubscriptions, stopc: make(chan struct{}),
 		throttle: newAuthThrottle(cfg.AuthFailureDelay, cfg.AuthFailureDelayMax, cfg.Logger)}
 	// The session hook goes first: its OnDisconnect must run before any
@@ -218,6 +205,32 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 		}
 	}
 	return b, nil
+}
+
+// MochiOptions returns the options the broker gives mochi for cfg (whose
+// zero fields take their defaults). The connections benchmark starts mochi
+// alone with them, to tell the cost of the platform from the broker's.
+func MochiOptions(cfg Config) *mqtt.Options {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxSessionExpiry <= 0 {
+		cfg.MaxSessionExpiry = time.Hour
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
+	caps.MaximumPacketSize = protocol.MaxMessageBytes + 4096
+	caps.MaximumInflight = 4096
+	caps.ReceiveMaximum = receiveMaximum
+	caps.MaximumMessageExpiryInterval = 24 * 3600
+	return &mqtt.Options{
+		InlineClient: true,
+		Capabilities: caps,
+		// mochi reports routine events (hooks added, stopped) at info
+		// level, and puts whole packets into its records (log.go).
+		Logger:                 slog.New(mochiLog{cfg.Logger.Handler()}),
+		SysTopicResendInterval: 0,
+	}
 }
 
 // Start begins accepting connections.

@@ -132,6 +132,7 @@ func New(svc Service, o Options) http.Handler {
 	mux.HandleFunc("GET /api/v1/stream", a.authQuery(a.stream))
 	a.registerModel(mux)
 	a.routeCalls(mux)
+	a.routeBulk(mux)
 	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))
 	}))
