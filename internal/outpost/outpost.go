@@ -61,9 +61,19 @@ type DeviceStore interface {
 	SetSecretHash(ctx context.Context, id string, secretHash []byte) error
 	// SetPresence records a presence change.
 	SetPresence(ctx context.Context, id string, online bool, lastSeen time.Time) error
+	// SetPresences records the presence of several devices at once; an
+	// unknown id is skipped. A last-seen time never moves backwards.
+	SetPresences(ctx context.Context, ps []Presence) error
 	// ResetPresence marks every device offline (used at start, when no
 	// session can have survived).
 	ResetPresence(ctx context.Context) error
+}
+
+// Presence is a device's presence as the store keeps it.
+type Presence struct {
+	ID       string
+	Online   bool
+	LastSeen time.Time
 }
 
 // Reading is one stored value of one feed.

@@ -102,6 +102,14 @@ type Queue struct {
 	kicked   map[string]bool // device → resend, waiting for a worker
 	order    []string
 	wake     chan struct{}
+	// pending holds the devices that may have something to deliver, with
+	// a version bumped at every enqueue: the devices with unfinished
+	// messages or calls when the queue started, and every device enqueued
+	// to since. A device leaves it once a resend round finds nothing. A
+	// connecting device outside it costs no query. nil when the start-up
+	// load failed: every device is then checked.
+	pending map[string]uint64
+	pendSeq uint64
 }
 
 type session struct {
@@ -139,6 +147,7 @@ func New(store outpost.QueueStore, sender Sender, o Options) *Queue {
 		wake:     make(chan struct{}, 1),
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
+	q.loadPending()
 	q.wg.Add(2 + o.Workers)
 	go q.sweeper()
 	go q.acker()
@@ -190,6 +199,7 @@ func (q *Queue) Enqueue(ctx context.Context, deviceID, kind string, payload []by
 	if err := q.store.EnqueueMessage(ctx, m, q.opt.MaxPending); err != nil {
 		return nil, err
 	}
+	q.markPending(deviceID)
 	q.stats.Enqueued.Add(1)
 	q.opt.OnMessage(m)
 	if q.pushable(deviceID) {
@@ -237,6 +247,7 @@ func (q *Queue) EnqueueCall(ctx context.Context, deviceID, method string, args j
 	if err := q.store.EnqueueCall(ctx, c, m, q.opt.MaxPending); err != nil {
 		return nil, err
 	}
+	q.markPending(deviceID)
 	q.stats.Enqueued.Add(1)
 	q.opt.OnCall(c)
 	if q.pushable(deviceID) {
@@ -565,9 +576,64 @@ func (q *Queue) worker() {
 		if !q.pushable(dev) {
 			continue
 		}
-		if _, err := q.deliver(q.ctx, dev, resend); err != nil && q.ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+		ver, maybe := q.mayHavePending(dev)
+		if !maybe {
+			continue
+		}
+		n, err := q.deliver(q.ctx, dev, resend)
+		if err != nil && q.ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 			q.log.Warn("deliver queue", "device_id", dev, "error", err)
 		}
+		if err == nil && n == 0 && resend {
+			q.clearPending(dev, ver)
+		}
+	}
+}
+
+// loadPending fills the pending set from the store.
+func (q *Queue) loadPending() {
+	ctx, cancel := context.WithTimeout(q.ctx, 30*time.Second)
+	defer cancel()
+	ids, err := q.store.PendingDevices(ctx)
+	if err != nil {
+		q.log.Warn("down queue: devices with pending messages unknown; every connecting device is checked", "error", err)
+		return
+	}
+	q.pending = make(map[string]uint64, len(ids))
+	for _, id := range ids {
+		q.pending[id] = 0
+	}
+}
+
+// markPending notes that a device has something to deliver.
+func (q *Queue) markPending(deviceID string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.pending != nil {
+		q.pendSeq++
+		q.pending[deviceID] = q.pendSeq
+	}
+}
+
+// mayHavePending reports whether a device may have something to deliver,
+// with the version to pass to clearPending.
+func (q *Queue) mayHavePending(deviceID string) (uint64, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.pending == nil {
+		return 0, true
+	}
+	v, ok := q.pending[deviceID]
+	return v, ok
+}
+
+// clearPending takes a device out of the pending set after a round found
+// nothing to deliver, unless something was enqueued for it meanwhile.
+func (q *Queue) clearPending(deviceID string, ver uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if v, ok := q.pending[deviceID]; ok && v == ver {
+		delete(q.pending, deviceID)
 	}
 }
 

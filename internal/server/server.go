@@ -145,6 +145,7 @@ type Server struct {
 	relay                        *rpc.Relay
 	queue                        *queue.Queue
 	presence                     *presence.Tracker
+	creds                        credentials
 	hub                          *stream.Hub
 	metrics                      *metrics
 	svc                          *service
@@ -247,6 +248,10 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// API shows a device offline until it connects, whatever the stale row.
 	if err := s.db.ResetPresence(ctx); err != nil {
 		s.log.Error("storage is not writable: starting anyway; writes fail until it is (see /readyz)", "data", cfg.DataDir, "error", err)
+	}
+
+	if err := s.creds.load(ctx, s.db); err != nil {
+		return nil, err
 	}
 
 	// Event ids start at the start time in microseconds: they keep growing
@@ -453,6 +458,14 @@ func (s *Server) Close() error {
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())
+		}
+		if s.presence != nil {
+			// After the broker: the last disconnects are written too. A
+			// failure (a read-only store) only loses last-seen times, as
+			// a failed presence write always did.
+			if err := s.presence.Close(); err != nil {
+				s.log.Warn("presence not stored at shutdown", "error", err)
+			}
 		}
 		if s.queue != nil {
 			errs = append(errs, s.queue.Close())

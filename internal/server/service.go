@@ -58,6 +58,7 @@ func (v *service) CreateDevice(ctx context.Context, name string) (*outpost.Devic
 	if err := v.s.db.CreateDevice(ctx, d, hash); err != nil {
 		return nil, "", err
 	}
+	v.s.creds.set(d.ID, hash)
 	v.s.metrics.devicesCreated.Inc()
 	return d, secret, nil
 }
@@ -91,6 +92,9 @@ func (v *service) CreateDevices(ctx context.Context, names []string) ([]*outpost
 	}
 	if err := v.s.db.CreateDevices(ctx, ds, hashes); err != nil {
 		return nil, nil, err
+	}
+	for i, d := range ds {
+		v.s.creds.set(d.ID, hashes[i])
 	}
 	v.s.metrics.devicesCreated.Add(float64(len(ds)))
 	return ds, secrets, nil
@@ -149,6 +153,10 @@ func (v *service) DeleteDevice(ctx context.Context, id string) error {
 	if err := v.s.db.DeleteDevice(ctx, id); err != nil {
 		return err
 	}
+	// The credentials go before the sessions are revoked: a login racing
+	// the deletion either fails its check or is ended by the revocation
+	// (broker/sessions.go).
+	v.s.creds.forget(id)
 	v.s.broker.DisconnectDevice(id)
 	v.s.presence.Forget(id)
 	v.s.model.forget(id)
@@ -157,9 +165,11 @@ func (v *service) DeleteDevice(ctx context.Context, id string) error {
 
 func (v *service) RotateSecret(ctx context.Context, id string) (string, error) {
 	secret := outpost.NewSecret()
-	if err := v.s.db.SetSecretHash(ctx, id, outpost.HashSecret(secret)); err != nil {
+	hash := outpost.HashSecret(secret)
+	if err := v.s.db.SetSecretHash(ctx, id, hash); err != nil {
 		return "", err
 	}
+	v.s.creds.set(id, hash)
 	v.s.broker.DisconnectDevice(id)
 	return secret, nil
 }

@@ -214,13 +214,43 @@ func (db *DB) SetSecretHash(ctx context.Context, id string, secretHash []byte) e
 func (db *DB) SetPresence(ctx context.Context, id string, online bool, lastSeen time.Time) error {
 	db.wmu.Lock()
 	defer db.wmu.Unlock()
-	_, err := db.w.ExecContext(ctx, `UPDATE devices SET online = ?, last_seen = MAX(last_seen, ?) WHERE id = ?`,
-		boolInt(online), lastSeen.UnixMilli(), id)
+	_, err := db.w.ExecContext(ctx, setPresence, boolInt(online), lastSeen.UnixMilli(), id)
 	if err != nil {
 		return fmt.Errorf("set presence: %w", err)
 	}
 	return nil
 }
+
+// SetPresences implements outpost.DeviceStore: one transaction, one
+// prepared statement.
+func (db *DB) SetPresences(ctx context.Context, ps []outpost.Presence) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	tx, err := db.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("set presences: %w", err)
+	}
+	defer tx.Rollback()
+	st, err := tx.PrepareContext(ctx, setPresence)
+	if err != nil {
+		return fmt.Errorf("set presences: %w", err)
+	}
+	defer st.Close()
+	for _, p := range ps {
+		if _, err := st.ExecContext(ctx, boolInt(p.Online), p.LastSeen.UnixMilli(), p.ID); err != nil {
+			return fmt.Errorf("set presences: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("set presences: %w", err)
+	}
+	return nil
+}
+
+const setPresence = `UPDATE devices SET online = ?, last_seen = MAX(last_seen, ?) WHERE id = ?`
 
 // ResetPresence implements outpost.DeviceStore.
 func (db *DB) ResetPresence(ctx context.Context) error {
