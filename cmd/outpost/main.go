@@ -1,7 +1,7 @@
 // Command outpost is the Outpost platform and its command-line client.
 //
 //	outpost serve                      start the platform (embedded broker, SQLite, HTTP API)
-//	outpost device create NAME         register a device, print its credentials as JSON
+//	outpost device create NAME…        register devices, print their credentials as JSON
 //	outpost device list|show|delete    manage devices
 //	outpost rpc DEVICE METHOD [ARGS]   call a function on a device
 //	outpost telemetry DEVICE           print stored readings
@@ -32,7 +32,7 @@ const usage = `Outpost — self-hosted IoT device platform
 
 Usage:
   outpost serve [--data DIR] [--mqtt ADDR] [--http ADDR] [--tls-cert F --tls-key F]
-  outpost device create NAME
+  outpost device create NAME… [--names-from FILE]
   outpost device list [--online=true|false] [--name NAME] [--limit N]
   outpost device show DEVICE
   outpost device delete DEVICE

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -116,17 +117,26 @@ type childStats struct {
 	StackInuse int64 `json:"stack_inuse"`
 	Sys        int64 `json:"sys"`
 	Goroutines int   `json:"goroutines"`
+	// Memory is runtime/metrics' /memory/classes breakdown, in bytes,
+	// before the collection.
+	Memory map[string]int64 `json:"memory"`
 }
 
 // writeChildStats collects garbage, writes the runtime figures to
 // base-stats.json and, when base-want-profile names a file prefix, heap
 // and goroutine profiles there.
 func writeChildStats(base string) error {
+	classes := memoryClasses()
 	runtime.GC()
+	if n, _ := strconv.Atoi(os.Getenv("EXP_GCS")); n > 0 { // EXPERIMENT
+		for range n {
+			runtime.GC()
+		}
+	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	st := childStats{HeapInuse: int64(ms.HeapInuse), HeapAlloc: int64(ms.HeapAlloc), StackInuse: int64(ms.StackInuse),
-		Sys: int64(ms.Sys), Goroutines: runtime.NumGoroutine()}
+		Sys: int64(ms.Sys), Goroutines: runtime.NumGoroutine(), Memory: classes}
 	if p, err := os.ReadFile(base + "-want-profile"); err == nil && len(p) > 0 {
 		os.Remove(base + "-want-profile")
 		for _, name := range []string{"heap", "goroutine"} {
@@ -152,6 +162,22 @@ func writeChildStats(base string) error {
 		return err
 	}
 	return os.Rename(tmp, base+"-stats.json")
+}
+
+// memoryClasses reads where the runtime's memory is, by class.
+func memoryClasses() map[string]int64 {
+	var samples []metrics.Sample
+	for _, d := range metrics.All() {
+		if strings.HasPrefix(d.Name, "/memory/classes/") && d.Kind == metrics.KindUint64 {
+			samples = append(samples, metrics.Sample{Name: d.Name})
+		}
+	}
+	metrics.Read(samples)
+	out := make(map[string]int64, len(samples))
+	for _, s := range samples {
+		out[strings.TrimSuffix(strings.TrimPrefix(s.Name, "/memory/classes/"), ":bytes")] = int64(s.Value.Uint64())
+	}
+	return out
 }
 
 // rawConnBroker is mochi alone: allow-all authentication, no other hook,

@@ -79,6 +79,9 @@ type BrokerConnResult struct {
 	Goroutines  int     `json:"goroutines,omitempty"`
 	GoHeapBase  float64 `json:"go_heap_base_mib,omitempty"`
 	GoStackBase float64 `json:"go_stack_base_mib,omitempty"`
+	// GoMemory is the Go runtime's memory by class (runtime/metrics
+	// /memory/classes/…, MiB) with the devices connected.
+	GoMemory map[string]float64 `json:"go_memory_mib,omitempty"`
 	// ConnectSeconds is from the moment every device starts connecting at
 	// once until the last one is connected and subscribed.
 	ConnectSeconds    float64 `json:"connect_seconds"`
@@ -376,6 +379,10 @@ func measureBroker(ctx context.Context, cfg ConnectionsConfig, pr progress, name
 	}
 	if st, err := c.goStats(ctx, prof); err == nil {
 		res.GoHeapMiB, res.GoStackMiB, res.Goroutines = mib(st.HeapInuse), mib(st.StackInuse), st.Goroutines
+		res.GoMemory = map[string]float64{}
+		for k, v := range st.Memory {
+			res.GoMemory[k] = mib(v)
+		}
 	}
 	pr.printf("%s: RSS %.1f MiB → %.1f MiB: %.2f KiB per device", name, res.RSSBaseMiB, res.RSSMiB, res.RSSPerDeviceKiB)
 

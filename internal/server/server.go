@@ -409,6 +409,10 @@ func (s *Server) HTTPURL() string {
 	return scheme + "://" + hostPort(s.httpLn.Addr())
 }
 
+// MaxConnections returns the bound on open MQTT connections, the number
+// of devices that can be connected at once; 0 means no bound.
+func (s *Server) MaxConnections() int { return max(s.cfg.MaxConnections, 0) }
+
 // AdminToken returns the API token; TokenIsNew reports whether this start
 // created it.
 func (s *Server) AdminToken() string { return s.token }
