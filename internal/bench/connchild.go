@@ -48,7 +48,7 @@ const childCommand = "connections-child"
 // or until its standard input closes (the benchmark that started it ended).
 func childMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("bench connections-child: want a role: platform or raw")
+		return errors.New("bench connections-child: want a role: platform, raw or floor")
 	}
 	role := args[0]
 	fs := newFlagSet(childCommand+" "+role, stderr)
@@ -67,19 +67,45 @@ func childMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if _, err := server.RaiseFileLimit(); err != nil {
 		fmt.Fprintln(stderr, "raise file limit:", err)
 	}
+	if os.Getenv("OUTPOST_BENCH_MEMPROFILERATE") == "1" {
+		runtime.MemProfileRate = 1
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if base := os.Getenv("OUTPOST_BENCH_PROFILE"); base != "" {
-		usr1 := make(chan os.Signal, 1)
-		signal.Notify(usr1, syscall.SIGUSR1)
-		defer signal.Stop(usr1)
+		usr := make(chan os.Signal, 1)
+		signal.Notify(usr, syscall.SIGUSR1, syscall.SIGUSR2)
+		defer signal.Stop(usr)
 		go func() {
+			var cpu *os.File // SIGUSR2 starts a CPU profile, the next one ends it
+			defer func() {
+				if cpu != nil {
+					pprof.StopCPUProfile()
+					cpu.Close()
+				}
+			}()
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case <-usr1:
-					if err := writeChildStats(base); err != nil {
-						fmt.Fprintln(stderr, "bench child stats:", err)
+				case sig := <-usr:
+					var err error
+					switch {
+					case sig == syscall.SIGUSR1:
+						err = writeChildStats(base)
+					case cpu == nil:
+						if cpu, err = os.Create(base + "-cpu.pprof"); err == nil {
+							if err = pprof.StartCPUProfile(cpu); err != nil {
+								cpu.Close()
+								cpu = nil
+							}
+						}
+					default:
+						pprof.StopCPUProfile()
+						err = cpu.Close()
+						cpu = nil
+					}
+					if err != nil {
+						fmt.Fprintln(stderr, "bench child profile:", err)
 					}
 				}
 			}
@@ -106,8 +132,17 @@ func childMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		<-ctx.Done()
 		rb.close()
 		return nil
+	case "floor":
+		fb, err := startFloorBroker(*addr, log)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "mqtt: tcp://%s\nready\n", fb.addr())
+		<-ctx.Done()
+		fb.close()
+		return nil
 	}
-	return fmt.Errorf("bench connections-child: unknown role %q (want platform or raw)", role)
+	return fmt.Errorf("bench connections-child: unknown role %q (want platform, raw or floor)", role)
 }
 
 // childStats are a Go broker child's runtime figures after a collection.
@@ -128,11 +163,6 @@ type childStats struct {
 func writeChildStats(base string) error {
 	classes := memoryClasses()
 	runtime.GC()
-	if n, _ := strconv.Atoi(os.Getenv("EXP_GCS")); n > 0 { // EXPERIMENT
-		for range n {
-			runtime.GC()
-		}
-	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	st := childStats{HeapInuse: int64(ms.HeapInuse), HeapAlloc: int64(ms.HeapAlloc), StackInuse: int64(ms.StackInuse),
@@ -199,6 +229,11 @@ func startRawConnBroker(addr, opts string, log *slog.Logger) (*rawConnBroker, er
 		return nil, fmt.Errorf("raw broker: --options %q: want default or platform", opts)
 	}
 	srv := mqtt.New(o)
+	if opts == "platform" {
+		if err := broker.SlowMochiSweeps(srv, 30*time.Second); err != nil {
+			return nil, err
+		}
+	}
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		return nil, err
 	}

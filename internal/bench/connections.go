@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -25,9 +26,15 @@ import (
 type ConnectionsConfig struct {
 	// Devices is how many devices connect at once and then stay idle.
 	Devices int
-	// Raw adds mochi alone (allow-all authentication, no other hook) with
-	// its default options and with the options the platform gives it.
+	// Raw adds the raw brokers: mochi alone (allow-all authentication, no
+	// other hook) with its default options ("mochi") and with the options
+	// the platform gives it ("mochi-tuned"), and the floor of a connection
+	// layer of our own over mochi's codec ("floor", connfloor.go).
 	Raw bool
+	// Brokers, when set, lists exactly the brokers to measure, in order:
+	// platform, mochi, mochi-tuned, floor, mosquitto. The platform always
+	// runs first to register the devices.
+	Brokers []string
 	// Mosquitto is "auto" (measure a Mosquitto started by the benchmark
 	// when `mosquitto` is on PATH), "off", or the path of the executable.
 	Mosquitto string
@@ -50,8 +57,11 @@ type ConnectionsConfig struct {
 	ConnectTimeout time.Duration
 	Timeout        time.Duration
 	// ProfileDir, if set, receives for each Go broker a heap and a
-	// goroutine profile taken once the devices are connected and idle.
-	ProfileDir string
+	// goroutine profile taken once the devices are connected and idle,
+	// and a CPU profile of the idle window. With ProfileExact the heap
+	// profile records every allocation (which slows the broker down).
+	ProfileDir   string
+	ProfileExact bool
 }
 
 // Bounds of a connections run.
@@ -64,6 +74,8 @@ const (
 
 // BrokerConnResult is what one broker did with the devices.
 type BrokerConnResult struct {
+	// Key is the broker's name in --brokers; Broker says what it is.
+	Key    string `json:"key"`
 	Broker string `json:"broker"`
 	// RSSBaseMiB is the broker's resident memory before the first
 	// connection (for the platform: its devices registered); RSSMiB with
@@ -131,7 +143,8 @@ func connectionsMain(ctx context.Context, args []string, stdout, stderr io.Write
 	fs := newFlagSet("connections", stderr)
 	cfg := ConnectionsConfig{}
 	fs.IntVar(&cfg.Devices, "devices", 1000, "devices that connect at once and stay idle")
-	fs.BoolVar(&cfg.Raw, "raw", false, "also measure mochi alone (allow-all auth), with its default options and with the platform's")
+	fs.BoolVar(&cfg.Raw, "raw", false, "also measure the raw brokers: mochi alone (allow-all auth) with its default options and with the platform's, and a bare connection layer over mochi's codec")
+	brokers := fs.String("brokers", "", "measure exactly these brokers, comma-separated: platform, mochi, mochi-tuned, floor, mosquitto (default: platform, the raw ones with --raw, mosquitto unless --mosquitto off)")
 	fs.StringVar(&cfg.Mosquitto, "mosquitto", "auto", "measure a Mosquitto started by the benchmark: auto (when on PATH), off, or its `PATH`")
 	fs.DurationVar(&cfg.Keepalive, "keepalive", 60*time.Second, "devices' MQTT keep-alive")
 	fs.DurationVar(&cfg.Settle, "settle", 10*time.Second, "wait before reading a broker's memory")
@@ -140,12 +153,16 @@ func connectionsMain(ctx context.Context, args []string, stdout, stderr io.Write
 	fs.IntVar(&cfg.Sources, "sources", 64, "loopback source addresses the devices connect from")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 2*time.Minute, "bound on the connect storm and on the reconnection after a restart")
 	fs.DurationVar(&cfg.Timeout, "timeout", 30*time.Minute, "give up after this long")
-	fs.StringVar(&cfg.ProfileDir, "profile-dir", "", "write heap and goroutine profiles of each Go broker, devices connected, into `DIR`")
+	fs.StringVar(&cfg.ProfileDir, "profile-dir", "", "write heap and goroutine profiles of each Go broker, devices connected, and a CPU profile of its idle window into `DIR`")
+	fs.BoolVar(&cfg.ProfileExact, "profile-exact", false, "with --profile-dir: record every allocation in the heap profiles (slows the brokers down)")
 	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
+	}
+	if *brokers != "" {
+		cfg.Brokers = strings.Split(*brokers, ",")
 	}
 	res, err := RunConnections(ctx, cfg, stderr)
 	if err != nil {
@@ -172,7 +189,37 @@ func (c *ConnectionsConfig) validate() error {
 	if c.Sources < 1 || c.Sources > 60_000 {
 		return errors.New("--sources must be between 1 and 60000")
 	}
+	for _, b := range c.Brokers {
+		if _, ok := brokerNames[b]; !ok {
+			return fmt.Errorf("--brokers: unknown broker %q (want platform, mochi, mochi-tuned, floor or mosquitto)", b)
+		}
+	}
 	return checkTimeout(c.Timeout)
+}
+
+// brokerNames are the brokers a connections run can measure, with the
+// name their results carry.
+var brokerNames = map[string]string{
+	"platform":    "platform",
+	"mochi":       "raw mochi, default options",
+	"mochi-tuned": "raw mochi, platform's options",
+	"floor":       "floor: 1 goroutine/conn over mochi's codec",
+	"mosquitto":   "mosquitto",
+}
+
+// brokers returns the brokers to measure, in order.
+func (c *ConnectionsConfig) brokers() []string {
+	if len(c.Brokers) > 0 {
+		return c.Brokers
+	}
+	out := []string{"platform"}
+	if c.Raw {
+		out = append(out, "mochi", "mochi-tuned", "floor")
+	}
+	if c.Mosquitto != "off" {
+		out = append(out, "mosquitto")
+	}
+	return out
 }
 
 // RunConnections creates the devices on the platform through the bulk
@@ -214,7 +261,7 @@ func RunConnections(ctx context.Context, cfg ConnectionsConfig, log io.Writer) (
 		if err != nil {
 			return nil, err
 		}
-		return startChild(ctx, "platform", goChild(exe, args, dir, "platform"), nil)
+		return startChild(ctx, "platform", goChild(exe, args, dir, "platform", cfg), nil)
 	}
 	pc, err := platformStart(ctx)
 	if err != nil {
@@ -230,76 +277,92 @@ func RunConnections(ctx context.Context, cfg ConnectionsConfig, log io.Writer) (
 	res.CreateSeconds = round(time.Since(t0).Seconds(), 3)
 	res.CreatesPerSecond = round(rate(cfg.Devices, time.Since(t0)), 0)
 	pr.printf("created %s devices in %.2fs", group(cfg.Devices), res.CreateSeconds)
-	r, err := measureBroker(ctx, cfg, pr, "platform", addr, devs, pc, platformStart, dir)
-	res.Brokers = append(res.Brokers, r)
-	if err != nil {
-		return nil, err
+	if !slices.Contains(cfg.brokers(), "platform") {
+		err := pc.stop(time.Minute)
+		if pc = nil; err != nil {
+			return nil, err
+		}
 	}
 
-	if cfg.Raw {
-		for _, opts := range []string{"default", "platform"} {
-			name := "raw mochi (" + opts + " options)"
-			addr, err := freePort()
-			if err != nil {
+	for _, b := range cfg.brokers() {
+		name := brokerNames[b]
+		var start func(context.Context) (*child, error)
+		baddr := addr
+		switch b {
+		case "platform":
+			start = platformStart
+		case "mochi", "mochi-tuned", "floor":
+			if baddr, err = freePort(); err != nil {
 				return nil, err
 			}
-			start := func(ctx context.Context) (*child, error) {
-				exe, args, err := childArgs("raw", "--mqtt", addr, "--options", opts)
+			role, extra := "raw", []string{"--options", "default"}
+			switch b {
+			case "mochi-tuned":
+				extra[1] = "platform"
+			case "floor":
+				role, extra = "floor", nil
+			}
+			start = func(ctx context.Context) (*child, error) {
+				exe, args, err := childArgs(role, append([]string{"--mqtt", baddr}, extra...)...)
 				if err != nil {
 					return nil, err
 				}
-				return startChild(ctx, name, goChild(exe, args, dir, "raw-"+opts), nil)
+				return startChild(ctx, name, goChild(exe, args, dir, b, cfg), nil)
 			}
-			c, err := start(ctx)
+		case "mosquitto":
+			mq := mosquittoPath(cfg.Mosquitto)
+			if mq == "" {
+				pr.printf("mosquitto not found on PATH: skipped")
+				continue
+			}
+			if baddr, err = freePort(); err != nil {
+				return nil, err
+			}
+			mdir := filepath.Join(dir, "mosquitto")
+			if err := os.MkdirAll(mdir, 0o755); err != nil {
+				return nil, err
+			}
+			conf, err := mosquittoFiles(ctx, mdir, baddr, devs)
 			if err != nil {
 				return nil, err
 			}
-			r, err := measureBroker(ctx, cfg, pr, name, addr, devs, c, start, dir)
-			res.Brokers = append(res.Brokers, r)
-			if err != nil {
+			start = func(ctx context.Context) (*child, error) {
+				cmd := exec.Command(mq, "-c", conf)
+				return startChild(ctx, "mosquitto", cmd, func(ctx context.Context) error { return waitListening(ctx, baddr) })
+			}
+		}
+		c := pc
+		if b != "platform" {
+			if c, err = start(ctx); err != nil {
 				return nil, err
 			}
 		}
-	}
-
-	if mq := mosquittoPath(cfg.Mosquitto); mq != "" {
-		addr, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		mdir := filepath.Join(dir, "mosquitto")
-		if err := os.MkdirAll(mdir, 0o755); err != nil {
-			return nil, err
-		}
-		conf, err := mosquittoFiles(ctx, mdir, addr, devs)
-		if err != nil {
-			return nil, err
-		}
-		start := func(ctx context.Context) (*child, error) {
-			cmd := exec.Command(mq, "-c", conf)
-			return startChild(ctx, "mosquitto", cmd, func(ctx context.Context) error { return waitListening(ctx, addr) })
-		}
-		c, err := start(ctx)
-		if err != nil {
-			return nil, err
-		}
-		r, err := measureBroker(ctx, cfg, pr, "mosquitto", addr, devs, c, start, dir)
+		r, err := measureBroker(ctx, cfg, pr, b, baddr, devs, c, start)
 		res.Brokers = append(res.Brokers, r)
 		if err != nil {
 			return nil, err
 		}
-	} else if cfg.Mosquitto != "off" {
-		pr.printf("mosquitto not found on PATH: skipped")
+		if b == "platform" {
+			pc = nil
+		}
 	}
 	res.TotalSeconds = round(time.Since(start).Seconds(), 1)
 	return res, nil
 }
 
-// goChild returns the command of a Go broker child. Its profiles go to
-// dir/NAME-*.pprof on SIGUSR1.
-func goChild(exe string, args []string, dir, name string) *exec.Cmd {
+// goChild returns the command of a Go broker child: it answers SIGUSR1
+// with its runtime figures in dir/NAME-stats.json (and profiles, see
+// goStats), and SIGUSR2 by starting, then stopping, a CPU profile in
+// dir/NAME-cpu.pprof. With cfg.ProfileDir set, dir is that directory.
+func goChild(exe string, args []string, dir, name string, cfg ConnectionsConfig) *exec.Cmd {
 	cmd := exec.Command(exe, args...)
+	if cfg.ProfileDir != "" {
+		dir = cfg.ProfileDir
+	}
 	cmd.Env = append(os.Environ(), "OUTPOST_BENCH_PROFILE="+filepath.Join(dir, name))
+	if cfg.ProfileDir != "" && cfg.ProfileExact {
+		cmd.Env = append(cmd.Env, "OUTPOST_BENCH_MEMPROFILERATE=1")
+	}
 	return cmd
 }
 
@@ -320,18 +383,21 @@ func mosquittoPath(flagValue string) string {
 // measureBroker runs the devices against one broker: memory, connect
 // storm, idle CPU and, with cfg.Restart, reconnection after a restart. It
 // stops c (or its restarted successor) before it returns.
-func measureBroker(ctx context.Context, cfg ConnectionsConfig, pr progress, name, addr string, devs []apiDevice,
-	c *child, restart func(context.Context) (*child, error), dir string) (res *BrokerConnResult, err error) {
-	res = &BrokerConnResult{Broker: name}
+func measureBroker(ctx context.Context, cfg ConnectionsConfig, pr progress, key, addr string, devs []apiDevice,
+	c *child, restart func(context.Context) (*child, error)) (res *BrokerConnResult, err error) {
+	name := brokerNames[key]
+	res = &BrokerConnResult{Broker: name, Key: key}
 	f := newLoadFleet(addr, devs, loadOptions{keepalive: cfg.Keepalive, timeout: 10 * time.Second,
 		minBack: 250 * time.Millisecond, maxBack: 30 * time.Second, sources: cfg.Sources})
 	defer func() {
-		f.stop()
+		// The broker goes first, with the devices still connected, as in
+		// a restart.
 		if c != nil {
-			if serr := c.stop(30 * time.Second); err == nil && serr != nil {
+			if serr := c.stop(time.Minute); err == nil && serr != nil {
 				err = serr
 			}
 		}
+		f.stop()
 		if err != nil {
 			res.Error = err.Error()
 			err = fmt.Errorf("%s: %w", name, err)
@@ -375,7 +441,7 @@ func measureBroker(ctx context.Context, cfg ConnectionsConfig, pr progress, name
 	res.RSSPerDeviceKiB = round(float64(rss-base)/1024/float64(len(devs)), 2)
 	prof := ""
 	if cfg.ProfileDir != "" {
-		prof = filepath.Join(cfg.ProfileDir, strings.NewReplacer(" ", "-", "(", "", ")", "").Replace(name))
+		prof = filepath.Join(cfg.ProfileDir, key)
 	}
 	if st, err := c.goStats(ctx, prof); err == nil {
 		res.GoHeapMiB, res.GoStackMiB, res.Goroutines = mib(st.HeapInuse), mib(st.StackInuse), st.Goroutines
@@ -386,6 +452,10 @@ func measureBroker(ctx context.Context, cfg ConnectionsConfig, pr progress, name
 	}
 	pr.printf("%s: RSS %.1f MiB → %.1f MiB: %.2f KiB per device", name, res.RSSBaseMiB, res.RSSMiB, res.RSSPerDeviceKiB)
 
+	profiling := prof != "" && c.cmd.Env != nil
+	if profiling {
+		_ = c.cmd.Process.Signal(syscall.SIGUSR2)
+	}
 	cpu0, err := procCPU(c.pid())
 	if err != nil {
 		return res, err
@@ -397,6 +467,9 @@ func measureBroker(ctx context.Context, cfg ConnectionsConfig, pr progress, name
 	cpu1, err := procCPU(c.pid())
 	if err != nil {
 		return res, err
+	}
+	if profiling {
+		_ = c.cmd.Process.Signal(syscall.SIGUSR2) // the idle CPU profile: ProfileDir/KEY-cpu.pprof
 	}
 	wall := time.Since(w0)
 	res.IdleSeconds = round(wall.Seconds(), 1)

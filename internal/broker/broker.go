@@ -158,6 +158,9 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 		cfg.MaxSubscriptions = 0
 	}
 	srv := mqtt.New(MochiOptions(cfg))
+	if err := SlowMochiSweeps(srv, sweepInterval); err != nil {
+		cfg.Logger.Warn("mochi's expiry sweeps stay at once a second: idle CPU grows with the number of devices", "error", err)
+	}
 	b := &Broker{srv: srv, log: cfg.Logger, h: h, maxSubs: cfg.MaxSubscriptions, stopc: make(chan struct{}),
 		throttle: newAuthThrottle(cfg.AuthFailureDelay, cfg.AuthFailureDelayMax, cfg.Logger)}
 	// The session hook goes first: its OnDisconnect must run before any
@@ -240,8 +243,10 @@ func MochiOptions(cfg Config) *mqtt.Options {
 		Capabilities: caps,
 		// mochi reports routine events (hooks added, stopped) at info
 		// level, and puts whole packets into its records (log.go).
-		Logger:                 slog.New(mochiLog{cfg.Logger.Handler()}),
-		SysTopicResendInterval: 0,
+		Logger: slog.New(mochiLog{cfg.Logger.Handler()}),
+		// Devices may not subscribe to $SYS (ACL): mochi's default of
+		// publishing it every second only costs idle CPU.
+		SysTopicResendInterval: 3600,
 	}
 }
 
