@@ -45,10 +45,12 @@ const childCommand = "connections-child"
 // childMain runs `bench connections-child ROLE [flags]`: a broker that
 // prints its endpoints ("mqtt: tcp://HOST:PORT", for the platform also
 // "http: URL" and "admin token: T"), then "ready", and runs until SIGTERM
-// or until its standard input closes (the benchmark that started it ended).
+// or until its standard input closes (the benchmark that started it ended);
+// or, for the role "load", a fleet of idle devices driven through its
+// standard input (loadMain).
 func childMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("bench connections-child: want a role: platform, raw or floor")
+		return errors.New("bench connections-child: want a role: platform, raw, floor or load")
 	}
 	role := args[0]
 	fs := newFlagSet(childCommand+" "+role, stderr)
@@ -60,13 +62,16 @@ func childMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if _, err := server.RaiseFileLimit(); err != nil {
+		fmt.Fprintln(stderr, "raise file limit:", err)
+	}
+	if role == "load" {
+		return loadMain(ctx, os.Stdin, stdout)
+	}
 	go func() { // the parent went away: stop
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		stop()
 	}()
-	if _, err := server.RaiseFileLimit(); err != nil {
-		fmt.Fprintln(stderr, "raise file limit:", err)
-	}
 	if os.Getenv("OUTPOST_BENCH_MEMPROFILERATE") == "1" {
 		runtime.MemProfileRate = 1
 	}
@@ -142,7 +147,7 @@ func childMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fb.close()
 		return nil
 	}
-	return fmt.Errorf("bench connections-child: unknown role %q (want platform, raw or floor)", role)
+	return fmt.Errorf("bench connections-child: unknown role %q (want platform, raw, floor or load)", role)
 }
 
 // childStats are a Go broker child's runtime figures after a collection.
@@ -512,4 +517,72 @@ func childArgs(role string, extra ...string) (string, []string, error) {
 		return "", nil, err
 	}
 	return exe, append([]string{"bench", childCommand, role}, extra...), nil
+}
+
+// loadMain holds idle devices for another process, driven by lines on in:
+//
+//	connect ADDR FILE   connect every device of FILE (lines "ID PASSWORD")
+//	                    to the broker at ADDR; answers "connected N" once
+//	                    all are connected and subscribed
+//	disconnect          disconnects them; answers "disconnected"
+//
+// An error is answered "error: …". It ends when in closes.
+func loadMain(ctx context.Context, in io.Reader, out io.Writer) error {
+	var f *loadFleet
+	defer func() {
+		if f != nil {
+			f.stop()
+		}
+	}()
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		cmd := strings.Fields(sc.Text())
+		var answer string
+		switch {
+		case len(cmd) == 3 && cmd[0] == "connect" && f == nil:
+			devs, err := readLoadDevices(cmd[2])
+			if err != nil {
+				answer = "error: " + err.Error()
+				break
+			}
+			f = newLoadFleet(cmd[1], devs, loadOptions{keepalive: time.Minute, timeout: 10 * time.Second,
+				minBack: 250 * time.Millisecond, maxBack: 5 * time.Second, sources: 16})
+			f.start()
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			err = f.waitConnected(wctx, false)
+			cancel()
+			if err != nil {
+				answer = "error: " + err.Error()
+			} else {
+				answer = fmt.Sprintf("connected %d", len(devs))
+			}
+		case len(cmd) == 1 && cmd[0] == "disconnect" && f != nil:
+			f.stop()
+			f = nil
+			answer = "disconnected"
+		default:
+			answer = fmt.Sprintf("error: unexpected command %q", sc.Text())
+		}
+		if _, err := fmt.Fprintln(out, answer); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+// readLoadDevices reads "ID PASSWORD" lines.
+func readLoadDevices(path string) ([]apiDevice, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var devs []apiDevice
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		id, pw, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok {
+			return nil, fmt.Errorf("%s: bad line %q", path, line)
+		}
+		devs = append(devs, apiDevice{ID: id, Password: pw})
+	}
+	return devs, nil
 }

@@ -82,8 +82,13 @@ type BrokerConnResult struct {
 	// every device connected and idle.
 	RSSBaseMiB float64 `json:"rss_base_mib"`
 	RSSMiB     float64 `json:"rss_mib"`
-	// RSSPerDeviceKiB = (RSSMiB - RSSBaseMiB) / devices.
-	RSSPerDeviceKiB float64 `json:"rss_per_device_kib"`
+	// RSSPerDeviceKiB = (RSSMiB - RSSBaseMiB) / devices, read Settle
+	// after the last device connected; RSSIdlePerDeviceKiB the same at the
+	// end of the idle window (the runtime has had time to shrink stacks
+	// and return memory).
+	RSSPerDeviceKiB     float64 `json:"rss_per_device_kib"`
+	RSSIdleMiB          float64 `json:"rss_idle_mib"`
+	RSSIdlePerDeviceKiB float64 `json:"rss_idle_per_device_kib"`
 	// Go brokers: heap in use, goroutine stacks and goroutines, with the
 	// devices connected, after a collection.
 	GoHeapMiB   float64 `json:"go_heap_mib,omitempty"`
@@ -472,6 +477,10 @@ func measureBroker(ctx context.Context, cfg ConnectionsConfig, pr progress, key,
 		_ = c.cmd.Process.Signal(syscall.SIGUSR2) // the idle CPU profile: ProfileDir/KEY-cpu.pprof
 	}
 	wall := time.Since(w0)
+	if rss, err := procRSS(c.pid()); err == nil {
+		res.RSSIdleMiB = mib(rss)
+		res.RSSIdlePerDeviceKiB = round(float64(rss-base)/1024/float64(len(devs)), 2)
+	}
 	res.IdleSeconds = round(wall.Seconds(), 1)
 	res.IdleCPUPercent = round(100*float64(cpu1-cpu0)/float64(wall), 3)
 	res.IdleLoad = loadAvg()
@@ -627,19 +636,21 @@ func printConnections(w io.Writer, r *ConnectionsResult) {
 	fmt.Fprintf(w, "workload: %s idle MQTT 3.1.1 devices (clean session, keep-alive %.0fs, one subscription each), connecting at once from a separate process; created through the bulk API in %.2fs (%s/s)\n\n",
 		group(r.Devices), r.KeepaliveSeconds, r.CreateSeconds, groupf(r.CreatesPerSecond))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "\tRSS/device KiB\tRSS MiB\tconnect s\tconnects/s\tfailed attempts\tidle CPU %%\treconnect s\tload avg\t\n")
+	fmt.Fprintf(tw, "\tRSS/device KiB\tafter idle\tRSS MiB\tconnect s\tconnects/s\tfailed attempts\tidle CPU %%\treconnect s\tload avg\t\n")
 	for _, b := range r.Brokers {
 		rec := "-"
 		if b.ReconnectSeconds > 0 {
 			rec = fmt.Sprintf("%.2f", b.ReconnectSeconds)
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%.1f\t%.2f\t%s\t%d\t%.2f\t%s\t%s\t\n", b.Broker, b.RSSPerDeviceKiB, b.RSSMiB, b.ConnectSeconds,
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.1f\t%.2f\t%s\t%d\t%.2f\t%s\t%s\t\n", b.Broker, b.RSSPerDeviceKiB, b.RSSIdlePerDeviceKiB, b.RSSMiB, b.ConnectSeconds,
 			groupf(b.ConnectsPerSecond), b.FailedAttempts, b.IdleCPUPercent, rec, b.IdleLoad)
 	}
 	tw.Flush()
 	for _, b := range r.Brokers {
 		if b.Goroutines > 0 {
-			fmt.Fprintf(w, "%s: Go heap %.1f → %.1f MiB, stacks %.1f → %.1f MiB, %d goroutines\n", b.Broker, b.GoHeapBase, b.GoHeapMiB, b.GoStackBase, b.GoStackMiB, b.Goroutines)
+			n := float64(r.Devices)
+			fmt.Fprintf(w, "%s: after a collection, Go heap %.1f → %.1f MiB (%.1f KiB/device), stacks %.1f → %.1f MiB (%.1f KiB/device), %d goroutines\n",
+				b.Broker, b.GoHeapBase, b.GoHeapMiB, (b.GoHeapMiB-b.GoHeapBase)*1024/n, b.GoStackBase, b.GoStackMiB, (b.GoStackMiB-b.GoStackBase)*1024/n, b.Goroutines)
 		}
 	}
 	fmt.Fprintf(w, "total %.1fs\n", r.TotalSeconds)
