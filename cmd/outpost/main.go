@@ -5,7 +5,7 @@
 //	outpost device list|show|delete    manage devices
 //	outpost rpc DEVICE METHOD [ARGS]   call a function on a device
 //	outpost telemetry DEVICE           print stored readings
-//	outpost bench ingest|rpc           measure the platform against raw limits
+//	outpost bench ingest|rpc|connections  measure the platform against raw limits
 //	outpost backup FILE                copy the database consistently, even while it runs
 //
 // Client commands find the platform through --server and --token, else
@@ -50,7 +50,7 @@ Usage:
   outpost params unset DEVICE KEY…              remove parameters
   outpost events DEVICE [--kind event|notification] [--limit N] [--since T]
   outpost stream [--device ID]… [--kind KIND]…  print live events as JSON lines until interrupted
-  outpost bench ingest|rpc [flags]
+  outpost bench ingest|rpc|connections [flags]
   outpost env [--data DIR]                      print OUTPOST_SERVER and OUTPOST_TOKEN for curl: eval "$(outpost env)"
   outpost backup [--data DIR] FILE              copy the database consistently, even while the platform runs
   outpost version

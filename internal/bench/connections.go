@@ -291,11 +291,11 @@ func RunConnections(ctx context.Context, cfg ConnectionsConfig, log io.Writer) (
 
 	for _, b := range cfg.brokers() {
 		name := brokerNames[b]
-		var start func(context.Context) (*child, error)
+		var launch func(context.Context) (*child, error)
 		baddr := addr
 		switch b {
 		case "platform":
-			start = platformStart
+			launch = platformStart
 		case "mochi", "mochi-tuned", "floor":
 			if baddr, err = freePort(); err != nil {
 				return nil, err
@@ -307,7 +307,7 @@ func RunConnections(ctx context.Context, cfg ConnectionsConfig, log io.Writer) (
 			case "floor":
 				role, extra = "floor", nil
 			}
-			start = func(ctx context.Context) (*child, error) {
+			launch = func(ctx context.Context) (*child, error) {
 				exe, args, err := childArgs(role, append([]string{"--mqtt", baddr}, extra...)...)
 				if err != nil {
 					return nil, err
@@ -331,18 +331,18 @@ func RunConnections(ctx context.Context, cfg ConnectionsConfig, log io.Writer) (
 			if err != nil {
 				return nil, err
 			}
-			start = func(ctx context.Context) (*child, error) {
+			launch = func(ctx context.Context) (*child, error) {
 				cmd := exec.Command(mq, "-c", conf)
 				return startChild(ctx, "mosquitto", cmd, func(ctx context.Context) error { return waitListening(ctx, baddr) })
 			}
 		}
 		c := pc
 		if b != "platform" {
-			if c, err = start(ctx); err != nil {
+			if c, err = launch(ctx); err != nil {
 				return nil, err
 			}
 		}
-		r, err := measureBroker(ctx, cfg, pr, b, baddr, devs, c, start)
+		r, err := measureBroker(ctx, cfg, pr, b, baddr, devs, c, launch)
 		res.Brokers = append(res.Brokers, r)
 		if err != nil {
 			return nil, err

@@ -163,8 +163,11 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	}
 	b := &Broker{srv: srv, log: cfg.Logger, h: h, maxSubs: cfg.MaxSubscriptions, stopc: make(chan struct{}),
 		throttle: newAuthThrottle(cfg.AuthFailureDelay, cfg.AuthFailureDelayMax, cfg.Logger)}
-	// The session hook goes first: its OnDisconnect must run before any
-	// other hook's (sessions.go).
+	if err := srv.AddHook(&noRetainedHook{srv: srv}, nil); err != nil {
+		return nil, err
+	}
+	// The session hook goes first of the hooks that see clients: its
+	// OnDisconnect must run before any other hook's (sessions.go).
 	if err := srv.AddHook(&sessionHook{b: b}, nil); err != nil {
 		return nil, err
 	}
@@ -238,6 +241,12 @@ func MochiOptions(cfg Config) *mqtt.Options {
 	caps.ReceiveMaximum = receiveMaximum
 	caps.MaximumMessageExpiryInterval = 24 * 3600
 	caps.MaximumClientWritesPending = clientWritesPending
+	// Nothing is retained (docs/protocol.md §2.8): mochi drops the retain
+	// flag of every publish, its own $SYS ones included. With no retained
+	// message mochi's scan for them on every SUBSCRIBE ends at once; with
+	// one, it recurses through the topic tree with 4 KiB frames, which grew
+	// every subscribing connection's goroutine stack to 64 KiB.
+	caps.RetainAvailable = 0
 	return &mqtt.Options{
 		InlineClient: true,
 		Capabilities: caps,

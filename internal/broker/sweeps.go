@@ -7,6 +7,8 @@ import (
 	"unsafe"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
 )
 
 // sweepInterval is how often mochi looks for expired sessions and expired
@@ -53,4 +55,27 @@ func SlowMochiSweeps(srv *mqtt.Server, interval time.Duration) error {
 		t.Reset(interval)
 	}
 	return nil
+}
+
+// noRetainedHook keeps mochi's store of retained messages empty. Nothing
+// is retained on the platform (Capabilities.RetainAvailable 0 drops the
+// flag of every publish), but mochi retains its own $SYS values whenever
+// it publishes them; with any message retained, every SUBSCRIBE scans the
+// topic tree for matches recursively, in 4 KiB frames, and the
+// subscribing connection's goroutine stack grows to 64 KiB (issue 16).
+type noRetainedHook struct {
+	mqtt.HookBase
+	srv *mqtt.Server
+}
+
+func (h *noRetainedHook) ID() string { return "outpost-no-retained" }
+
+func (h *noRetainedHook) Provides(b byte) bool { return b == mqtt.OnSysInfoTick }
+
+// OnSysInfoTick runs right after mochi published (and retained) its $SYS
+// values: it unsets them.
+func (h *noRetainedHook) OnSysInfoTick(*system.Info) {
+	for topic := range h.srv.Topics.Retained.GetAll() {
+		h.srv.Topics.RetainMessage(packets.Packet{TopicName: topic})
+	}
 }
