@@ -235,7 +235,7 @@ func startRawConnBroker(addr, opts string, log *slog.Logger) (*rawConnBroker, er
 	}
 	srv := mqtt.New(o)
 	if opts == "platform" {
-		if err := broker.SlowMochiSweeps(srv, 30*time.Second); err != nil {
+		if err := broker.TuneMochi(srv); err != nil {
 			return nil, err
 		}
 	}

@@ -67,7 +67,7 @@ func TestConnectionsFlags(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	if err := bench.Main(ctx, []string{"connections", "--help"}, &out, &out); err != nil || !strings.Contains(out.String(), "--devices") {
+	if err := bench.Main(ctx, []string{"connections", "--help"}, &out, &out); err != nil || !strings.Contains(out.String(), "-devices") {
 		t.Errorf("connections --help: %v, %q", err, out.String())
 	}
 }

@@ -140,7 +140,7 @@ func rawMochi(t *testing.T, opts *mqtt.Options, tuned bool) (addr string, stop f
 	t.Helper()
 	srv := mqtt.New(opts)
 	if tuned {
-		if err := broker.SlowMochiSweeps(srv, 30*time.Second); err != nil {
+		if err := broker.TuneMochi(srv); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -158,14 +158,11 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 		cfg.MaxSubscriptions = 0
 	}
 	srv := mqtt.New(MochiOptions(cfg))
-	if err := SlowMochiSweeps(srv, sweepInterval); err != nil {
+	if err := TuneMochi(srv); err != nil {
 		cfg.Logger.Warn("mochi's expiry sweeps stay at once a second: idle CPU grows with the number of devices", "error", err)
 	}
 	b := &Broker{srv: srv, log: cfg.Logger, h: h, maxSubs: cfg.MaxSubscriptions, stopc: make(chan struct{}),
 		throttle: newAuthThrottle(cfg.AuthFailureDelay, cfg.AuthFailureDelayMax, cfg.Logger)}
-	if err := srv.AddHook(&noRetainedHook{srv: srv}, nil); err != nil {
-		return nil, err
-	}
 	// The session hook goes first of the hooks that see clients: its
 	// OnDisconnect must run before any other hook's (sessions.go).
 	if err := srv.AddHook(&sessionHook{b: b}, nil); err != nil {

@@ -24,6 +24,19 @@ import (
 // small).
 const sweepInterval = 30 * time.Second
 
+// TuneMochi does to a new mochi server what its options cannot: it slows
+// its expiry sweeps down to every 30 seconds (SlowMochiSweeps) and keeps
+// its store of retained messages empty (mochi retains its own $SYS
+// values). With MochiOptions, it is how the platform runs mochi. The
+// error is SlowMochiSweeps's (mochi's layout changed); the server is
+// usable all the same, with the sweeps at once a second.
+func TuneMochi(srv *mqtt.Server) error {
+	if err := srv.AddHook(&noRetainedHook{srv: srv}, nil); err != nil {
+		return err
+	}
+	return SlowMochiSweeps(srv, sweepInterval)
+}
+
 // SlowMochiSweeps makes mochi's expiry sweeps of clients and in-flight
 // messages run every interval instead of every second. mochi has no option
 // for it: the tickers are fields of an unexported struct, reached by
