@@ -238,12 +238,6 @@ func MochiOptions(cfg Config) *mqtt.Options {
 	caps.ReceiveMaximum = receiveMaximum
 	caps.MaximumMessageExpiryInterval = 24 * 3600
 	caps.MaximumClientWritesPending = clientWritesPending
-	// Nothing is retained (docs/protocol.md §2.8): mochi drops the retain
-	// flag of every publish, its own $SYS ones included. With no retained
-	// message mochi's scan for them on every SUBSCRIBE ends at once; with
-	// one, it recurses through the topic tree with 4 KiB frames, which grew
-	// every subscribing connection's goroutine stack to 64 KiB.
-	caps.RetainAvailable = 0
 	return &mqtt.Options{
 		InlineClient: true,
 		Capabilities: caps,

@@ -71,11 +71,11 @@ func SlowMochiSweeps(srv *mqtt.Server, interval time.Duration) error {
 }
 
 // noRetainedHook keeps mochi's store of retained messages empty. Nothing
-// is retained on the platform (Capabilities.RetainAvailable 0 drops the
-// flag of every publish), but mochi retains its own $SYS values whenever
-// it publishes them; with any message retained, every SUBSCRIBE scans the
-// topic tree for matches recursively, in 4 KiB frames, and the
-// subscribing connection's goroutine stack grows to 64 KiB (issue 16).
+// a device sends is retained (the auth hook clears the flag), but mochi
+// retains its own $SYS values whenever it publishes them; with any message
+// retained, every SUBSCRIBE scans the topic tree for matches recursively,
+// in 4 KiB frames, and the subscribing connection's goroutine stack grows
+// to 64 KiB (issue 16).
 type noRetainedHook struct {
 	mqtt.HookBase
 	srv *mqtt.Server
