@@ -33,16 +33,9 @@ func (h *authHook) Provides(b byte) bool {
 // is not a valid MQTT 3.1.1 return code. Without the flag the login is
 // refused as bad credentials, like any other: 0x05 on MQTT 3.1.1, 0x86 on
 // MQTT 5.
-//
-// It also clears the retain flag of a device's PUBLISH: nothing a device
-// sends is retained (docs/protocol.md §2.8), and mochi's store of retained
-// messages stays empty (see noRetainedHook).
 func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	switch {
-	case pk.FixedHeader.Type == packets.Connect && pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0:
+	if pk.FixedHeader.Type == packets.Connect && pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
 		pk.Connect.PasswordFlag = false
-	case pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Retain:
-		pk.FixedHeader.Retain = false
 	}
 	return pk, nil
 }

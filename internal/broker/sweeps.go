@@ -71,7 +71,8 @@ func SlowMochiSweeps(srv *mqtt.Server, interval time.Duration) error {
 }
 
 // noRetainedHook keeps mochi's store of retained messages empty. Nothing
-// a device sends is retained (the auth hook clears the flag), but mochi
+// a device sends is retained (the route hook never lets mochi retain a
+// device's publish, docs/protocol.md §2.8), but mochi
 // retains its own $SYS values whenever it publishes them; with any message
 // retained, every SUBSCRIBE scans the topic tree for matches recursively,
 // in 4 KiB frames, and the subscribing connection's goroutine stack grows
