@@ -216,9 +216,9 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 // MiB of heap, most of it never touched, which also put the collector's
 // goal out of reach so that the garbage of a connect storm stayed
 // resident. A message that finds the queue full is dropped by mochi and
-// counted (outpost_mqtt_messages_dropped_total): what the platform sends
-// one device at once must stay well under this bound (the down queue's
-// send window).
+// counted (Broker.Dropped, outpost_mqtt_messages_dropped_total): what the
+// platform sends one device at once must stay well under this bound (the
+// down queue's send window).
 const clientWritesPending = 256
 
 // MochiOptions returns the options the broker gives mochi for cfg (whose
@@ -272,6 +272,12 @@ func (b *Broker) addr(id string) net.Addr {
 
 // Stats returns the broker's counters.
 func (b *Broker) Stats() *Stats { return &b.stats }
+
+// Dropped returns how many messages to devices mochi dropped because the
+// device's write queue (clientWritesPending) or in-flight window was full.
+func (b *Broker) Dropped() int64 {
+	return atomic.LoadInt64(&b.srv.Info.MessagesDropped) + atomic.LoadInt64(&b.srv.Info.InflightDropped)
+}
 
 // Clients returns the number of connected clients.
 func (b *Broker) Clients() int64 { return atomic.LoadInt64(&b.srv.Info.ClientsConnected) }

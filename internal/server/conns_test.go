@@ -190,6 +190,9 @@ func TestConnectsDoNotWaitForTheDatabase(t *testing.T) {
 		}
 	}
 	unlock()
+	if !strings.Contains(metricsText(t, p), "outpost_mqtt_messages_dropped_total 0") {
+		t.Error("no outpost_mqtt_messages_dropped_total 0 in /metrics")
+	}
 	// Presence reaches the store once it is writable again.
 	outposttest.Eventually(t, 30*time.Second, "presence stored", func() bool {
 		var n int
