@@ -97,8 +97,10 @@ type BrokerConnResult struct {
 	GoHeapBase  float64 `json:"go_heap_base_mib,omitempty"`
 	GoStackBase float64 `json:"go_stack_base_mib,omitempty"`
 	// GoMemory is the Go runtime's memory by class (runtime/metrics
-	// /memory/classes/…, MiB) with the devices connected.
-	GoMemory map[string]float64 `json:"go_memory_mib,omitempty"`
+	// /memory/classes/…, MiB) with the devices connected, before the
+	// collection; GoMemoryIdle the same at the end of the idle window.
+	GoMemory     map[string]float64 `json:"go_memory_mib,omitempty"`
+	GoMemoryIdle map[string]float64 `json:"go_memory_idle_mib,omitempty"`
 	// ConnectSeconds is from the moment every device starts connecting at
 	// once until the last one is connected and subscribed.
 	ConnectSeconds    float64 `json:"connect_seconds"`
@@ -109,6 +111,8 @@ type BrokerConnResult struct {
 	Attempts       int64 `json:"attempts"`
 	FailedAttempts int64 `json:"failed_attempts"`
 	Refused        int64 `json:"refused"`
+	// LastError is why the last failed attempt failed, if any did.
+	LastError string `json:"last_error,omitempty"`
 	// IdleCPUPercent is the broker's CPU time over the idle window, in
 	// percent of one core; IdleLoad the machine's load average then.
 	IdleCPUPercent float64 `json:"idle_cpu_percent"`
@@ -428,6 +432,9 @@ func measureBroker(ctx context.Context, cfg ConnectionsConfig, pr progress, key,
 	cancel()
 	took := time.Since(t0)
 	res.Attempts, res.FailedAttempts, res.Refused = f.attempts.Load(), f.failures.Load(), f.refused.Load()
+	if err := f.err(); err != nil {
+		res.LastError = err.Error()
+	}
 	if err != nil {
 		return res, fmt.Errorf("connect storm: %w", err)
 	}
@@ -480,6 +487,12 @@ func measureBroker(ctx context.Context, cfg ConnectionsConfig, pr progress, key,
 	if rss, err := procRSS(c.pid()); err == nil {
 		res.RSSIdleMiB = mib(rss)
 		res.RSSIdlePerDeviceKiB = round(float64(rss-base)/1024/float64(len(devs)), 2)
+	}
+	if st, err := c.goStats(ctx, ""); err == nil {
+		res.GoMemoryIdle = map[string]float64{}
+		for k, v := range st.Memory {
+			res.GoMemoryIdle[k] = mib(v)
+		}
 	}
 	res.IdleSeconds = round(wall.Seconds(), 1)
 	res.IdleCPUPercent = round(100*float64(cpu1-cpu0)/float64(wall), 3)
