@@ -188,6 +188,7 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 		}
 		nl := NewListener(id, l, tc, cfg.Logger)
 		nl.lim, nl.stats, nl.ended = cfg.Limits, &b.stats, b.connEnded
+		nl.closeClients = func() { b.disconnectAll(id) }
 		b.lns = append(b.lns, nl)
 		return srv.AddListener(serveTracker{nl}) // see ready.go
 	}
@@ -340,6 +341,17 @@ func (b *Broker) Close() error {
 		b.throttle.flush()
 	})
 	return err
+}
+
+// disconnectAll disconnects the clients of listener id at shutdown, as
+// mochi's closeListenerClients does but reading its client map under one
+// read lock (see Listener.Close).
+func (b *Broker) disconnectAll(id string) {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Net.Inline && !cl.Closed() {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 func (b *Broker) closeListeners() {
