@@ -78,10 +78,10 @@ type Listener struct {
 	// closeClients, if set, disconnects the listener's clients at Close
 	// instead of mochi's own function (see Close).
 	closeClients func()
-	done  atomic.Bool
+	done         atomic.Bool
 	// exited: Serve returned without Stop (see ready.go).
 	exited atomic.Bool
-	stopc chan struct{}
+	stopc  chan struct{}
 
 	mu        sync.Mutex
 	conns     map[*conn]struct{}
