@@ -485,6 +485,14 @@ func (c *Client) onDown(r *run) bool {
 		c.link = nil
 		c.notifyLocked()
 	}
+	if wasReady && c.run == r {
+		// The first attempt after losing a working connection waits a
+		// random moment within the minimum backoff: a fleet that lost the
+		// platform at once (a restart, a network cut) comes back spread
+		// out instead of in lock-step. (A failed attempt has set its own
+		// delay already.)
+		r.delay = rand.N(c.opt.minBackoff + 1)
+	}
 	c.mu.Unlock()
 	if wasReady {
 		c.opt.log.Info("connection lost", "device_id", c.id)

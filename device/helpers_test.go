@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -34,12 +35,13 @@ type upPublish struct {
 type mqttProxy struct {
 	target string
 
-	mu      sync.Mutex
-	addr    string
-	ln      net.Listener
-	conns   map[net.Conn]struct{}
-	publish []upPublish
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	addr     string
+	ln       net.Listener
+	conns    map[net.Conn]struct{}
+	publish  []upPublish
+	accepted []time.Time // when each device connection was accepted
+	wg       sync.WaitGroup
 }
 
 // newProxy reserves an address for a proxy to target without listening on
@@ -81,6 +83,9 @@ func (p *mqttProxy) start(t *testing.T) {
 			if err != nil {
 				return
 			}
+			p.mu.Lock()
+			p.accepted = append(p.accepted, time.Now())
+			p.mu.Unlock()
 			p.wg.Add(1)
 			go func() {
 				defer p.wg.Done()
@@ -102,6 +107,29 @@ func (p *mqttProxy) stop() {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+}
+
+// dropAll closes every connection going through the proxy, and goes on
+// accepting new ones.
+func (p *mqttProxy) dropAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// acceptedSince returns when the connections accepted after t came.
+func (p *mqttProxy) acceptedSince(t time.Time) []time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []time.Time
+	for _, a := range p.accepted {
+		if a.After(t) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func (p *mqttProxy) track(cs ...net.Conn) bool {

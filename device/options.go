@@ -128,7 +128,9 @@ func WithRetryOnFailedConnect() Option {
 
 // WithReconnectBackoff bounds the wait between connection attempts,
 // 0 < min <= max; the wait doubles from min to max while attempts fail,
-// with jitter (default 250ms to 30s).
+// with jitter (default 250ms to 30s). The first attempt after a working
+// connection is lost waits a random moment up to min, so that a fleet
+// that lost the platform together comes back spread out.
 func WithReconnectBackoff(min, max time.Duration) Option {
 	return func(o *options) error {
 		if min <= 0 || max < min {

@@ -261,6 +261,33 @@ func (c *Client) CreateDevice(ctx context.Context, name string) (*NewDevice, err
 	return &d, nil
 }
 
+// MaxCreateBatch is how many devices the platform registers in one
+// request; CreateDevices splits longer lists.
+const MaxCreateBatch = 5000
+
+// CreateDevices registers a device for each name, MaxCreateBatch at a time,
+// each batch in one request and all or nothing (ErrConflict when a name
+// is taken, ErrInvalid for a bad or repeated name). On an error it returns
+// the devices of the batches registered before it, in the order of names.
+func (c *Client) CreateDevices(ctx context.Context, names []string) ([]NewDevice, error) {
+	out := make([]NewDevice, 0, len(names))
+	for len(names) > 0 {
+		batch := names[:min(len(names), MaxCreateBatch)]
+		names = names[len(batch):]
+		var resp struct {
+			Devices []NewDevice `json:"devices"`
+		}
+		if err := c.do(ctx, "POST", "/api/v1/devices/bulk", nil, map[string][]string{"names": batch}, &resp); err != nil {
+			return out, err
+		}
+		if len(resp.Devices) != len(batch) {
+			return out, fmt.Errorf("fleet: create devices: asked for %d, the platform returned %d", len(batch), len(resp.Devices))
+		}
+		out = append(out, resp.Devices...)
+	}
+	return out, nil
+}
+
 // DeviceFilter selects devices; zero fields match all. (The platform has
 // no device attributes yet, so there is no attribute filter.)
 type DeviceFilter struct {

@@ -54,7 +54,7 @@ func TestHelpEverywhere(t *testing.T) {
 	}{
 		{[]string{"serve"}, "Usage: outpost serve [flags]", "--server"},
 		{[]string{"device"}, "create NAME", ""},
-		{[]string{"device", "create"}, "Usage: outpost device create NAME [flags]", "--online"},
+		{[]string{"device", "create"}, "Usage: outpost device create NAME… [flags]", "--online"},
 		{[]string{"device", "list"}, "--online", "--state"},
 		{[]string{"device", "show"}, "Usage: outpost device show DEVICE", "--online"},
 		{[]string{"device", "delete"}, "Usage: outpost device delete DEVICE", "--name"},

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -17,7 +19,7 @@ var deviceGroup = group{
 	name:  "device",
 	about: "Register and manage devices.",
 	subs: []subcommand{
-		{name: "create", usage: "NAME", summary: "register a device and print its credentials as JSON", run: cmdDeviceCreate},
+		{name: "create", usage: "NAME…", summary: "register devices and print their credentials as JSON", run: cmdDeviceCreate},
 		{name: "list", aliases: []string{"ls"}, summary: "list devices with their presence", run: cmdDeviceList},
 		{name: "show", aliases: []string{"get"}, usage: "DEVICE", summary: "show one device", run: cmdDeviceShow},
 		{name: "delete", aliases: []string{"rm"}, usage: "DEVICE", summary: "delete a device and its data, disconnect it", run: cmdDeviceDelete},
@@ -30,21 +32,77 @@ func cmdDevice(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func cmdDeviceCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	sp := spec{name: "device create", args: "NAME", min: 1, max: 1, about: `Register a device and print it as JSON: its id (the MQTT username), its
+	sp := spec{name: "device create", args: "NAME…", min: 0, max: -1, about: `Register a device and print it as JSON: its id (the MQTT username), its
 password (shown only now) and url, the ready-made endpoint
 mqtt://ID:PASSWORD@HOST:PORT that devices and the examples read from
-OUTPOST_DEVICE_URL.`}
-	cf, pos, err := clientCmd(sp, args, stdout, nil)
+OUTPOST_DEVICE_URL.
+
+With several names (arguments, or one per line of --names-from), the
+devices are registered in bulk, 5,000 per request, each request all or
+nothing, and printed as {"devices": [...]} in the order of the names.`}
+	var from *string
+	cf, pos, err := clientCmd(sp, args, stdout, func(fs *flag.FlagSet) {
+		from = fs.String("names-from", "", "read more names from `FILE`, one per line (- for standard input)")
+	})
 	if err != nil {
 		return err
 	}
-	return withClient(ctx, cf, func(f *fleet.Client) error {
-		d, err := f.CreateDevice(ctx, pos[0])
+	names := pos
+	if *from != "" {
+		more, err := readNames(*from)
 		if err != nil {
 			return err
 		}
-		return printJSON(stdout, d)
+		names = append(names, more...)
+	}
+	if len(names) == 0 {
+		return usagef("device create: give at least one NAME (or --names-from)")
+	}
+	return withClient(ctx, cf, func(f *fleet.Client) error {
+		if len(names) == 1 && *from == "" {
+			d, err := f.CreateDevice(ctx, names[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(stdout, d)
+		}
+		ds, err := f.CreateDevices(ctx, names)
+		if err != nil {
+			if len(ds) > 0 {
+				// Print what was registered: their passwords are shown only
+				// now.
+				_ = printJSON(stdout, map[string]any{"devices": ds})
+				return fmt.Errorf("%w (the %d devices above were registered)", err, len(ds))
+			}
+			return err
+		}
+		return printJSON(stdout, map[string]any{"devices": ds})
 	})
+}
+
+// readNames reads device names, one per line (blank lines skipped), from
+// path or, for "-", standard input.
+func readNames(path string) ([]string, error) {
+	var r io.Reader = os.Stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("--names-from: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	var names []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if n := strings.TrimSpace(sc.Text()); n != "" {
+			names = append(names, n)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("--names-from: %w", err)
+	}
+	return names, nil
 }
 
 func cmdDeviceList(ctx context.Context, args []string, stdout, stderr io.Writer) error {

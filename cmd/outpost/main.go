@@ -1,12 +1,12 @@
 // Command outpost is the Outpost platform and its command-line client.
 //
 //	outpost serve                      start the platform (embedded broker, SQLite, HTTP API)
-//	outpost device create NAME         register a device, print its credentials as JSON
+//	outpost device create NAME…        register devices, print their credentials as JSON
 //	outpost device list|show|delete    manage devices
 //	outpost rpc DEVICE METHOD [ARGS]   call a function on a device
 //	outpost telemetry DEVICE           print stored readings
 //	outpost file, firmware, keys       artifacts, file transfers, firmware updates
-//	outpost bench ingest|rpc|ota       measure the platform against raw limits
+//	outpost bench ingest|rpc|ota|latency|connections  measure the platform against raw limits
 //	outpost backup FILE                copy the database consistently, even while it runs
 //
 // Client commands find the platform through --server and --token, else
@@ -33,7 +33,7 @@ const usage = `Outpost — self-hosted IoT device platform
 
 Usage:
   outpost serve [--data DIR] [--mqtt ADDR] [--http ADDR] [--tls-cert F --tls-key F]
-  outpost device create NAME
+  outpost device create NAME… [--names-from FILE]
   outpost device list [--online=true|false] [--name NAME] [--limit N]
   outpost device show DEVICE
   outpost device delete DEVICE
@@ -58,7 +58,7 @@ Usage:
   outpost firmware update DEVICE ARTIFACT [--wait]   update firmware; SUCCESS once the device is back with the version
   outpost firmware status|jobs DEVICE, show|abort JOB
   outpost keys [--pem]                          the public key devices check firmware signatures with
-  outpost bench ingest|rpc|ota [flags]
+  outpost bench ingest|rpc|ota|latency|connections [flags]
   outpost env [--data DIR]                      print OUTPOST_SERVER and OUTPOST_TOKEN for curl: eval "$(outpost env)"
   outpost backup [--data DIR] FILE              copy the database consistently, even while the platform runs
   outpost version

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"regexp"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/outpost-iot/outpost/device"
 	"github.com/outpost-iot/outpost/internal/outposttest"
+	"github.com/outpost-iot/outpost/internal/server"
 )
 
 type syncBuf struct {
@@ -57,6 +59,15 @@ func TestServePrintsEndpointsAndToken(t *testing.T) {
 		if !regexp.MustCompile(re).MatchString(s) {
 			t.Errorf("serve output %q does not match %s", s, re)
 		}
+	}
+	// Issue 16: how many devices the open-file limit allows.
+	if lim, err := server.RaiseFileLimit(); err == nil && lim > 1024 && lim < 1<<30 {
+		want := fmt.Sprintf("devices: up to %d connected at once: the open-file limit is %d,", lim-512, lim)
+		if !strings.Contains(s, want) {
+			t.Errorf("serve output %q does not say %q", s, want)
+		}
+	} else if !strings.Contains(s, "\ndevices: ") {
+		t.Errorf("serve output %q does not say how many devices can connect", s)
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -89,6 +89,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "mqtts: %s\n", u)
 	}
 	fmt.Fprintf(stdout, "http: %s\n", s.HTTPURL())
+	fmt.Fprintf(stdout, "devices: %s\n", capacity(s.MaxConnections(), cfg.MaxConnections, fileLimit))
 	fmt.Fprintf(stdout, "data: %s\n", s.DataDir())
 	// The token is printed until a start has printed it: a first start
 	// that failed (a port in use) did not.
@@ -103,4 +104,18 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	<-ctx.Done()
 	cfg.Logger.Info("shutting down")
 	return s.Close()
+}
+
+// capacity says how many devices can be connected at once, and what
+// decides it: the open-file limit (every connection is a file) or
+// --max-connections.
+func capacity(bound, flagValue int, fileLimit uint64) string {
+	switch {
+	case bound == 0:
+		return "no bound on connected devices (--max-connections -1, or no open-file limit)"
+	case flagValue > 0:
+		return fmt.Sprintf("up to %d connected at once (--max-connections)", bound)
+	}
+	return fmt.Sprintf("up to %d connected at once: the open-file limit is %d, %d files are kept for the database and the API (raise it with ulimit -n, or set --max-connections)",
+		bound, fileLimit, int(fileLimit)-bound)
 }

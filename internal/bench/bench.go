@@ -41,9 +41,9 @@ import (
 
 const usage = `usage: outpost bench BENCHMARK [flags]
 
-Benchmarks (each starts the platform in-process on 127.0.0.1, creates its
-devices through the HTTP API, measures, compares with the raw parts in the
-same run, prints a table and, as the last line, one JSON object):
+Benchmarks (each starts the platform on 127.0.0.1, creates its devices
+through the HTTP API, measures, compares with the raw parts in the same
+run, prints a table and, as the last line, one JSON object):
 
   ingest   durable telemetry ingestion: SDK devices publish readings until
            every one is committed; compared with a plain mochi broker moving
@@ -72,6 +72,17 @@ same run, prints a table and, as the last line, one JSON object):
                   --timeout D (5m)
 
 ` + otaUsage + `
+  connections
+           idle devices held from this process, the platform in a process of
+           its own: resident memory per connected device, the connect storm
+           of every device at once, idle CPU, reconnection after a restart;
+           with --raw also mochi alone (its defaults and the platform's
+           options) and a bare connection layer over mochi's codec, and a
+           Mosquitto started by the benchmark when it is on PATH
+           flags: --devices N (1000) --raw --mosquitto auto|off|PATH
+                  --idle D (60s) --settle D (10s) --restart (true)
+                  --brokers LIST --profile-dir DIR --timeout D (30m)
+
 Run 'outpost bench BENCHMARK --help' for the flags of one benchmark.
 `
 
@@ -89,7 +100,7 @@ const (
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return errors.New("bench: no benchmark given (want ingest, rpc, ota or latency)")
+		return errors.New("bench: no benchmark given (want ingest, rpc, ota, latency or connections)")
 	}
 	switch args[0] {
 	case "ingest":
@@ -100,12 +111,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return otaMain(ctx, args[1:], stdout, stderr)
 	case "latency":
 		return latencyMain(ctx, args[1:], stdout, stderr)
+	case "connections":
+		return connectionsMain(ctx, args[1:], stdout, stderr)
+	case childCommand:
+		return childMain(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("bench: unknown benchmark %q (want ingest, rpc, ota or latency)", args[0])
+	return fmt.Errorf("bench: unknown benchmark %q (want ingest, rpc, ota, latency or connections)", args[0])
 }
 
 // parseFlags parses fs and refuses positional arguments. It returns

@@ -161,27 +161,15 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 	case cfg.MaxSubscriptions < 0:
 		cfg.MaxSubscriptions = 0
 	}
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
-	// mochi reads packets up to readLimit; MaxPacketSize is what devices
-	// are told, and what the down hook enforces (window.go, delivery.go).
-	caps.MaximumPacketSize = readLimit
-	caps.MaximumInflight = 4096
-	caps.ReceiveMaximum = receiveMaximum
-	caps.MaximumMessageExpiryInterval = 24 * 3600
-	srv := mqtt.New(&mqtt.Options{
-		InlineClient: true,
-		Capabilities: caps,
-		// mochi reports routine events (hooks added, stopped) at info
-		// level, and puts whole packets into its records (log.go).
-		Logger:                 slog.New(mochiLog{cfg.Logger.Handler()}),
-		SysTopicResendInterval: 0,
-	})
+	srv := mqtt.New(MochiOptions(cfg))
+	if err := TuneMochi(srv); err != nil {
+		cfg.Logger.Warn("mochi's expiry sweeps stay at once a second: idle CPU grows with the number of devices", "error", err)
+	}
 	b := &Broker{srv: srv, log: cfg.Logger, h: h, maxSubs: cfg.MaxSubscriptions, stopc: make(chan struct{}),
 		throttle: newAuthThrottle(cfg.AuthFailureDelay, cfg.AuthFailureDelayMax, cfg.Logger)}
 	b.downClient = srv.NewClient(nil, "local", "outpost-down", true)
-	// The session hook goes first: its OnDisconnect must run before any
-	// other hook's (sessions.go).
+	// The session hook goes first of the hooks that see clients: its
+	// OnDisconnect must run before any other hook's (sessions.go).
 	if err := srv.AddHook(&sessionHook{b: b}, nil); err != nil {
 		return nil, err
 	}
@@ -210,6 +198,7 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 		}
 		nl := NewListener(id, l, tc, cfg.Logger)
 		nl.lim, nl.stats, nl.ended = cfg.Limits, &b.stats, b.connEnded
+		nl.closeClients = func() { b.disconnectAll(id) }
 		b.lns = append(b.lns, nl)
 		return srv.AddListener(serveTracker{nl}) // see ready.go
 	}
@@ -230,6 +219,48 @@ func New(cfg Config, auth Authenticator, h Handler) (*Broker, error) {
 		}
 	}
 	return b, nil
+}
+
+// clientWritesPending bounds the messages waiting for a client's write
+// goroutine in mochi. mochi allocates the whole queue with every client
+// (8192 pointers, 64 KiB, by default): at 10,000 idle devices that was 640
+// MiB of heap, most of it never touched, which also put the collector's
+// goal out of reach so that the garbage of a connect storm stayed
+// resident. A message that finds the queue full is dropped by mochi and
+// counted (Broker.Dropped, outpost_mqtt_messages_dropped_total): what the
+// platform sends one device at once must stay well under this bound (the
+// down queue's send window).
+const clientWritesPending = 256
+
+// MochiOptions returns the options the broker gives mochi for cfg (whose
+// zero fields take their defaults). The connections benchmark starts mochi
+// alone with them, to tell the cost of the platform from the broker's.
+func MochiOptions(cfg Config) *mqtt.Options {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxSessionExpiry <= 0 {
+		cfg.MaxSessionExpiry = time.Hour
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
+	// mochi reads packets up to readLimit; MaxPacketSize is what devices
+	// are told, and what the down hook enforces (window.go, delivery.go).
+	caps.MaximumPacketSize = readLimit
+	caps.MaximumInflight = 4096
+	caps.ReceiveMaximum = receiveMaximum
+	caps.MaximumMessageExpiryInterval = 24 * 3600
+	caps.MaximumClientWritesPending = clientWritesPending
+	return &mqtt.Options{
+		InlineClient: true,
+		Capabilities: caps,
+		// mochi reports routine events (hooks added, stopped) at info
+		// level, and puts whole packets into its records (log.go).
+		Logger: slog.New(mochiLog{cfg.Logger.Handler()}),
+		// Devices may not subscribe to $SYS (ACL): mochi's default of
+		// publishing it every second only costs idle CPU.
+		SysTopicResendInterval: 3600,
+	}
 }
 
 // Start begins accepting connections.
@@ -254,6 +285,12 @@ func (b *Broker) addr(id string) net.Addr {
 
 // Stats returns the broker's counters.
 func (b *Broker) Stats() *Stats { return &b.stats }
+
+// Dropped returns how many messages to devices mochi dropped because the
+// device's write queue (clientWritesPending) or in-flight window was full.
+func (b *Broker) Dropped() int64 {
+	return atomic.LoadInt64(&b.srv.Info.MessagesDropped) + atomic.LoadInt64(&b.srv.Info.InflightDropped)
+}
 
 // Clients returns the number of connected clients.
 func (b *Broker) Clients() int64 { return atomic.LoadInt64(&b.srv.Info.ClientsConnected) }
@@ -307,6 +344,17 @@ func (b *Broker) Close() error {
 		b.throttle.flush()
 	})
 	return err
+}
+
+// disconnectAll disconnects the clients of listener id at shutdown, as
+// mochi's closeListenerClients does but reading its client map under one
+// read lock (see Listener.Close).
+func (b *Broker) disconnectAll(id string) {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Net.Inline && !cl.Closed() {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 func (b *Broker) closeListeners() {

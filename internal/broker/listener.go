@@ -75,7 +75,10 @@ type Listener struct {
 	stats *Stats
 	// ended is called once a connection is over (mochi is done with it).
 	ended func(*conn, error)
-	done  atomic.Bool
+	// closeClients, if set, disconnects the listener's clients at Close
+	// instead of mochi's own function (see Close).
+	closeClients func()
+	done         atomic.Bool
 	// exited: Serve returned without Stop (see ready.go).
 	exited atomic.Bool
 	stopc  chan struct{}
@@ -322,8 +325,18 @@ const shutdownWait = 15 * time.Second
 
 // Close implements listeners.Listener: it stops accepting, limits every
 // connection's remaining writes to endGrace and closes the clients.
+//
+// mochi's own closeClients (v2.7.9, Clients.GetByListener) takes the read
+// lock of its client map twice, nested; a client ending at that moment
+// (Clients.Delete, waiting for the write lock) blocks the second read lock
+// and shutdown hangs for ever. A listener of a Broker uses the broker's
+// function, which reads the map once.
 func (n *Listener) Close(closeClients listeners.CloseFn) {
 	n.stop()
 	n.endAll()
+	if n.closeClients != nil {
+		n.closeClients()
+		return
+	}
 	closeClients(n.id)
 }

@@ -137,6 +137,7 @@ func New(svc Service, o Options) http.Handler {
 	a.registerModel(mux)
 	a.routeCalls(mux)
 	a.routeOTA(mux, o.Artifacts, o.OTA)
+	a.routeBulk(mux)
 	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))
 	}))

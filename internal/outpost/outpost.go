@@ -40,6 +40,13 @@ type DeviceStore interface {
 	// CreateDevice stores a new device with the hash of its secret.
 	// Returns ECONFLICT if the id or name is taken.
 	CreateDevice(ctx context.Context, d *Device, secretHash []byte) error
+	// CreateDevices stores several new devices, secretHashes[i] being the
+	// hash of ds[i]'s secret, all or none. Returns ECONFLICT if an id or
+	// name is taken.
+	CreateDevices(ctx context.Context, ds []*Device, secretHashes [][]byte) error
+	// EachSecretHash calls fn with the id and secret hash of every device,
+	// in no particular order, and stops at fn's first error.
+	EachSecretHash(ctx context.Context, fn func(id string, secretHash []byte) error) error
 	// Device returns one device. Returns ENOTFOUND.
 	Device(ctx context.Context, id string) (*Device, error)
 	// Devices lists devices ordered by creation.
@@ -54,6 +61,13 @@ type DeviceStore interface {
 	SetSecretHash(ctx context.Context, id string, secretHash []byte) error
 	// Presence: SetPresence and ResetPresence.
 	PresenceStore
+}
+
+// Presence is a device's presence as the store keeps it.
+type Presence struct {
+	ID       string
+	Online   bool
+	LastSeen time.Time
 }
 
 // Reading is one stored value of one feed.

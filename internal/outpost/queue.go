@@ -209,6 +209,11 @@ type QueueStore interface {
 	// their expiry, calls before their deadline) and calls delivered but
 	// not answered before their deadline.
 	Deliverable(ctx context.Context, deviceID string, now time.Time, resend bool, limit int) ([]*QueuedMessage, error)
+	// PendingDevices returns the devices that have something unfinished:
+	// messages or calls queued or sent, or calls delivered but not
+	// answered. (What it returns may include some whose messages are due
+	// to expire.)
+	PendingDevices(ctx context.Context) ([]string, error)
 	// MarkSent records that messages were published at at. Queued ones
 	// become sent; a call gets its deadline the first time it is sent
 	// (and a new one when it is sent again without having been

@@ -25,6 +25,9 @@ type PresenceStore interface {
 	// moved to another replica stays online). LastSeen only grows. An
 	// unknown device is ignored.
 	SetPresence(ctx context.Context, id string, online bool, lastSeen time.Time) error
+	// SetPresences records the presence of several devices at once, each
+	// as SetPresence would; an unknown id is skipped.
+	SetPresences(ctx context.Context, ps []Presence) error
 	// ResetPresence marks offline every device this replica recorded
 	// online, keeping LastSeen. A platform calls it at start, when none of
 	// its sessions can have survived; on a single node that is every

@@ -5,6 +5,15 @@
 // connection identity. A takeover (the same device logging in again) makes
 // the new connection current before the old one's disconnect arrives, so
 // that late disconnect is recognised and does not mark the device offline.
+//
+// Presence lives in memory, where the platform reads it. The store gets it
+// in batches: a change marks the device, and a flush (every FlushInterval,
+// and at Close) writes the current state of every marked device in one
+// transaction. A connect or disconnect therefore never waits for the
+// database, and a reconnect storm of the whole fleet costs one write per
+// interval instead of one per device. What a crash loses is at most one
+// interval of last-seen times; the online flags are reset at every start
+// anyway.
 package presence
 
 import (
@@ -12,11 +21,21 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
-// Store persists presence changes.
+// FlushInterval is how often changes are written to the store.
+const FlushInterval = time.Second
+
+// flushBatch bounds the devices written in one transaction, so that a
+// flush after a storm does not hold the store's writer for long.
+const flushBatch = 1000
+
+// Store persists presence.
 type Store interface {
-	SetPresence(ctx context.Context, id string, online bool, lastSeen time.Time) error
+	// SetPresences records the presence of several devices at once.
+	SetPresences(ctx context.Context, ps []outpost.Presence) error
 }
 
 // Change is a presence transition.
@@ -29,29 +48,34 @@ type Change struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// Tracker holds the live presence of every device. Safe for concurrent use.
+// Tracker holds the live presence of every device. Safe for concurrent
+// use. Close stops its flusher.
 type Tracker struct {
 	store    Store
 	onChange func(Change)
 	log      *slog.Logger
 
-	mu sync.Mutex
-	m  map[string]*entry
+	// mu guards m and dirty. Transitions and their onChange reports happen
+	// under it, so reports come in the order the transitions happened.
+	mu    sync.Mutex
+	m     map[string]*entry
+	dirty map[string]struct{} // changed since the last flush
+
+	flushMu   sync.Mutex // one flush at a time
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 type entry struct {
-	// order serialises the device's transitions from the state change
-	// through the store write and the onChange report, so both see them in
-	// the order they happened even when a reconnect races the end of the
-	// previous session. Reads take only Tracker.mu and are never held up.
-	order    sync.Mutex
 	conn     any
 	online   bool
 	lastSeen time.Time
 }
 
 // NewTracker returns a tracker that persists changes to store and reports
-// them to onChange (which must not block; may be nil).
+// them to onChange (which must not block, nor call the tracker; may be
+// nil).
 func NewTracker(store Store, onChange func(Change), log *slog.Logger) *Tracker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -59,21 +83,25 @@ func NewTracker(store Store, onChange func(Change), log *slog.Logger) *Tracker {
 	if onChange == nil {
 		onChange = func(Change) {}
 	}
-	return &Tracker{store: store, onChange: onChange, log: log, m: map[string]*entry{}}
+	t := &Tracker{store: store, onChange: onChange, log: log, m: map[string]*entry{}, dirty: map[string]struct{}{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go t.flusher()
+	return t
 }
 
 // Connected records that conn is now the live session of device id.
 func (t *Tracker) Connected(id string, conn any) {
-	e := t.lockEntry(id, true)
-	defer e.order.Unlock()
 	now := time.Now()
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.m[id]
+	if e == nil {
+		e = &entry{}
+		t.m[id] = e
+	}
 	was := e.online
 	e.conn, e.online, e.lastSeen = conn, true, now
-	t.mu.Unlock()
-	if err := t.store.SetPresence(context.Background(), id, true, now); err != nil {
-		t.log.Error("store presence", "device_id", id, "error", err)
-	}
+	t.dirty[id] = struct{}{}
 	if !was {
 		t.onChange(Change{DeviceID: id, Online: true, At: now})
 	}
@@ -83,40 +111,17 @@ func (t *Tracker) Connected(id string, conn any) {
 // longer the device's current session (it was taken over). It reports
 // whether the device went offline.
 func (t *Tracker) Disconnected(id string, conn any, reason string) bool {
-	e := t.lockEntry(id, false)
-	if e == nil {
-		return false
-	}
-	defer e.order.Unlock()
 	now := time.Now()
 	t.mu.Lock()
-	if e.conn != conn || !e.online {
-		t.mu.Unlock()
+	defer t.mu.Unlock()
+	e := t.m[id]
+	if e == nil || e.conn != conn || !e.online {
 		return false
 	}
 	e.conn, e.online, e.lastSeen = nil, false, now
-	t.mu.Unlock()
-	if err := t.store.SetPresence(context.Background(), id, false, now); err != nil {
-		t.log.Error("store presence", "device_id", id, "error", err)
-	}
+	t.dirty[id] = struct{}{}
 	t.onChange(Change{DeviceID: id, Online: false, At: now, Reason: reason})
 	return true
-}
-
-// lockEntry returns the device's entry with its order lock held, creating
-// it if create is set; nil if there is none.
-func (t *Tracker) lockEntry(id string, create bool) *entry {
-	t.mu.Lock()
-	e := t.m[id]
-	if e == nil && create {
-		e = &entry{}
-		t.m[id] = e
-	}
-	t.mu.Unlock()
-	if e != nil {
-		e.order.Lock()
-	}
-	return e
 }
 
 // Seen notes activity from a device; it only touches memory.
@@ -152,6 +157,7 @@ func (t *Tracker) State(id string) (online bool, lastSeen time.Time, ok bool) {
 func (t *Tracker) Forget(id string) {
 	t.mu.Lock()
 	delete(t.m, id)
+	delete(t.dirty, id)
 	t.mu.Unlock()
 }
 
@@ -166,4 +172,66 @@ func (t *Tracker) Count() int {
 		}
 	}
 	return n
+}
+
+// Flush writes the current state of every device changed since the last
+// flush. Devices whose write failed are written again by the next flush.
+func (t *Tracker) Flush(ctx context.Context) error {
+	t.flushMu.Lock()
+	defer t.flushMu.Unlock()
+	t.mu.Lock()
+	if len(t.dirty) == 0 {
+		t.mu.Unlock()
+		return nil
+	}
+	ps := make([]outpost.Presence, 0, len(t.dirty))
+	for id := range t.dirty {
+		if e := t.m[id]; e != nil {
+			ps = append(ps, outpost.Presence{ID: id, Online: e.online, LastSeen: e.lastSeen})
+		}
+	}
+	t.dirty = map[string]struct{}{}
+	t.mu.Unlock()
+	for len(ps) > 0 {
+		n := min(len(ps), flushBatch)
+		if err := t.store.SetPresences(ctx, ps[:n]); err != nil {
+			t.mu.Lock()
+			for _, p := range ps {
+				if _, ok := t.m[p.ID]; ok {
+					t.dirty[p.ID] = struct{}{}
+				}
+			}
+			t.mu.Unlock()
+			return err
+		}
+		ps = ps[n:]
+	}
+	return nil
+}
+
+func (t *Tracker) flusher() {
+	defer close(t.done)
+	tk := time.NewTicker(FlushInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tk.C:
+			if err := t.Flush(context.Background()); err != nil {
+				t.log.Error("store presence; retrying at the next flush", "error", err)
+			}
+		}
+	}
+}
+
+// Close stops the flusher and writes what is left.
+func (t *Tracker) Close() error {
+	var err error
+	t.closeOnce.Do(func() {
+		close(t.stop)
+		<-t.done
+		err = t.Flush(context.Background())
+	})
+	return err
 }

@@ -3,12 +3,14 @@ package presence_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/presence"
 	"go.uber.org/goleak"
 )
@@ -23,35 +25,51 @@ type write struct {
 	at     time.Time
 }
 
-// recordingStore keeps every presence write in order. When hold is set, a
-// write for which it returns true reports itself on held and waits for
-// release before it completes.
+// recordingStore keeps every presence write in order, and counts the
+// calls (one per transaction). When hold is set, a batch holding a write
+// for which it returns true reports that write on held and waits for
+// release before it completes. fail makes the next calls fail.
 type recordingStore struct {
-	err     error
 	hold    func(w write) bool
 	held    chan write
 	release chan struct{}
 
 	mu     sync.Mutex
+	fail   int
+	calls  int
 	writes []write
 }
 
-func (s *recordingStore) SetPresence(ctx context.Context, id string, online bool, lastSeen time.Time) error {
-	w := write{id, online, lastSeen}
-	if s.hold != nil && s.hold(w) {
-		s.held <- w
-		<-s.release
+func (s *recordingStore) SetPresences(ctx context.Context, ps []outpost.Presence) error {
+	for _, p := range ps {
+		if w := (write{p.ID, p.Online, p.LastSeen}); s.hold != nil && s.hold(w) {
+			s.held <- w
+			<-s.release
+		}
 	}
 	s.mu.Lock()
-	s.writes = append(s.writes, w)
-	s.mu.Unlock()
-	return s.err
+	defer s.mu.Unlock()
+	s.calls++
+	if s.fail > 0 {
+		s.fail--
+		return errors.New("database is locked")
+	}
+	for _, p := range ps {
+		s.writes = append(s.writes, write{p.ID, p.Online, p.LastSeen})
+	}
+	return nil
 }
 
 func (s *recordingStore) all() []write {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.writes)
+}
+
+func (s *recordingStore) transactions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
 }
 
 // changeLog keeps every change reported to onChange, in order.
@@ -72,11 +90,20 @@ func (l *changeLog) all() []presence.Change {
 	return slices.Clone(l.changes)
 }
 
-// MustTracker returns a tracker persisting to store and logging changes.
+// MustTracker returns a tracker persisting to store and logging changes,
+// closed at the end of the test.
 func MustTracker(tb testing.TB, store *recordingStore) (*presence.Tracker, *changeLog) {
 	tb.Helper()
 	log := &changeLog{}
-	return presence.NewTracker(store, log.add, nil), log
+	tr := presence.NewTracker(store, log.add, nil)
+	tb.Cleanup(func() { tr.Close() })
+	return tr, log
+}
+
+// flushed waits, in a synctest bubble, for the next periodic flush.
+func flushed() {
+	time.Sleep(presence.FlushInterval)
+	synctest.Wait()
 }
 
 // Connection identities are opaque to the tracker: any comparable value.
@@ -104,6 +131,10 @@ func TestConnectDisconnect(t *testing.T) {
 		if n := tr.Count(); n != 1 {
 			t.Errorf("Count() = %d, want 1", n)
 		}
+		flushed()
+		if got, want := store.all(), []write{{"a", true, t0}}; !slices.Equal(got, want) {
+			t.Errorf("store writes after a flush %v, want %v", got, want)
+		}
 
 		time.Sleep(time.Minute)
 		t1 := time.Now()
@@ -114,6 +145,7 @@ func TestConnectDisconnect(t *testing.T) {
 		if n := tr.Count(); n != 0 {
 			t.Errorf("Count() = %d, want 0", n)
 		}
+		flushed()
 
 		wantWrites := []write{{"a", true, t0}, {"a", false, t1}}
 		if got := store.all(); !slices.Equal(got, wantWrites) {
@@ -125,6 +157,46 @@ func TestConnectDisconnect(t *testing.T) {
 		}
 		if got := log.all(); !slices.Equal(got, wantChanges) {
 			t.Errorf("changes %v, want %v", got, wantChanges)
+		}
+	})
+}
+
+// A connect or disconnect never waits for the store: the store gets every
+// change of an interval in one transaction, each device once with its
+// latest state. A storm of the whole fleet is then a handful of writes,
+// not one serialised write per device.
+func TestWritesAreBatched(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := &recordingStore{}
+		tr, log := MustTracker(t, store)
+		const n = 2500
+		t0 := time.Now()
+		for i := range n {
+			tr.Connected(fmt.Sprint("d", i), conn{i})
+		}
+		tr.Disconnected("d0", conn{0}, "disconnected") // a comparable value: the same identity
+		if got := store.transactions(); got != 0 {
+			t.Fatalf("%d store transactions during the connects, want none before the flush", got)
+		}
+		if got := len(log.all()); got != n+1 {
+			t.Errorf("%d changes reported, want %d (reports do not wait for the flush)", got, n+1)
+		}
+		flushed()
+		if got, want := store.transactions(), (n+999)/1000; got != want {
+			t.Errorf("%d store transactions for %d devices, want %d", got, n, want)
+		}
+		writes := store.all()
+		if len(writes) != n {
+			t.Fatalf("%d devices written, want %d (each once)", len(writes), n)
+		}
+		for _, w := range writes {
+			if want := (write{w.id, w.id != "d0", t0}); w != want {
+				t.Fatalf("wrote %v, want %v", w, want)
+			}
+		}
+		flushed()
+		if got := len(store.all()); got != n {
+			t.Errorf("%d writes after a quiet interval, want still %d", got, n)
 		}
 	})
 }
@@ -147,8 +219,12 @@ func TestTakeover(t *testing.T) {
 		if got, want := log.all(), []presence.Change{{DeviceID: "a", Online: true, At: t0}}; !slices.Equal(got, want) {
 			t.Errorf("changes %v, want only the first online %v", got, want)
 		}
-		if got := store.all(); len(got) != 2 || !got[0].online || !got[1].online {
-			t.Errorf("store writes %v, want two online writes", got)
+		synctest.Wait()
+		for _, w := range store.all() {
+			if !w.online {
+				t.Errorf("store writes %v, want online only", store.all())
+				break
+			}
 		}
 
 		time.Sleep(time.Second)
@@ -189,9 +265,15 @@ func TestIgnoredDisconnects(t *testing.T) {
 			store := &recordingStore{}
 			tr, log := MustTracker(t, store)
 			tt.setup(tr)
+			if err := tr.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
 			writes, changes := len(store.all()), len(log.all())
 			if tr.Disconnected(tt.id, tt.conn, "disconnected") {
 				t.Error("Disconnected reported a change")
+			}
+			if err := tr.Flush(context.Background()); err != nil {
+				t.Fatal(err)
 			}
 			if got := store.all()[writes:]; len(got) != 0 {
 				t.Errorf("store written %v", got)
@@ -213,6 +295,7 @@ func TestSeen(t *testing.T) {
 		time.Sleep(90 * time.Second)
 		tr.Seen("a")
 		wantState(t, tr, "a", true, t0.Add(90*time.Second))
+		flushed()
 		// Seen only touches memory: one write, one change, from Connected.
 		if n := len(store.all()); n != 1 {
 			t.Errorf("%d store writes, want 1", n)
@@ -226,16 +309,17 @@ func TestSeen(t *testing.T) {
 			t.Error("Seen created state for a device that never connected")
 		}
 
-		time.Sleep(time.Second)
+		t1 := time.Now()
 		tr.Disconnected("a", c, "disconnected")
 		time.Sleep(time.Second)
 		tr.Seen("a") // a message that raced the disconnect
-		wantState(t, tr, "a", false, t0.Add(92*time.Second))
+		wantState(t, tr, "a", false, t1.Add(time.Second))
 	})
 }
 
 func TestForget(t *testing.T) {
-	tr, _ := MustTracker(t, &recordingStore{})
+	store := &recordingStore{}
+	tr, _ := MustTracker(t, store)
 	tr.Connected("a", &conn{1})
 	tr.Connected("b", &conn{2})
 	tr.Forget("a")
@@ -245,30 +329,69 @@ func TestForget(t *testing.T) {
 	if n := tr.Count(); n != 1 {
 		t.Errorf("Count() = %d, want 1", n)
 	}
+	if err := tr.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := store.all(); len(got) != 1 || got[0].id != "b" {
+		t.Errorf("store writes %v, want b's only (a was deleted)", got)
+	}
 }
 
-func TestStoreErrorStillReports(t *testing.T) {
-	store := &recordingStore{err: errors.New("database is locked")}
-	tr, log := MustTracker(t, store)
-	c := &conn{1}
-	tr.Connected("a", c)
-	if !tr.Online("a") {
-		t.Error("device not online after a failed store write")
+// A failed write is neither lost nor blocking: changes are still reported
+// at once, and the next flush writes the devices again.
+func TestStoreErrorRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := &recordingStore{fail: 1}
+		tr, log := MustTracker(t, store)
+		c := &conn{1}
+		t0 := time.Now()
+		tr.Connected("a", c)
+		if !tr.Online("a") {
+			t.Error("device not online")
+		}
+		flushed() // fails
+		if got := store.all(); len(got) != 0 {
+			t.Fatalf("store writes %v after a failed transaction", got)
+		}
+		flushed() // retried
+		if got, want := store.all(), []write{{"a", true, t0}}; !slices.Equal(got, want) {
+			t.Errorf("store writes %v after the retry, want %v", got, want)
+		}
+		if !tr.Disconnected("a", c, "disconnected") {
+			t.Error("Disconnected reported no change")
+		}
+		if n := len(log.all()); n != 2 {
+			t.Errorf("%d changes reported, want 2", n)
+		}
+	})
+}
+
+// Close writes what the last interval changed.
+func TestCloseFlushes(t *testing.T) {
+	store := &recordingStore{}
+	tr := presence.NewTracker(store, nil, nil)
+	tr.Connected("a", &conn{1})
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
 	}
-	if !tr.Disconnected("a", c, "disconnected") {
-		t.Error("Disconnected reported no change after a failed store write")
+	if got := store.all(); len(got) != 1 || got[0].id != "a" || !got[0].online {
+		t.Errorf("store writes %v after Close, want a online", got)
 	}
-	if n := len(log.all()); n != 2 {
-		t.Errorf("%d changes reported, want 2", n)
+	if err := tr.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
 	}
 }
 
 func TestNilOnChange(t *testing.T) {
-	tr := presence.NewTracker(&recordingStore{}, nil, nil)
+	tr, _ := MustTracker(t, &recordingStore{})
+	tr2 := presence.NewTracker(&recordingStore{}, nil, nil)
+	defer tr2.Close()
 	c := &conn{1}
-	tr.Connected("a", c)
-	if !tr.Disconnected("a", c, "disconnected") {
-		t.Error("Disconnected reported no change")
+	for _, tr := range []*presence.Tracker{tr, tr2} {
+		tr.Connected("a", c)
+		if !tr.Disconnected("a", c, "disconnected") {
+			t.Error("Disconnected reported no change")
+		}
 	}
 }
 
@@ -286,23 +409,21 @@ func TestReconnectRacingDisconnect(t *testing.T) {
 	tr, log := MustTracker(t, store)
 	old, cur := &conn{1}, &conn{2}
 	tr.Connected("a", old)
-
-	var wg sync.WaitGroup
-	wg.Go(func() { tr.Disconnected("a", old, "keepalive timeout") })
-	<-store.held // the offline write is in progress
-	wg.Go(func() { tr.Connected("a", cur) })
-	// Give the reconnect up to 50ms to overtake the held offline write. No
-	// event marks "the reconnect is waiting its turn", so this bounded poll
-	// runs out on a correct tracker and ends early on one that lets the
-	// reconnect report first.
-	for range 50 {
-		if n := len(log.all()); n > 1 {
-			break
-		}
-		time.Sleep(time.Millisecond)
+	if err := tr.Flush(context.Background()); err != nil {
+		t.Fatal(err)
 	}
+	tr.Disconnected("a", old, "keepalive timeout")
+	flushErr := make(chan error, 1)
+	go func() { flushErr <- tr.Flush(context.Background()) }()
+	<-store.held // the offline write is in progress
+	tr.Connected("a", cur)
 	close(store.release)
-	wg.Wait()
+	if err := <-flushErr; err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 
 	if !tr.Online("a") {
 		t.Fatal("device offline after reconnecting")
@@ -317,9 +438,8 @@ func TestReconnectRacingDisconnect(t *testing.T) {
 	}
 }
 
-// A slow store write for one device must not hold up another device's
-// transitions.
-func TestDevicesDoNotWaitForEachOther(t *testing.T) {
+// A slow store write holds up no device's transitions.
+func TestTransitionsDoNotWaitForTheStore(t *testing.T) {
 	store := &recordingStore{
 		hold:    func(w write) bool { return w.id == "a" && !w.online },
 		held:    make(chan write),
@@ -328,16 +448,18 @@ func TestDevicesDoNotWaitForEachOther(t *testing.T) {
 	tr, log := MustTracker(t, store)
 	a := &conn{1}
 	tr.Connected("a", a)
+	tr.Disconnected("a", a, "disconnected")
 	var wg sync.WaitGroup
-	wg.Go(func() { tr.Disconnected("a", a, "disconnected") })
+	wg.Go(func() { _ = tr.Flush(context.Background()) })
 	<-store.held
 
 	tr.Connected("b", &conn{2}) // returns while a's write is held
-	if !tr.Online("b") {
-		t.Error("b not online")
+	tr.Connected("a", a)
+	if !tr.Online("b") || !tr.Online("a") {
+		t.Error("a or b not online")
 	}
-	if changes := log.all(); changes[len(changes)-1].DeviceID != "b" {
-		t.Errorf("changes %v, want b's online reported while a's write is held", changes)
+	if changes := log.all(); len(changes) != 4 {
+		t.Errorf("changes %v, want 4 reported while a's write is held", changes)
 	}
 	close(store.release)
 	wg.Wait()

@@ -139,6 +139,14 @@ type Queue struct {
 	acks     map[string][]string // device → acknowledged ids not yet recorded
 	ackCount int
 	ackWake  chan struct{}
+	// pending holds the devices that may have something to deliver, with
+	// a version bumped at every enqueue: the devices with unfinished
+	// messages or calls when the queue started, and every device enqueued
+	// to since. A device leaves it once a resend round finds nothing. A
+	// connecting device outside it costs no query. nil when the start-up
+	// load failed: every device is then checked.
+	pending map[string]uint64
+	pendSeq uint64
 }
 
 // session is a device's live connection as the queue sees it. Its fields
@@ -192,6 +200,7 @@ func New(store outpost.QueueStore, sender Sender, o Options) *Queue {
 		ackWake:  make(chan struct{}, 1),
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
+	q.loadPending()
 	q.wg.Add(2 + o.Workers)
 	go q.sweeper()
 	go q.acker()
@@ -259,6 +268,7 @@ func (q *Queue) EnqueueID(ctx context.Context, id, deviceID, kind string, payloa
 	if err := q.store.EnqueueMessage(ctx, m, q.opt.MaxPending); err != nil {
 		return nil, err
 	}
+	q.markPending(deviceID)
 	q.stats.Enqueued.Add(1)
 	q.opt.OnMessage(m)
 	if q.pushable(deviceID) {
@@ -306,6 +316,7 @@ func (q *Queue) EnqueueCall(ctx context.Context, deviceID, method string, args j
 	if err := q.store.EnqueueCall(ctx, c, m, q.opt.MaxPending); err != nil {
 		return nil, err
 	}
+	q.markPending(deviceID)
 	q.stats.Enqueued.Add(1)
 	q.opt.OnCall(c)
 	if q.pushable(deviceID) {
@@ -525,6 +536,15 @@ func (q *Queue) deliverLocked(ctx context.Context, deviceID string) error {
 	if !active {
 		return nil
 	}
+	// A device known to have nothing outstanding costs no query (a pull
+	// still gets its end marker).
+	ver, maybe := q.mayHavePending(deviceID)
+	q.mu.Lock()
+	pulling := s.pulling != nil
+	q.mu.Unlock()
+	if !maybe && !pulling {
+		return nil
+	}
 	now := time.Now()
 	if err := q.expire(ctx, deviceID, now); err != nil {
 		return err
@@ -535,6 +555,11 @@ func (q *Queue) deliverLocked(ctx context.Context, deviceID string) error {
 	msgs, err := q.store.Deliverable(ctx, deviceID, now, true, 10*q.opt.MaxPending)
 	if err != nil {
 		return err
+	}
+	if len(msgs) == 0 {
+		// Nothing sent and waiting, nothing queued: until the next
+		// enqueue, this device's connections need no query.
+		q.clearPending(deviceID, ver)
 	}
 	subscribed := map[string]bool{}
 	for _, m := range msgs {
@@ -822,6 +847,53 @@ func (q *Queue) worker() {
 		if err := q.deliver(q.ctx, dev); err != nil && q.ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 			q.log.Warn("deliver queue", "device_id", dev, "error", err)
 		}
+	}
+}
+
+// loadPending fills the pending set from the store.
+func (q *Queue) loadPending() {
+	ctx, cancel := context.WithTimeout(q.ctx, 30*time.Second)
+	defer cancel()
+	ids, err := q.store.PendingDevices(ctx)
+	if err != nil {
+		q.log.Warn("down queue: devices with pending messages unknown; every connecting device is checked", "error", err)
+		return
+	}
+	q.pending = make(map[string]uint64, len(ids))
+	for _, id := range ids {
+		q.pending[id] = 0
+	}
+}
+
+// markPending notes that a device has something to deliver.
+func (q *Queue) markPending(deviceID string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.pending != nil {
+		q.pendSeq++
+		q.pending[deviceID] = q.pendSeq
+	}
+}
+
+// mayHavePending reports whether a device may have something to deliver,
+// with the version to pass to clearPending.
+func (q *Queue) mayHavePending(deviceID string) (uint64, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.pending == nil {
+		return 0, true
+	}
+	v, ok := q.pending[deviceID]
+	return v, ok
+}
+
+// clearPending takes a device out of the pending set after a round found
+// nothing to deliver, unless something was enqueued for it meanwhile.
+func (q *Queue) clearPending(deviceID string, ver uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if v, ok := q.pending[deviceID]; ok && v == ver {
+		delete(q.pending, deviceID)
 	}
 }
 

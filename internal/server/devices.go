@@ -22,16 +22,10 @@ var (
 	_ ingest.Observer      = (*Server)(nil)
 )
 
-// AuthenticateDevice implements broker.Authenticator.
+// AuthenticateDevice implements broker.Authenticator: a lookup in the
+// in-memory credentials, never a query (credentials.go).
 func (s *Server) AuthenticateDevice(ctx context.Context, deviceID, secret string) error {
-	hash, err := s.db.SecretHash(ctx, deviceID)
-	if err != nil {
-		return err
-	}
-	if !outpost.CheckSecret(hash, secret) {
-		return errors.New("wrong secret")
-	}
-	return nil
+	return s.creds.check(deviceID, secret)
 }
 
 // DeviceConnected implements broker.Handler.

@@ -36,6 +36,7 @@ func (m *metrics) registerBrokerLimits(s *Server) {
 		counter("outpost_mqtt_connect_timeouts_total", "MQTT connections closed for not sending CONNECT in time.", st.ConnectTimeouts.Load),
 		counter("outpost_mqtt_write_stalls_total", "Devices disconnected because a write to them made no progress for the write timeout.", st.WriteStalls.Load),
 		counter("outpost_mqtt_subscriptions_refused_total", "Subscriptions refused because the device held the maximum already.", st.SubscriptionsRefused.Load),
+		counter("outpost_mqtt_messages_dropped_total", "Messages to devices the broker dropped because the device's write queue or in-flight window was full.", s.broker.Dropped),
 		collectorFunc{descs: []*prometheus.Desc{refused}, collect: func(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(refused, prometheus.CounterValue, float64(st.RefusedMaxConnections.Load()), "max_connections")
 			ch <- prometheus.MustNewConstMetric(refused, prometheus.CounterValue, float64(st.RefusedPending.Load()), "max_pending")

@@ -189,6 +189,7 @@ type Server struct {
 	relay                        *rpc.Relay
 	queue                        *queue.Queue
 	presence                     *presence.Tracker
+	creds                        credentials
 	hub                          *stream.Hub
 	metrics                      *metrics
 	svc                          *service
@@ -293,6 +294,10 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// whatever the stale row.
 	if err := s.db.ResetPresence(ctx); err != nil {
 		s.log.Error("storage is not writable: starting anyway; writes fail until it is (see /readyz)", "data", cfg.DataDir, "error", err)
+	}
+
+	if err := s.creds.load(ctx, s.db); err != nil {
+		return nil, err
 	}
 
 	// Event ids start at the start time in microseconds: they keep growing
@@ -463,6 +468,10 @@ func (s *Server) HTTPURL() string {
 	return scheme + "://" + hostPort(s.httpLn.Addr())
 }
 
+// MaxConnections returns the bound on open MQTT connections, the number
+// of devices that can be connected at once; 0 means no bound.
+func (s *Server) MaxConnections() int { return max(s.cfg.MaxConnections, 0) }
+
 // AdminToken returns the API token; TokenIsNew reports whether this start
 // created it.
 func (s *Server) AdminToken() string { return s.token }
@@ -512,6 +521,14 @@ func (s *Server) Close() error {
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())
+		}
+		if s.presence != nil {
+			// After the broker: the last disconnects are written too. A
+			// failure (a read-only store) only loses last-seen times, as
+			// a failed presence write always did.
+			if err := s.presence.Close(); err != nil {
+				s.log.Warn("presence not stored at shutdown", "error", err)
+			}
 		}
 		if s.ota != nil {
 			errs = append(errs, s.ota.Close())

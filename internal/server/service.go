@@ -19,31 +19,85 @@ import (
 // RPC relay and the live stream, with presence merged in.
 type service struct{ s *Server }
 
-var _ httpapi.Service = (*service)(nil)
+var (
+	_ httpapi.Service     = (*service)(nil)
+	_ httpapi.BulkCreator = (*service)(nil)
+)
 
 // MaxNameLen bounds device names.
 const MaxNameLen = 128
 
-func (v *service) CreateDevice(ctx context.Context, name string) (*outpost.Device, string, error) {
+// MaxBulkDevices bounds the devices one bulk creation registers.
+const MaxBulkDevices = 5000
+
+// checkName trims a device name and checks it.
+func checkName(name string) (string, error) {
 	name = strings.TrimSpace(name)
 	if name == "" {
-		return nil, "", outpost.Errorf(outpost.EINVALID, "device name is required")
+		return "", outpost.Errorf(outpost.EINVALID, "device name is required")
 	}
 	if len(name) > MaxNameLen || !utf8.ValidString(name) {
-		return nil, "", outpost.Errorf(outpost.EINVALID, "device name must be valid UTF-8 of at most %d bytes", MaxNameLen)
+		return "", outpost.Errorf(outpost.EINVALID, "device name must be valid UTF-8 of at most %d bytes", MaxNameLen)
 	}
 	for _, r := range name {
 		if r < 0x20 || r == 0x7f {
-			return nil, "", outpost.Errorf(outpost.EINVALID, "device name contains a control character")
+			return "", outpost.Errorf(outpost.EINVALID, "device name contains a control character")
 		}
 	}
-	secret := outpost.NewSecret()
-	d := &outpost.Device{ID: outpost.NewDeviceID(), Name: name, CreatedAt: time.Now().UTC().Truncate(time.Millisecond)}
-	if err := v.s.db.CreateDevice(ctx, d, outpost.HashSecret(secret)); err != nil {
+	return name, nil
+}
+
+func (v *service) CreateDevice(ctx context.Context, name string) (*outpost.Device, string, error) {
+	name, err := checkName(name)
+	if err != nil {
 		return nil, "", err
 	}
+	secret := outpost.NewSecret()
+	hash := outpost.HashSecret(secret)
+	d := &outpost.Device{ID: outpost.NewDeviceID(), Name: name, CreatedAt: time.Now().UTC().Truncate(time.Millisecond)}
+	if err := v.s.db.CreateDevice(ctx, d, hash); err != nil {
+		return nil, "", err
+	}
+	v.s.creds.set(d.ID, hash)
 	v.s.metrics.devicesCreated.Inc()
 	return d, secret, nil
+}
+
+// CreateDevices implements httpapi.BulkCreator: every device or none, in
+// one transaction.
+func (v *service) CreateDevices(ctx context.Context, names []string) ([]*outpost.Device, []string, error) {
+	if len(names) == 0 {
+		return nil, nil, outpost.Errorf(outpost.EINVALID, "names: at least one device name is required")
+	}
+	if len(names) > MaxBulkDevices {
+		return nil, nil, outpost.Errorf(outpost.EINVALID, "names: at most %d devices at once, not %d", MaxBulkDevices, len(names))
+	}
+	seen := make(map[string]int, len(names))
+	ds := make([]*outpost.Device, len(names))
+	secrets := make([]string, len(names))
+	hashes := make([][]byte, len(names))
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	for i, n := range names {
+		name, err := checkName(n)
+		if err != nil {
+			return nil, nil, outpost.Errorf(outpost.EINVALID, "names[%d]: %s", i, outpost.ErrorMessage(err))
+		}
+		if j, dup := seen[name]; dup {
+			return nil, nil, outpost.Errorf(outpost.EINVALID, "names[%d]: %q is also names[%d]", i, name, j)
+		}
+		seen[name] = i
+		secrets[i] = outpost.NewSecret()
+		hashes[i] = outpost.HashSecret(secrets[i])
+		ds[i] = &outpost.Device{ID: outpost.NewDeviceID(), Name: name, CreatedAt: now}
+	}
+	if err := v.s.db.CreateDevices(ctx, ds, hashes); err != nil {
+		return nil, nil, err
+	}
+	for i, d := range ds {
+		v.s.creds.set(d.ID, hashes[i])
+	}
+	v.s.metrics.devicesCreated.Add(float64(len(ds)))
+	return ds, secrets, nil
 }
 
 func (v *service) Device(ctx context.Context, id string) (*outpost.Device, error) {
@@ -99,6 +153,10 @@ func (v *service) DeleteDevice(ctx context.Context, id string) error {
 	if err := v.s.db.DeleteDevice(ctx, id); err != nil {
 		return err
 	}
+	// The credentials go before the sessions are revoked: a login racing
+	// the deletion either fails its check or is ended by the revocation
+	// (broker/sessions.go).
+	v.s.creds.forget(id)
 	v.s.broker.DisconnectDevice(id)
 	v.s.presence.Forget(id)
 	v.s.model.forget(id)
@@ -107,9 +165,11 @@ func (v *service) DeleteDevice(ctx context.Context, id string) error {
 
 func (v *service) RotateSecret(ctx context.Context, id string) (string, error) {
 	secret := outpost.NewSecret()
-	if err := v.s.db.SetSecretHash(ctx, id, outpost.HashSecret(secret)); err != nil {
+	hash := outpost.HashSecret(secret)
+	if err := v.s.db.SetSecretHash(ctx, id, hash); err != nil {
 		return "", err
 	}
+	v.s.creds.set(id, hash)
 	v.s.broker.DisconnectDevice(id)
 	return secret, nil
 }

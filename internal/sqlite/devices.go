@@ -15,16 +15,73 @@ import (
 func (db *DB) CreateDevice(ctx context.Context, d *outpost.Device, secretHash []byte) error {
 	db.wmu.Lock()
 	defer db.wmu.Unlock()
-	_, err := db.w.ExecContext(ctx, `INSERT INTO devices (id, name, secret_hash, created_at) VALUES (?, ?, ?, ?)`,
-		d.ID, d.Name, secretHash, d.CreatedAt.UnixMilli())
+	_, err := db.w.ExecContext(ctx, insertDevice, d.ID, d.Name, secretHash, d.CreatedAt.UnixMilli())
+	return createError(err, d)
+}
+
+const insertDevice = `INSERT INTO devices (id, name, secret_hash, created_at) VALUES (?, ?, ?, ?)`
+
+// createError names the taken name or id of a failed insert.
+func createError(err error, d *outpost.Device) error {
+	switch {
+	case err == nil:
+		return nil
+	case strings.Contains(err.Error(), "UNIQUE constraint failed: devices.name"):
+		return outpost.Errorf(outpost.ECONFLICT, "a device named %q already exists", d.Name)
+	case strings.Contains(err.Error(), "UNIQUE constraint failed"):
+		return outpost.Errorf(outpost.ECONFLICT, "device %s already exists", d.ID)
+	}
+	return fmt.Errorf("create device: %w", err)
+}
+
+// CreateDevices implements outpost.DeviceStore: one transaction, one
+// prepared statement.
+func (db *DB) CreateDevices(ctx context.Context, ds []*outpost.Device, secretHashes [][]byte) error {
+	if len(ds) != len(secretHashes) {
+		return fmt.Errorf("create devices: %d devices but %d secret hashes", len(ds), len(secretHashes))
+	}
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	tx, err := db.w.BeginTx(ctx, nil)
 	if err != nil {
-		if strings.Contains(err.Error(), "UNIQUE constraint failed: devices.name") {
-			return outpost.Errorf(outpost.ECONFLICT, "a device named %q already exists", d.Name)
+		return fmt.Errorf("create devices: %w", err)
+	}
+	defer tx.Rollback()
+	st, err := tx.PrepareContext(ctx, insertDevice)
+	if err != nil {
+		return fmt.Errorf("create devices: %w", err)
+	}
+	defer st.Close()
+	for i, d := range ds {
+		if _, err := st.ExecContext(ctx, d.ID, d.Name, secretHashes[i], d.CreatedAt.UnixMilli()); err != nil {
+			return createError(err, d)
 		}
-		if strings.Contains(err.Error(), "UNIQUE constraint failed") {
-			return outpost.Errorf(outpost.ECONFLICT, "device %s already exists", d.ID)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("create devices: %w", err)
+	}
+	return nil
+}
+
+// EachSecretHash implements outpost.DeviceStore.
+func (db *DB) EachSecretHash(ctx context.Context, fn func(id string, secretHash []byte) error) error {
+	rows, err := db.r.QueryContext(ctx, `SELECT id, secret_hash FROM devices`)
+	if err != nil {
+		return fmt.Errorf("secret hashes: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var h []byte
+		if err := rows.Scan(&id, &h); err != nil {
+			return fmt.Errorf("secret hashes: %w", err)
 		}
-		return fmt.Errorf("create device: %w", err)
+		if err := fn(id, h); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("secret hashes: %w", err)
 	}
 	return nil
 }
@@ -167,13 +224,43 @@ func (db *DB) SetSecretHash(ctx context.Context, id string, secretHash []byte) e
 func (db *DB) SetPresence(ctx context.Context, id string, online bool, lastSeen time.Time) error {
 	db.wmu.Lock()
 	defer db.wmu.Unlock()
-	_, err := db.w.ExecContext(ctx, `UPDATE devices SET online = ?, last_seen = MAX(last_seen, ?) WHERE id = ?`,
-		boolInt(online), lastSeen.UnixMilli(), id)
+	_, err := db.w.ExecContext(ctx, setPresence, boolInt(online), lastSeen.UnixMilli(), id)
 	if err != nil {
 		return fmt.Errorf("set presence: %w", err)
 	}
 	return nil
 }
+
+// SetPresences implements outpost.DeviceStore: one transaction, one
+// prepared statement.
+func (db *DB) SetPresences(ctx context.Context, ps []outpost.Presence) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	tx, err := db.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("set presences: %w", err)
+	}
+	defer tx.Rollback()
+	st, err := tx.PrepareContext(ctx, setPresence)
+	if err != nil {
+		return fmt.Errorf("set presences: %w", err)
+	}
+	defer st.Close()
+	for _, p := range ps {
+		if _, err := st.ExecContext(ctx, boolInt(p.Online), p.LastSeen.UnixMilli(), p.ID); err != nil {
+			return fmt.Errorf("set presences: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("set presences: %w", err)
+	}
+	return nil
+}
+
+const setPresence = `UPDATE devices SET online = ?, last_seen = MAX(last_seen, ?) WHERE id = ?`
 
 // ResetPresence implements outpost.DeviceStore.
 func (db *DB) ResetPresence(ctx context.Context) error {

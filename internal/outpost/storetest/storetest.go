@@ -44,6 +44,10 @@ var suite = []struct {
 }{
 	// devices and presence
 	{"CreateAndGet", testCreateAndGet},
+	{"PresenceBatch", testPresenceBatch},
+	{"CreateMany", testCreateMany},
+	{"EachSecretHash", testEachSecretHash},
+	{"QueuePendingDevices", testPendingDevices},
 	{"CreateConflict", testCreateConflict},
 	{"NotFound", testNotFound},
 	{"Devices", testDevices},
@@ -417,6 +421,109 @@ func testPresence(t *testing.T, s Store) {
 	online := true
 	if ds, err := s.Devices(ctx, outpost.DeviceFilter{Online: &online}); err != nil || len(ds) != 0 {
 		t.Errorf("online devices after reset: %v, %v", ids(ds), err)
+	}
+}
+
+func testPresenceBatch(t *testing.T, s Store) {
+	ctx := context.Background()
+	a := MustCreateDevice(t, s, "a")
+	b := MustCreateDevice(t, s, "b")
+	t1 := time.UnixMilli(1_700_000_000_123).UTC()
+	t2 := t1.Add(time.Minute)
+	if err := s.SetPresences(ctx, nil); err != nil {
+		t.Errorf("no presences: %v", err)
+	}
+	err := s.SetPresences(ctx, []outpost.Presence{
+		{ID: a.ID, Online: true, LastSeen: t2},
+		{ID: "d-unknown", Online: true, LastSeen: t2},
+		{ID: b.ID, Online: false, LastSeen: t1},
+	})
+	if err != nil {
+		t.Fatalf("SetPresences with an unknown id: %v", err)
+	}
+	// Last seen never moves backwards.
+	if err := s.SetPresences(ctx, []outpost.Presence{{ID: a.ID, Online: false, LastSeen: t1}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []outpost.Device{{ID: a.ID, Online: false, LastSeen: t2}, {ID: b.ID, Online: false, LastSeen: t1}} {
+		d, err := s.Device(ctx, want.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Online != want.Online || !d.LastSeen.Equal(want.LastSeen) {
+			t.Errorf("device %s: online %v, last seen %v; want %v, %v", d.Name, d.Online, d.LastSeen, want.Online, want.LastSeen)
+		}
+	}
+}
+
+func testCreateMany(t *testing.T, s Store) {
+	ctx := context.Background()
+	now := time.UnixMilli(1_700_000_000_000).UTC()
+	mk := func(names ...string) ([]*outpost.Device, [][]byte) {
+		var ds []*outpost.Device
+		var hs [][]byte
+		for _, n := range names {
+			ds = append(ds, &outpost.Device{ID: outpost.NewDeviceID(), Name: n, CreatedAt: now})
+			hs = append(hs, outpost.HashSecret("secret-"+n))
+		}
+		return ds, hs
+	}
+	ds, hs := mk("m1", "m2", "m3")
+	if err := s.CreateDevices(ctx, ds, hs); err != nil {
+		t.Fatal(err)
+	}
+	all, err := s.Devices(ctx, outpost.DeviceFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(all), ids(ds); !slices.Equal(got, want) {
+		t.Errorf("devices %v, want %v in creation order", got, want)
+	}
+	for i, d := range ds {
+		h, err := s.SecretHash(ctx, d.ID)
+		if err != nil || !bytes.Equal(h, hs[i]) {
+			t.Errorf("device %s: hash %x, %v; want the one given", d.Name, h, err)
+		}
+	}
+	// All or none: a taken name fails the whole batch.
+	more, mh := mk("m4", "m2", "m5")
+	wantCode(t, "create with a taken name", s.CreateDevices(ctx, more, mh), outpost.ECONFLICT)
+	if _, err := s.Device(ctx, more[0].ID); outpost.ErrorCode(err) != outpost.ENOTFOUND {
+		t.Errorf("device m4 of a failed batch: %v, want ENOTFOUND", err)
+	}
+	if err := s.CreateDevices(ctx, ds[:1], nil); err == nil {
+		t.Error("devices without their hashes: no error")
+	}
+}
+
+func testEachSecretHash(t *testing.T, s Store) {
+	ctx := context.Background()
+	want := map[string][]byte{}
+	for _, n := range []string{"x", "y", "z"} {
+		d := MustCreateDevice(t, s, n)
+		want[d.ID] = outpost.HashSecret("secret-" + n)
+	}
+	got := map[string][]byte{}
+	err := s.EachSecretHash(ctx, func(id string, h []byte) error {
+		got[id] = bytes.Clone(h)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d hashes, want %d", len(got), len(want))
+	}
+	for id, h := range want {
+		if !bytes.Equal(got[id], h) {
+			t.Errorf("device %s: hash %x, want %x", id, got[id], h)
+		}
+	}
+	stop := fmt.Errorf("stop")
+	n := 0
+	err = s.EachSecretHash(ctx, func(string, []byte) error { n++; return stop })
+	if err != stop || n != 1 {
+		t.Errorf("EachSecretHash after fn failed: %v after %d calls, want fn's error after 1", err, n)
 	}
 }
 

@@ -1,0 +1,124 @@
+package queue_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/internal/queue"
+	"github.com/outpost-iot/outpost/internal/sqlite"
+)
+
+// countingStore is the real SQLite store, counting the queries the queue
+// makes for each device.
+type countingStore struct {
+	*sqlite.DB
+	mu      sync.Mutex
+	queries map[string]int
+}
+
+func (s *countingStore) count(id string) {
+	s.mu.Lock()
+	s.queries[id]++
+	s.mu.Unlock()
+}
+
+func (s *countingStore) queried(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queries[id]
+}
+
+func (s *countingStore) Deliverable(ctx context.Context, id string, now time.Time, resend bool, limit int) ([]*outpost.QueuedMessage, error) {
+	s.count(id)
+	return s.DB.Deliverable(ctx, id, now, resend, limit)
+}
+
+func (s *countingStore) ExpireDue(ctx context.Context, id string, now time.Time) (outpost.Expiry, error) {
+	if id != "" {
+		s.count(id)
+	}
+	return s.DB.ExpireDue(ctx, id, now)
+}
+
+// publisher records what the queue publishes.
+type publisher struct{ sent chan string }
+
+func (p *publisher) PublishQueued(deviceID, kind, msgID string, payload []byte) error {
+	p.sent <- deviceID
+	return nil
+}
+
+func (p *publisher) PublishToDevice(deviceID, kind string, payload []byte) error { return nil }
+
+func (p *publisher) Room(deviceID string, want int) int { return want }
+
+func (p *publisher) Subscribed(deviceID, kind string) bool { return true }
+
+// Issue 16: every connecting device cost a write transaction (expiry) and
+// a query on the store's single writer, although almost none has anything
+// queued. Now only devices that may have something pending are looked up:
+// those with unfinished messages when the queue starts, and those enqueued
+// to since; one whose round finds nothing leaves the set.
+func TestConnectingWithoutPendingCostsNoQuery(t *testing.T) {
+	ctx := context.Background()
+	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "q.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var devs []*outpost.Device
+	var hashes [][]byte
+	for i := range 50 {
+		devs = append(devs, &outpost.Device{ID: fmt.Sprintf("d-%03d", i), Name: fmt.Sprint("dev", i), CreatedAt: time.Now()})
+		hashes = append(hashes, outpost.HashSecret("x"))
+	}
+	if err := db.CreateDevices(ctx, devs, hashes); err != nil {
+		t.Fatal(err)
+	}
+	early, late, idle := devs[0].ID, devs[1].ID, devs[2:]
+	now := time.Now().UTC()
+	// Queued before the queue starts: found by the load at start.
+	if err := db.EnqueueMessage(ctx, &outpost.QueuedMessage{ID: "m-early", DeviceID: early, Kind: "cmd", Payload: []byte(`{}`),
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	store := &countingStore{DB: db, queries: map[string]int{}}
+	pub := &publisher{sent: make(chan string, 16)}
+	q := queue.New(store, pub, queue.Options{Workers: 1, Sweep: time.Hour})
+	defer q.Close()
+	if _, err := q.Enqueue(ctx, late, "cmd", []byte(`{}`), 0); err != nil { // offline: waits
+		t.Fatal(err)
+	}
+
+	// One worker takes the devices in the order they subscribed: once the
+	// last one's message is out, every other subscription was handled.
+	for _, d := range idle {
+		q.DeviceSubscribed(d.ID, d, false)
+	}
+	q.DeviceSubscribed(early, early, false)
+	q.DeviceSubscribed(late, late, false)
+	for _, want := range []string{early, late} {
+		select {
+		case got := <-pub.sent:
+			if got != want {
+				t.Fatalf("published to %s, want %s", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("nothing published to %s", want)
+		}
+	}
+	for _, d := range idle {
+		if n := store.queried(d.ID); n != 0 {
+			t.Fatalf("device %s with nothing queued: %d store queries on connect, want 0", d.ID, n)
+		}
+	}
+	if store.queried(early) == 0 || store.queried(late) == 0 {
+		t.Errorf("devices with messages were not looked up: %d, %d queries", store.queried(early), store.queried(late))
+	}
+}
