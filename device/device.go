@@ -147,9 +147,9 @@ type Client struct {
 	obCloseE error
 	model    modelClient
 
-	files *fileMgr // files.go; nil without WithFiles
-	fwMu  sync.Mutex
-	fw    *fwMgr // firmware.go; nil without HandleFirmware
+	files  *fileMgr // files.go; nil without WithFiles
+	fwMu   sync.Mutex
+	fw     *fwMgr   // firmware.go; nil without HandleFirmware
 	acks   downAcks // acknowledgements of queued messages (ack.go)
 	limits limits   // what the platform announced (limits.go)
 }
