@@ -277,7 +277,7 @@ func startPlainBroker(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.AddListener(broker.NewListener("plain", l, nil, nil)); err != nil {
+	if err := broker.NewListener("plain", l, nil, nil).AddTo(srv); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.Serve(); err != nil {

@@ -85,7 +85,7 @@ func startSmallPacketBroker(t *testing.T, limit uint32) (*smallPacketBroker, str
 		t.Fatal(err)
 	}
 	ln := broker.NewListener("small", l, nil, nil)
-	if err := srv.AddListener(ln); err != nil {
+	if err := ln.AddTo(srv); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.Serve(); err != nil {

@@ -152,7 +152,7 @@ func rawMochi(t *testing.T, opts *mqtt.Options, tuned bool) (addr string, stop f
 		t.Fatal(err)
 	}
 	ln := broker.NewListener("raw", l, nil, nil)
-	if err := srv.AddListener(ln); err != nil {
+	if err := ln.AddTo(srv); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.Serve(); err != nil {

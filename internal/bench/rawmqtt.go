@@ -72,7 +72,7 @@ func startRawBroker(extra mqtt.Hook) (*rawBroker, error) {
 		return nil, fmt.Errorf("bench: raw broker listener: %w", err)
 	}
 	ln := broker.NewListener("raw", l, nil, nil)
-	if err := srv.AddListener(ln); err != nil {
+	if err := ln.AddTo(srv); err != nil {
 		l.Close()
 		return nil, err
 	}

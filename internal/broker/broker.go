@@ -349,10 +349,12 @@ func (b *Broker) Close() error {
 // disconnectAll disconnects the clients of listener id at shutdown, as
 // mochi's closeListenerClients does but reading its client map under one
 // read lock (see Listener.Close).
-func (b *Broker) disconnectAll(id string) {
-	for _, cl := range b.srv.Clients.GetAll() {
+func (b *Broker) disconnectAll(id string) { disconnectAll(b.srv, id) }
+
+func disconnectAll(srv *mqtt.Server, id string) {
+	for _, cl := range srv.Clients.GetAll() {
 		if cl.Net.Listener == id && !cl.Net.Inline && !cl.Closed() {
-			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			_ = srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		}
 	}
 }

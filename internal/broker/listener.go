@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
@@ -323,6 +324,15 @@ func (n *Listener) closeConns() {
 // shutdownWait bounds how long Shutdown waits for connections to finish.
 const shutdownWait = 15 * time.Second
 
+// AddTo adds the listener to srv (a broker of its own, such as a
+// benchmark's raw mochi). Use it rather than srv.AddListener: the listener
+// then disconnects srv's clients at Close without mochi's nested lock of
+// its client map (see Close).
+func (n *Listener) AddTo(srv *mqtt.Server) error {
+	n.closeClients = func() { disconnectAll(srv, n.id) }
+	return srv.AddListener(n)
+}
+
 // Close implements listeners.Listener: it stops accepting, limits every
 // connection's remaining writes to endGrace and closes the clients.
 //
@@ -330,7 +340,7 @@ const shutdownWait = 15 * time.Second
 // lock of its client map twice, nested; a client ending at that moment
 // (Clients.Delete, waiting for the write lock) blocks the second read lock
 // and shutdown hangs for ever. A listener of a Broker uses the broker's
-// function, which reads the map once.
+// function, and so does one added with AddTo: both read the map once.
 func (n *Listener) Close(closeClients listeners.CloseFn) {
 	n.stop()
 	n.endAll()

@@ -46,7 +46,7 @@ func TestListenerSurvivesEMFILE(t *testing.T) {
 	ln := &emfileListener{Listener: inner}
 	ln.fails.Store(5)
 	bl := broker.NewListener("emfile", ln, nil, nil)
-	if err := srv.AddListener(bl); err != nil {
+	if err := bl.AddTo(srv); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.Serve(); err != nil {
