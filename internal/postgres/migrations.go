@@ -138,4 +138,7 @@ CREATE TABLE down_queue (
 CREATE INDEX down_queue_device ON down_queue (device_id, state, seq);
 CREATE INDEX down_queue_state ON down_queue (state, expires_at);
 `,
+	// 4: gateways, their children's bindings and their sinks. See
+	// gateway.go.
+	migrationGateways,
 }

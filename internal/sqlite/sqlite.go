@@ -407,6 +407,9 @@ CREATE VIEW readings_all (series, ts, seq, value) AS
 	SELECT l.series, l.ts, l.seq, l.value FROM readings_landing l
 	WHERE l.seq > COALESCE((SELECT m.through FROM readings_merged m WHERE m.series = l.series), 0);
 `,
+	// 8: gateways, their children's bindings and their sinks. See
+	// gateway.go.
+	migrationGateways,
 }
 
 func (db *DB) migrate(ctx context.Context) error {
