@@ -270,7 +270,9 @@ type GatewayErrorReply struct {
 
 // ValidChildAddress checks a child's address: 1 to MaxChildAddressLen
 // characters from [A-Za-z0-9_.:-].
-func ValidChildAddress(a string) error { return validName("child address", a, MaxChildAddressLen, true) }
+func ValidChildAddress(a string) error {
+	return validName("child address", a, MaxChildAddressLen, true)
+}
 
 // ValidSinkName checks a sink name: 1 to 64 characters from
 // [A-Za-z0-9_.:-].

@@ -90,7 +90,10 @@ type Options struct {
 	// transfer and firmware endpoints (ota.go); nil leaves them out.
 	Artifacts ArtifactService
 	OTA       OTAService
-	Logger    *slog.Logger
+	// Gateways serves the gateway endpoints (gateway.go); nil leaves
+	// them out.
+	Gateways GatewayService
+	Logger   *slog.Logger
 }
 
 // Limits on requests.
@@ -137,6 +140,7 @@ func New(svc Service, o Options) http.Handler {
 	a.registerModel(mux)
 	a.routeCalls(mux)
 	a.routeOTA(mux, o.Artifacts, o.OTA)
+	a.routeGateways(mux, o.Gateways)
 	a.routeBulk(mux)
 	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))

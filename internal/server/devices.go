@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/gateway"
 	"github.com/outpost-iot/outpost/internal/ingest"
 	"github.com/outpost-iot/outpost/internal/ota"
 	"github.com/outpost-iot/outpost/internal/outpost"
@@ -35,7 +36,9 @@ func (s *Server) DeviceConnected(deviceID string, conn any) {
 
 // DeviceDisconnected implements broker.Handler.
 func (s *Server) DeviceDisconnected(deviceID string, conn any, reason string) {
-	s.presence.Disconnected(deviceID, conn, reason)
+	if s.presence.Disconnected(deviceID, conn, reason) {
+		s.gatewayOffline(deviceID)
+	}
 }
 
 func (s *Server) presenceChanged(c presence.Change) {
@@ -70,6 +73,9 @@ func (s *Server) HandleMessage(ctx context.Context, deviceID, kind string, paylo
 	case protocol.KindAck:
 		return s.handleAck(deviceID, payload)
 	default:
+		if gateway.Handles(kind) {
+			return s.handleGateway(ctx, deviceID, kind, payload)
+		}
 		if ota.Handles(kind) {
 			if s.ota == nil {
 				return s.reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeNotSupported, Message: "files and firmware are not available with this platform's database engine"})

@@ -23,6 +23,7 @@ import (
 
 	"github.com/outpost-iot/outpost/internal/artifact"
 	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/gateway"
 	"github.com/outpost-iot/outpost/internal/httpapi"
 	"github.com/outpost-iot/outpost/internal/ingest"
 	"github.com/outpost-iot/outpost/internal/ota"
@@ -196,6 +197,7 @@ type Server struct {
 	model                        *modelState
 	artifacts                    *artifact.Repository
 	ota                          *ota.Service
+	gw                           *gateway.Service
 
 	httpSrv   *http.Server
 	httpLn    net.Listener
@@ -344,7 +346,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		return nil, listenError(flag, err)
 	}
-	s.relay = rpc.NewRelay(s.broker, s.presence)
+	s.relay = rpc.NewRelay(s.openGateway(), s.presence)
 	s.model = newModelState(s)
 	if err := s.openQueue(); err != nil {
 		return nil, err
@@ -373,6 +375,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: s.log}
 	if s.ota != nil {
 		apiOpts.Artifacts, apiOpts.OTA = s.artifacts, s.ota
+	}
+	if s.gw != nil {
+		apiOpts.Gateways = s.gw
 	}
 	api := httpapi.New(s.svc, apiOpts)
 	baseCtx, cancelBase := context.WithCancel(context.Background())

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/gateway"
 	"github.com/outpost-iot/outpost/internal/ingest"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/protocol"
@@ -19,6 +20,9 @@ var _ broker.AsyncHandler = (*Server)(nil)
 // broker's read loop goes on reading the device's next messages, which
 // join the same group. Other kinds are handled at once.
 func (s *Server) StartMessage(ctx context.Context, deviceID, kind string, payload []byte, done func(error)) (bool, error) {
+	if gateway.Handles(kind) {
+		return s.startGateway(ctx, deviceID, kind, payload, done)
+	}
 	// ctx only bounds the wait for room in the writer's queue (it may be
 	// done already); store work gets its own bound.
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)

@@ -1,0 +1,816 @@
+// Package gateway is the platform's side of gateways and the devices
+// behind them (docs/protocol.md §26): one gateway connection speaks for
+// many children, in its own gw/… kinds, and the platform turns what it
+// says into the children's own telemetry, events and presence, and routes
+// calls for a child through its gateway.
+//
+// It is one home behind the message router: Handles reports its kinds,
+// Handle takes the synchronous ones, and Start takes a telemetry batch
+// that mixes children, splits it into one outpost.Batch per child and
+// submits them to the ingest writer, finishing the gateway's message once
+// every child's part has committed. Each child's part carries its own
+// batch id (the gateway's, prefixed), so a redelivered batch is stored
+// once per child whatever part of it was committed before.
+//
+// Access control is by construction: a gateway names children only by
+// its own addresses, and an address resolves only among its own
+// children. Policy decides what an unknown address means: a new child
+// (auto) or a refusal (provisioned). A device is the child of one gateway
+// at most (the store enforces it).
+//
+// The service keeps each gateway's children in memory, loaded from the
+// store on first use; the API's changes go through the service and keep
+// it current. Several platform replicas sharing a store would each hold
+// their own copy: a change made through one is seen by another only
+// after its restart.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/outpost-iot/outpost/internal/ingest"
+	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/protocol"
+)
+
+// Sender sends a message down to a device now (QoS 1), on its
+// down/{kind} topic: error replies, sink configuration and send requests
+// for a gateway.
+type Sender interface {
+	PublishToDevice(deviceID, kind string, payload []byte) error
+}
+
+// Submitter takes a batch for storage and calls done once it committed
+// (the ingest writer).
+type Submitter interface {
+	Submit(ctx context.Context, b *outpost.Batch, done ingest.Done) error
+}
+
+// Router handles a message as if a device had sent it on up/{kind}: a
+// child's event, notification, attributes or feeds. A rejection is a
+// *protocol.Error.
+type Router interface {
+	HandleMessage(ctx context.Context, deviceID, kind string, payload []byte) error
+}
+
+// Presence is the platform's presence tracker.
+type Presence interface {
+	// Connected records conn as the device's live session.
+	Connected(id string, conn any)
+	// Disconnected ends conn; ignored when conn is no longer current.
+	Disconnected(id string, conn any, reason string) bool
+	// Seen notes activity.
+	Seen(id string)
+	// Online reports whether the device has a live session.
+	Online(id string) bool
+}
+
+// Deliverer hands an RPC answer to the caller waiting for it (the RPC
+// relay). An error means nobody waits for it.
+type Deliverer interface {
+	Deliver(deviceID string, resp protocol.RPCResponse) error
+}
+
+// Publisher publishes an RPC request to a device, dropped if still
+// waiting at deadline (the interface of the RPC relay).
+type Publisher interface {
+	PublishUntil(deviceID, kind string, payload []byte, deadline time.Time) error
+}
+
+// Event kinds published to Options.Events.
+const (
+	// EventNodeData carries a NodeDataEvent.
+	EventNodeData = "node_data"
+	// EventSinks carries a SinksEvent: a gateway reported its sinks.
+	EventSinks = "sinks"
+)
+
+// Reasons a child goes offline.
+const (
+	ReasonGatewayOffline = "gateway offline"
+	ReasonLeft           = "left the gateway"
+)
+
+// Defaults.
+const (
+	// DefaultTimeout is how long SetSinkConfig and SendMessage wait for
+	// the gateway's result unless told otherwise (Wirepas's 2 s).
+	DefaultTimeout = 2 * time.Second
+	// MaxTimeout bounds the wait.
+	MaxTimeout = time.Minute
+	// batchPrefix starts the batch id of a child's part of a gateway
+	// batch, so that it never meets an id the child chose itself.
+	batchPrefix = "gw:"
+	// storeTimeout bounds the store work of one message.
+	storeTimeout = 10 * time.Second
+)
+
+// Options configure a Service. Store and Sender are required; Submitter
+// for telemetry, Router for child messages, Presence for presence and
+// RPC, RPC for answers.
+type Options struct {
+	Store     outpost.GatewayStore
+	Sender    Sender
+	Submitter Submitter
+	Router    Router
+	Presence  Presence
+	RPC       Deliverer
+	// Events receives node data and sink reports (the live stream). It
+	// must not block.
+	Events func(kind, deviceID string, v any)
+	// MaxChildren bounds the distinct children one message may name
+	// (default and at most protocol.MaxChildrenPerMessage).
+	MaxChildren int
+	Logger      *slog.Logger
+}
+
+// NodeDataEvent is a node's message as applications see it on the
+// stream (kind node_data).
+type NodeDataEvent struct {
+	GatewayID string `json:"gateway_id"`
+	Sink      string `json:"sink"`
+	// Network is the sink's network_address, when its configuration has
+	// one.
+	Network  json.RawMessage `json:"network,omitempty"`
+	Source   string          `json:"src"`
+	DeviceID string          `json:"device_id,omitempty"`
+	Dest     string          `json:"dst,omitempty"`
+	SrcEP    int             `json:"src_ep"`
+	DstEP    int             `json:"dst_ep"`
+	TS       int64           `json:"ts"`
+	Payload  []byte          `json:"payload"`
+}
+
+// SinksEvent is a gateway's sink report on the stream.
+type SinksEvent struct {
+	GatewayID string          `json:"gateway_id"`
+	Sinks     []*outpost.Sink `json:"sinks"`
+}
+
+// Service is the gateway home. Safe for concurrent use.
+type Service struct {
+	opt Options
+	log *slog.Logger
+
+	mu       sync.Mutex
+	gws      map[string]*gwState // gateway id → state, loaded on first use
+	children map[string]*route   // child device id → its route, for loaded gateways
+	pending  map[string]chan result
+}
+
+// gwState is what the service knows of one gateway.
+type gwState struct {
+	mu     sync.Mutex
+	gw     outpost.Gateway
+	byAddr map[string]string    // address → child device id
+	sinks  map[string]json.RawMessage
+	sess   *session            // current session; children online through it
+	online map[string]struct{} // child device ids marked online through sess
+}
+
+// session identifies one connection of a gateway to the presence
+// tracker: its children are "connected" through it.
+type session struct{ gatewayID string }
+
+type route struct {
+	gatewayID, address string
+}
+
+type result struct {
+	res, message string
+	config       json.RawMessage
+}
+
+// New returns a service.
+func New(o Options) *Service {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Events == nil {
+		o.Events = func(string, string, any) {}
+	}
+	if o.MaxChildren <= 0 || o.MaxChildren > protocol.MaxChildrenPerMessage {
+		o.MaxChildren = protocol.MaxChildrenPerMessage
+	}
+	return &Service{opt: o, log: o.Logger, gws: map[string]*gwState{}, children: map[string]*route{}, pending: map[string]chan result{}}
+}
+
+// Close releases the service. It owns no goroutine; waiting requests end
+// with their callers' contexts.
+func (s *Service) Close() error { return nil }
+
+// Handles reports whether kind is one of the service's up/ kinds.
+func Handles(kind string) bool { return protocol.GatewayKind(kind) }
+
+// state returns the gateway's state, loading it; ENOTFOUND when the
+// device is not a gateway.
+func (s *Service) state(ctx context.Context, id string) (*gwState, error) {
+	s.mu.Lock()
+	st := s.gws[id]
+	s.mu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	g, err := s.opt.Store.Gateway(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := s.opt.Store.Children(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	sinks, err := s.opt.Store.Sinks(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	st = &gwState{gw: *g, byAddr: make(map[string]string, len(cs)), sinks: map[string]json.RawMessage{},
+		sess: &session{gatewayID: id}, online: map[string]struct{}{}}
+	for _, c := range cs {
+		st.byAddr[c.Address] = c.DeviceID
+	}
+	for _, k := range sinks {
+		st.sinks[k.Name] = k.Config
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.gws[id]; cur != nil {
+		return cur, nil // loaded meanwhile
+	}
+	s.gws[id] = st
+	for _, c := range cs {
+		s.children[c.DeviceID] = &route{gatewayID: id, address: c.Address}
+	}
+	return st, nil
+}
+
+// resolve returns the device id of the child at addr, creating it when
+// the gateway's policy allows. It returns a *protocol.Error
+// (CodeUnknownChild) for an address the gateway may not use, or a
+// transient error. Called with st.mu held.
+func (s *Service) resolve(ctx context.Context, st *gwState, addr, sink string) (string, error) {
+	if id, ok := st.byAddr[addr]; ok {
+		return id, nil
+	}
+	if st.gw.Policy != string(protocol.PolicyAuto) {
+		return "", &protocol.Error{Code: protocol.CodeUnknownChild, Message: fmt.Sprintf("gateway %s has no child at address %s, and registers none itself (policy provisioned)", st.gw.ID, addr)}
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	d := &outpost.Device{ID: outpost.NewDeviceID(), Name: st.gw.ID + "." + addr, CreatedAt: now}
+	c := &outpost.Child{GatewayID: st.gw.ID, Address: addr, Sink: sink, CreatedAt: now}
+	// A child made here has no credentials of its own: nobody knows the
+	// secret its hash is of (the operator may rotate it to give one).
+	if err := s.opt.Store.CreateChild(ctx, c, d, outpost.HashSecret(outpost.NewToken())); err != nil {
+		return "", fmt.Errorf("register child %s of gateway %s: %w", addr, st.gw.ID, err)
+	}
+	st.byAddr[addr] = d.ID
+	s.mu.Lock()
+	s.children[d.ID] = &route{gatewayID: st.gw.ID, address: addr}
+	s.mu.Unlock()
+	s.log.Info("child registered", "gateway_id", st.gw.ID, "address", addr, "device_id", d.ID)
+	return d.ID, nil
+}
+
+// markOnline makes a child online through the gateway's current session.
+// Called with st.mu held.
+func (s *Service) markOnline(st *gwState, child string) {
+	if s.opt.Presence == nil {
+		return
+	}
+	if _, ok := st.online[child]; ok {
+		s.opt.Presence.Seen(child)
+		return
+	}
+	st.online[child] = struct{}{}
+	s.opt.Presence.Connected(child, st.sess)
+}
+
+// reply sends an error reply to the gateway and returns the error for the
+// broker (a rejection for good).
+func (s *Service) reply(gatewayID string, e protocol.GatewayErrorReply) error {
+	if b, err := json.Marshal(e); err == nil && s.opt.Sender != nil {
+		if err := s.opt.Sender.PublishToDevice(gatewayID, protocol.KindError, b); err != nil {
+			s.log.Debug("send error reply", "device_id", gatewayID, "error", err)
+		}
+	}
+	return &protocol.Error{Code: e.Code, Message: e.Message}
+}
+
+func (s *Service) reject(gatewayID, kind, id, child string, err error) error {
+	var pe *protocol.Error
+	if !errors.As(err, &pe) {
+		return err // transient: not acknowledged, the gateway resends
+	}
+	return s.reply(gatewayID, protocol.GatewayErrorReply{Kind: kind, ID: id, Child: child, Code: pe.Code, Message: pe.Message})
+}
+
+// Handle handles a gateway message of a synchronous kind (and telemetry,
+// waiting for its commit). Rejections are answered with an error reply
+// to the gateway and returned as *protocol.Error; other errors are
+// transient (the message is not acknowledged).
+func (s *Service) Handle(ctx context.Context, gatewayID, kind string, payload []byte) error {
+	if kind == protocol.KindGatewayTelemetry {
+		ch := make(chan error, 1)
+		async, err := s.Start(ctx, gatewayID, kind, payload, func(err error) { ch <- err })
+		if !async {
+			return err
+		}
+		select {
+		case err := <-ch:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	st, err := s.state(ctx, gatewayID)
+	if outpost.ErrorCode(err) == outpost.ENOTFOUND {
+		return s.reply(gatewayID, protocol.GatewayErrorReply{Kind: kind, Code: protocol.CodeForbidden, Message: fmt.Sprintf("device %s is not a gateway", gatewayID)})
+	} else if err != nil {
+		return err
+	}
+	switch kind {
+	case protocol.KindGatewaySinks:
+		return s.handleSinks(ctx, st, payload)
+	case protocol.KindGatewayChildren:
+		return s.handleChildren(ctx, st, payload)
+	case protocol.KindGatewayChild:
+		return s.handleChild(ctx, st, payload)
+	case protocol.KindGatewayRPC:
+		r, err := protocol.DecodeChildRPCResponse(payload)
+		if err != nil {
+			return s.reject(gatewayID, kind, "", "", err)
+		}
+		st.mu.Lock()
+		child, ok := st.byAddr[r.Child]
+		st.mu.Unlock()
+		if !ok {
+			return s.reply(gatewayID, protocol.GatewayErrorReply{Kind: kind, ID: r.ID, Child: r.Child, Code: protocol.CodeUnknownChild, Message: fmt.Sprintf("no child at address %s", r.Child)})
+		}
+		if s.opt.RPC != nil {
+			_ = s.opt.RPC.Deliver(child, r.Response()) // a late answer is dropped
+		}
+		return nil
+	case protocol.KindGatewayConfig:
+		r, err := protocol.DecodeSinkConfigResult(payload)
+		if err != nil {
+			return s.reject(gatewayID, kind, "", "", err)
+		}
+		if r.Result == protocol.ResultOK && r.Sink != "" && r.Config != nil {
+			if err := s.storeSinkConfig(ctx, st, r.Sink, r.Config); err != nil {
+				return err
+			}
+		}
+		s.answer(r.ID, result{res: r.Result, message: r.Message, config: r.Config})
+		return nil
+	case protocol.KindGatewaySend:
+		r, err := protocol.DecodeSendResult(payload)
+		if err != nil {
+			return s.reject(gatewayID, kind, "", "", err)
+		}
+		s.answer(r.ID, result{res: r.Result, message: r.Message})
+		return nil
+	case protocol.KindGatewayData:
+		return s.handleData(st, payload)
+	}
+	return s.reply(gatewayID, protocol.GatewayErrorReply{Kind: kind, Code: protocol.CodeUnknownKind, Message: fmt.Sprintf("unknown message kind %.64q", kind)})
+}
+
+func (s *Service) handleSinks(ctx context.Context, st *gwState, payload []byte) error {
+	m, err := protocol.DecodeGatewaySinks(payload)
+	if err != nil {
+		return s.reject(st.gw.ID, protocol.KindGatewaySinks, "", "", err)
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	sinks := make([]*outpost.Sink, len(m.Sinks))
+	for i, k := range m.Sinks {
+		sinks[i] = &outpost.Sink{GatewayID: st.gw.ID, Name: k.Name, Config: k.Config, UpdatedAt: now}
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if err := s.opt.Store.SetSinks(ctx, st.gw.ID, sinks); err != nil {
+		return err
+	}
+	st.sinks = make(map[string]json.RawMessage, len(sinks))
+	for _, k := range sinks {
+		st.sinks[k.Name] = k.Config
+	}
+	s.opt.Events(EventSinks, st.gw.ID, SinksEvent{GatewayID: st.gw.ID, Sinks: sinks})
+	return nil
+}
+
+// storeSinkConfig records the configuration a gateway reported for one
+// sink after a change.
+func (s *Service) storeSinkConfig(ctx context.Context, st *gwState, name string, cfg json.RawMessage) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if _, ok := st.sinks[name]; !ok {
+		return nil // not a sink it declared: nothing to update
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	sinks := make([]*outpost.Sink, 0, len(st.sinks))
+	for n, c := range st.sinks {
+		if n == name {
+			c = cfg
+		}
+		sinks = append(sinks, &outpost.Sink{GatewayID: st.gw.ID, Name: n, Config: c, UpdatedAt: now})
+	}
+	if err := s.opt.Store.SetSinks(ctx, st.gw.ID, sinks); err != nil {
+		return err
+	}
+	st.sinks[name] = cfg
+	return nil
+}
+
+func (s *Service) handleChildren(ctx context.Context, st *gwState, payload []byte) error {
+	kind := protocol.KindGatewayChildren
+	m, err := protocol.DecodeGatewayChildren(payload)
+	if err != nil {
+		return s.reject(st.gw.ID, kind, "", "", err)
+	}
+	if n := len(m.Join) + len(m.Leave); n > s.opt.MaxChildren {
+		return s.reply(st.gw.ID, protocol.GatewayErrorReply{Kind: kind, ID: m.ID, Code: protocol.CodeTooLarge, Message: fmt.Sprintf("children: %d children exceed %d per message", n, s.opt.MaxChildren)})
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var bad int
+	var first *protocol.Error
+	var firstChild string
+	fail := func(addr string, err error) error {
+		var pe *protocol.Error
+		if !errors.As(err, &pe) {
+			return err
+		}
+		bad++
+		if first == nil {
+			first, firstChild = pe, addr
+		}
+		return nil
+	}
+	for _, j := range m.Join {
+		child, err := s.resolve(ctx, st, j.Address, j.Sink)
+		if err != nil {
+			if err := fail(j.Address, err); err != nil {
+				return err
+			}
+			continue
+		}
+		s.markOnline(st, child)
+	}
+	for _, a := range m.Leave {
+		child, ok := st.byAddr[a]
+		if !ok {
+			fail(a, &protocol.Error{Code: protocol.CodeUnknownChild, Message: fmt.Sprintf("no child at address %s", a)})
+			continue
+		}
+		if _, on := st.online[child]; on {
+			delete(st.online, child)
+			if s.opt.Presence != nil {
+				s.opt.Presence.Disconnected(child, st.sess, ReasonLeft)
+			}
+		}
+	}
+	if bad > 0 {
+		err := s.reply(st.gw.ID, protocol.GatewayErrorReply{Kind: kind, ID: m.ID, Child: firstChild, Code: first.Code, Message: first.Message, Rejected: bad})
+		if bad == len(m.Join)+len(m.Leave) {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Service) handleChild(ctx context.Context, st *gwState, payload []byte) error {
+	kind := protocol.KindGatewayChild
+	m, err := protocol.DecodeChildMessage(payload)
+	if err != nil {
+		return s.reject(st.gw.ID, kind, "", "", err)
+	}
+	st.mu.Lock()
+	child, err := s.resolve(ctx, st, m.Child, "")
+	if err == nil {
+		s.markOnline(st, child)
+	}
+	st.mu.Unlock()
+	if err != nil {
+		return s.reject(st.gw.ID, kind, "", m.Child, err)
+	}
+	if s.opt.Router == nil {
+		return s.reply(st.gw.ID, protocol.GatewayErrorReply{Kind: kind, Child: m.Child, Code: protocol.CodeNotSupported, Message: "child messages are not handled by this platform"})
+	}
+	if err := s.opt.Router.HandleMessage(ctx, child, m.Kind, m.Msg); err != nil {
+		return s.reject(st.gw.ID, kind, "", m.Child, err)
+	}
+	return nil
+}
+
+func (s *Service) handleData(st *gwState, payload []byte) error {
+	m, err := protocol.DecodeNodeData(payload)
+	if err != nil {
+		return s.reject(st.gw.ID, protocol.KindGatewayData, "", "", err)
+	}
+	now := time.Now().UnixMilli()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, d := range m.Messages {
+		ev := NodeDataEvent{GatewayID: st.gw.ID, Sink: d.Sink, Network: networkOf(st.sinks[d.Sink]), Source: d.Source,
+			DeviceID: st.byAddr[d.Source], Dest: d.Dest, SrcEP: d.SrcEP, DstEP: d.DstEP, TS: d.T, Payload: d.Payload}
+		if ev.TS == 0 {
+			ev.TS = now
+		}
+		s.opt.Events(EventNodeData, st.gw.ID, ev)
+	}
+	return nil
+}
+
+// networkOf returns the network_address field of a sink configuration.
+func networkOf(cfg json.RawMessage) json.RawMessage {
+	if len(cfg) == 0 {
+		return nil
+	}
+	var c struct {
+		Network json.RawMessage `json:"network_address"`
+	}
+	if json.Unmarshal(cfg, &c) != nil {
+		return nil
+	}
+	return c.Network
+}
+
+// Start begins handling a gateway message. A telemetry batch is split
+// into one batch per child, each submitted to the Submitter; Start then
+// returns async true and done is called once, after every part has
+// committed (with the first failure, if any: the gateway resends the
+// whole batch, and the parts already stored are recognised by their ids).
+// Other kinds are handled at once, as by Handle, with async false.
+func (s *Service) Start(ctx context.Context, gatewayID, kind string, payload []byte, done func(error)) (async bool, err error) {
+	if kind != protocol.KindGatewayTelemetry {
+		return false, s.Handle(ctx, gatewayID, kind, payload)
+	}
+	// ctx bounds only the wait for room in the Submitter's queue (it may
+	// be done already); store work gets its own bound.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+	defer cancel()
+	st, err := s.state(sctx, gatewayID)
+	if outpost.ErrorCode(err) == outpost.ENOTFOUND {
+		return false, s.reply(gatewayID, protocol.GatewayErrorReply{Kind: kind, Code: protocol.CodeForbidden, Message: fmt.Sprintf("device %s is not a gateway", gatewayID)})
+	} else if err != nil {
+		return false, err
+	}
+	t, err := protocol.DecodeGatewayTelemetry(payload)
+	if err != nil {
+		return false, s.reject(gatewayID, kind, "", "", err)
+	}
+	batches, err := s.split(sctx, st, t)
+	if err != nil || len(batches) == 0 {
+		return false, err
+	}
+	if s.opt.Submitter == nil {
+		return false, s.reply(gatewayID, protocol.GatewayErrorReply{Kind: kind, ID: t.ID, Code: protocol.CodeNotSupported, Message: "telemetry is not handled by this platform"})
+	}
+	j := &join{left: len(batches), done: done}
+	for i, b := range batches {
+		if err := s.opt.Submitter.Submit(ctx, b, j.part); err != nil {
+			if i == 0 {
+				return false, err // nothing submitted: not acknowledged
+			}
+			// The parts already submitted finish first; the message then
+			// fails and is resent.
+			j.fail(len(batches)-i, err)
+			return true, nil
+		}
+	}
+	return true, nil
+}
+
+// join calls done once, after every part.
+type join struct {
+	mu    sync.Mutex
+	left  int
+	first error
+	done  func(error)
+}
+
+func (j *join) part(_ outpost.AppendResult, err error) { j.fail(1, err) }
+
+func (j *join) fail(n int, err error) {
+	j.mu.Lock()
+	if err != nil && j.first == nil {
+		j.first = err
+	}
+	j.left -= n
+	last := j.left == 0
+	first := j.first
+	j.mu.Unlock()
+	if last {
+		j.done(first)
+	}
+}
+
+// split checks a gateway batch's readings and groups them by child, in
+// the order of each child's first reading, keeping each child's order.
+// Bad readings and readings for addresses the gateway may not use are
+// dropped and reported in one error reply; if none is left, the message
+// is rejected for good.
+func (s *Service) split(ctx context.Context, st *gwState, t protocol.GatewayTelemetry) ([]*outpost.Batch, error) {
+	kind := protocol.KindGatewayTelemetry
+	var bad int
+	var first *protocol.Error
+	var firstChild string
+	byChild := map[string]*outpost.Batch{}
+	var order []*outpost.Batch
+	now := time.Now().UnixMilli()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	refused := map[string]*protocol.Error{}
+	for _, r := range t.Readings {
+		err := protocol.ValidateChildReading(r)
+		var child string
+		if err == nil {
+			if e := refused[r.Child]; e != nil {
+				err = e
+			} else if b := byChild[r.Child]; b != nil {
+				child = b.DeviceID
+			} else if len(byChild) >= s.opt.MaxChildren {
+				err = &protocol.Error{Code: protocol.CodeTooLarge, Message: fmt.Sprintf("readings of more than %d children in one message", s.opt.MaxChildren)}
+			} else {
+				id, rerr := s.resolve(ctx, st, r.Child, "")
+				var pe *protocol.Error
+				switch {
+				case errors.As(rerr, &pe):
+					refused[r.Child], err = pe, pe
+				case rerr != nil:
+					return nil, rerr // transient
+				default:
+					child = id
+				}
+			}
+		}
+		if err != nil {
+			bad++
+			if first == nil {
+				first, firstChild = err, r.Child
+			}
+			continue
+		}
+		b := byChild[r.Child]
+		if b == nil {
+			b = &outpost.Batch{DeviceID: child}
+			if t.ID != "" {
+				b.ID = batchPrefix + t.ID
+			}
+			byChild[r.Child] = b
+			order = append(order, b)
+			s.markOnline(st, child)
+		}
+		ts := r.TS
+		if ts == 0 {
+			ts = now
+		}
+		b.Readings = append(b.Readings, outpost.Reading{Feed: r.Feed, TS: ts, Value: r.Value})
+	}
+	if bad > 0 {
+		err := s.reply(st.gw.ID, protocol.GatewayErrorReply{Kind: kind, ID: t.ID, Child: firstChild, Code: first.Code, Message: first.Message, Rejected: bad})
+		if len(order) == 0 {
+			return nil, err
+		}
+	}
+	return order, nil
+}
+
+// GatewayOnline tells the service that a gateway has a new session: its
+// children come online again as it announces them or sends for them.
+func (s *Service) GatewayOnline(ctx context.Context, gatewayID string) {
+	s.GatewayOffline(ctx, gatewayID) // children of an older session, if its end was missed
+}
+
+// GatewayOffline takes every child that was online through the gateway
+// offline, with the reason "gateway offline". Call it when the gateway's
+// session ends, never from inside the presence tracker's change callback.
+func (s *Service) GatewayOffline(ctx context.Context, gatewayID string) {
+	s.mu.Lock()
+	st := s.gws[gatewayID]
+	s.mu.Unlock()
+	if st == nil {
+		return // never loaded: no child went online through it
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	old := st.sess
+	st.sess = &session{gatewayID: gatewayID}
+	for child := range st.online {
+		if s.opt.Presence != nil {
+			s.opt.Presence.Disconnected(child, old, ReasonGatewayOffline)
+		}
+	}
+	clear(st.online)
+}
+
+// Route returns the gateway and address a device is reached through
+// right now: ok only for a child its gateway has announced (or sent for)
+// in its current session. Another child is reached directly, if at all.
+func (s *Service) Route(deviceID string) (gatewayID, address string, ok bool) {
+	s.mu.Lock()
+	r := s.children[deviceID]
+	var st *gwState
+	if r != nil {
+		st = s.gws[r.gatewayID]
+	}
+	s.mu.Unlock()
+	if st == nil {
+		return "", "", false
+	}
+	st.mu.Lock()
+	_, on := st.online[deviceID]
+	st.mu.Unlock()
+	return r.gatewayID, r.address, on
+}
+
+// RoutePublisher wraps the RPC relay's publisher: a request for a child
+// that its gateway reaches goes to the gateway as a ChildRPCRequest on
+// down/gw/rpc; anything else goes to next unchanged.
+func (s *Service) RoutePublisher(next Publisher) Publisher { return routePublisher{s: s, next: next} }
+
+type routePublisher struct {
+	s    *Service
+	next Publisher
+}
+
+func (p routePublisher) PublishUntil(deviceID, kind string, payload []byte, deadline time.Time) error {
+	if kind != protocol.KindRPC {
+		return p.next.PublishUntil(deviceID, kind, payload, deadline)
+	}
+	gw, addr, ok := p.s.Route(deviceID)
+	if !ok {
+		return p.next.PublishUntil(deviceID, kind, payload, deadline)
+	}
+	req, err := protocol.DecodeRPCRequest(payload)
+	if err != nil {
+		return fmt.Errorf("route rpc request: %w", err)
+	}
+	b, err := json.Marshal(protocol.ChildRPCRequest{Child: addr, ID: req.ID, Method: req.Method, Args: req.Args, Deadline: req.Deadline})
+	if err != nil {
+		return fmt.Errorf("route rpc request: %w", err)
+	}
+	return p.next.PublishUntil(gw, protocol.KindGatewayRPC, b, deadline)
+}
+
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (s *Service) answer(id string, r result) {
+	s.mu.Lock()
+	ch := s.pending[id]
+	delete(s.pending, id)
+	s.mu.Unlock()
+	if ch != nil {
+		ch <- r // buffered: never blocks
+	}
+}
+
+// request publishes a request to a gateway and waits for its result.
+func (s *Service) request(ctx context.Context, gatewayID, kind, id string, v any, timeout time.Duration) (result, error) {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	if timeout > MaxTimeout {
+		return result{}, outpost.Errorf(outpost.EINVALID, "timeout %s exceeds the maximum of %s", timeout, MaxTimeout)
+	}
+	if s.opt.Presence != nil && !s.opt.Presence.Online(gatewayID) {
+		return result{}, outpost.Errorf(outpost.EOFFLINE, "gateway %s is offline", gatewayID)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return result{}, outpost.Errorf(outpost.EINVALID, "encode request: %v", err)
+	}
+	ch := make(chan result, 1)
+	s.mu.Lock()
+	s.pending[id] = ch
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.pending, id)
+		s.mu.Unlock()
+	}()
+	if err := s.opt.Sender.PublishToDevice(gatewayID, kind, b); err != nil {
+		return result{}, fmt.Errorf("%w (%w)", outpost.Errorf(outpost.EUNAVAILABLE, "gateway %s cannot take the request now", gatewayID), err)
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-timer.C:
+		return result{}, outpost.Errorf(outpost.ETIMEOUT, "gateway %s did not answer within %s", gatewayID, timeout)
+	case <-ctx.Done():
+		return result{}, ctx.Err()
+	}
+}
