@@ -27,7 +27,9 @@ type asyncPool struct {
 }
 
 type asyncCall struct {
-	ctx              context.Context
+	ctx context.Context
+	// job, when set, is the work instead of a call (gateway requests).
+	job              func(context.Context) (json.RawMessage, error)
 	deviceID, method string
 	args             json.RawMessage
 	fn               CallFunc
@@ -62,6 +64,8 @@ func (c *Client) send() {
 	for call := range c.async.queue {
 		if c.lifetime.Err() != nil {
 			call.err = ErrClosed
+		} else if call.job != nil {
+			call.res, call.err = c.runUntilClosed(call.ctx, call.job)
 		} else {
 			call.res, call.err = c.callUntilClosed(call.ctx, call.deviceID, call.method, call.args)
 		}
@@ -91,6 +95,39 @@ func (c *Client) callUntilClosed(ctx context.Context, deviceID, method string, a
 		return nil, ErrClosed
 	}
 	return res, err
+}
+
+// runUntilClosed runs job, cut short with ErrClosed when the client
+// closes.
+func (c *Client) runUntilClosed(ctx context.Context, job func(context.Context) (json.RawMessage, error)) (json.RawMessage, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(c.lifetime, func() { cancel(ErrClosed) })
+	defer stop()
+	res, err := job(ctx)
+	if err != nil && errors.Is(context.Cause(ctx), ErrClosed) {
+		return nil, ErrClosed
+	}
+	return res, err
+}
+
+// queueJob queues job on the pool as CallAsync queues a call.
+func (c *Client) queueJob(ctx context.Context, what string, job func(context.Context) (json.RawMessage, error), fn CallFunc, param any) error {
+	select {
+	case c.async.slots <- struct{}{}:
+	case <-c.lifetime.Done():
+		return ErrClosed
+	case <-ctx.Done():
+		return fmt.Errorf("fleet: %s: waiting for room in the queue: %w", what, ctx.Err())
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		<-c.async.slots
+		return ErrClosed
+	}
+	c.async.queue <- &asyncCall{ctx: ctx, job: job, fn: fn, param: param}
+	return nil
 }
 
 // CallAsync queues a call of method on a device and returns without
