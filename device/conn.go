@@ -431,6 +431,9 @@ func (c *Client) check(l *link, ca *paho.Connack) {
 	}
 	c.tele.kick()
 	c.filesConnected()
+	if g := c.gw.Load(); g != nil {
+		g.connected()
+	}
 }
 
 // subscribe subscribes to the device's down/ topics, retrying while ctx

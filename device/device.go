@@ -148,6 +148,7 @@ type Client struct {
 	model    modelClient
 
 	files  *fileMgr // files.go; nil without WithFiles
+	gw     atomic.Pointer[Gateway] // gateway.go; nil unless NewGateway
 	fwMu   sync.Mutex
 	fw     *fwMgr   // firmware.go; nil without HandleFirmware
 	acks   downAcks // acknowledgements of queued messages (ack.go)
@@ -340,7 +341,7 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 			c.opt.onError(e)
 		}
 	default:
-		if c.onModelPublish(t.Kind, p.Payload) || c.onFilesPublish(t.Kind, p.Payload) {
+		if c.onModelPublish(t.Kind, p.Payload) || c.onFilesPublish(t.Kind, p.Payload) || c.onGatewayPublish(t.Kind, p.Payload) {
 			break
 		}
 		c.opt.log.Debug("ignoring message of unknown kind", "device_id", c.id, "kind", t.Kind)

@@ -1,0 +1,139 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outpost-iot/outpost/device"
+	"github.com/outpost-iot/outpost/internal/outposttest"
+	"github.com/outpost-iot/outpost/protocol"
+)
+
+// TestGatewaySDKRestartBuffered: a gateway built on device.Gateway queues
+// its children's readings while it cannot reach the platform, is
+// restarted, and delivers every reading, each child's in order, once.
+func TestGatewaySDKRestartBuffered(t *testing.T) {
+	p := outposttest.Start(t)
+	gwd := p.CreateDevice(t, "sdk-gw")
+	if st := p.Do(t, "PUT", "/api/v1/gateways/"+gwd.ID, map[string]string{"policy": "auto"}, nil); st != http.StatusOK {
+		t.Fatalf("declare gateway: %d", st)
+	}
+	dir := t.TempDir()
+	const nChildren, rounds = 50, 4
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+	// First life: never connected, readings buffered on disk.
+	c1, err := device.New(gwd.URL, device.WithOutbox(dir), device.WithLogger(outposttest.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g1, err := device.NewGateway(c1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := 0; r < rounds; r++ {
+		var rs []device.ChildReading
+		for i := 0; i < nChildren; i++ {
+			rs = append(rs, device.ChildReading{Child: fmt.Sprintf("node-%d", i), Reading: device.Reading{Feed: "seq", Value: r, Time: base.Add(time.Duration(r) * time.Second)}})
+		}
+		if err := g1.AddReadings(rs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Second life: connects, announces, delivers.
+	c2 := connect(t, gwd.URL, device.WithOutbox(dir))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c2.Publish(ctx); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	cs := children(t, p, gwd.ID)
+	if len(cs) != nChildren {
+		t.Fatalf("%d children, want %d", len(cs), nChildren)
+	}
+	for i := 0; i < nChildren; i++ {
+		if got := readingsOf(t, p, cs[fmt.Sprintf("node-%d", i)], "seq"); strings.Join(got, ",") != "0,1,2,3" {
+			t.Fatalf("node-%d readings = %v", i, got)
+		}
+	}
+}
+
+// TestGatewaySDKCallsAndConfig: calls for children, sink configuration and
+// sends answered by device.Gateway handlers.
+func TestGatewaySDKCallsAndConfig(t *testing.T) {
+	p := outposttest.Start(t)
+	gwd := p.CreateDevice(t, "sdk-gw")
+	p.Do(t, "PUT", "/api/v1/gateways/"+gwd.ID, map[string]string{"policy": "auto"}, nil)
+	c, err := device.New(gwd.URL, device.WithMemoryOutbox(), device.WithLogger(outposttest.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	g, err := device.NewGateway(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.HandleChild("temp", func(_ context.Context, addr string, _ json.RawMessage) (any, error) { return "t@" + addr, nil })
+	g.HandleSinkConfig(func(_ context.Context, sink string, change json.RawMessage) (json.RawMessage, string, error) {
+		if strings.Contains(string(change), "99") {
+			return nil, protocol.ResultInvalidConfig, fmt.Errorf("channel 99 is out of range")
+		}
+		return json.RawMessage(`{"network_address":7,"channel":9}`), protocol.ResultOK, nil
+	})
+	g.HandleSend(func(_ context.Context, req protocol.SendRequest) (string, error) {
+		if req.Dest == "404" {
+			return protocol.ResultInvalidDest, nil
+		}
+		return protocol.ResultOK, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := g.SetSinks(ctx, map[string]json.RawMessage{"s1": json.RawMessage(`{"network_address":7,"channel":5}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Join(ctx, map[string]string{"a1": "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var a1 string
+	outposttest.Eventually(t, 10*time.Second, "child announced on connect", func() bool {
+		a1 = children(t, p, gwd.ID)["a1"]
+		return a1 != "" && online(t, p, a1)
+	})
+	var res struct {
+		Result json.RawMessage `json:"result"`
+	}
+	if st := p.Do(t, "POST", "/api/v1/devices/"+a1+"/rpc/temp", nil, &res); st != 200 || string(res.Result) != `"t@a1"` {
+		t.Fatalf("child call: %d %s", st, res.Result)
+	}
+	if st := p.Do(t, "POST", "/api/v1/devices/"+a1+"/rpc/nope", nil, nil); st != 501 {
+		t.Fatalf("unknown child method: %d", st)
+	}
+	var cres struct {
+		Result  string `json:"result"`
+		Message string `json:"message"`
+	}
+	if st := p.Do(t, "POST", "/api/v1/gateways/"+gwd.ID+"/sinks/s1/config", `{"config":{"channel":9}}`, &cres); st != 200 || cres.Result != "ok" {
+		t.Fatalf("config: %d %+v", st, cres)
+	}
+	if st := p.Do(t, "POST", "/api/v1/gateways/"+gwd.ID+"/sinks/s1/config", `{"config":{"channel":99}}`, &cres); st != 200 || cres.Result != "invalid_config" || !strings.Contains(cres.Message, "99") {
+		t.Fatalf("rejected config: %d %+v", st, cres)
+	}
+	var sres struct {
+		Result string `json:"result"`
+	}
+	if st := p.Do(t, "POST", "/api/v1/gateways/"+gwd.ID+"/sinks/s1/send", `{"dst":"404","src_ep":1,"dst_ep":1,"payload":""}`, &sres); st != 200 || sres.Result != "invalid_destination" {
+		t.Fatalf("send: %d %+v", st, sres)
+	}
+}
