@@ -147,7 +147,7 @@ type Client struct {
 	obCloseE error
 	model    modelClient
 
-	files  *fileMgr // files.go; nil without WithFiles
+	files  *fileMgr                // files.go; nil without WithFiles
 	gw     atomic.Pointer[Gateway] // gateway.go; nil unless NewGateway
 	fwMu   sync.Mutex
 	fw     *fwMgr   // firmware.go; nil without HandleFirmware

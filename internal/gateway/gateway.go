@@ -170,7 +170,7 @@ type Service struct {
 type gwState struct {
 	mu     sync.Mutex
 	gw     outpost.Gateway
-	byAddr map[string]string    // address → child device id
+	byAddr map[string]string // address → child device id
 	sinks  map[string]json.RawMessage
 	sess   *session            // current session; children online through it
 	online map[string]struct{} // child device ids marked online through sess
