@@ -195,3 +195,47 @@ func (s *Service) checkSink(ctx context.Context, gatewayID, sink string) error {
 	}
 	return nil
 }
+
+// DeviceDeleted drops what the service keeps of a deleted device: a
+// gateway's state, or a child's binding (the store has removed both). A
+// deleted child's address is free again; under policy auto the next
+// message for it makes a new child.
+func (s *Service) DeviceDeleted(deviceID string) {
+	s.mu.Lock()
+	st := s.gws[deviceID]
+	delete(s.gws, deviceID)
+	r := s.children[deviceID]
+	delete(s.children, deviceID)
+	var parent *gwState
+	if r != nil {
+		parent = s.gws[r.gatewayID]
+	}
+	s.mu.Unlock()
+	if st != nil {
+		st.mu.Lock()
+		kids := make([]string, 0, len(st.byAddr))
+		for _, dev := range st.byAddr {
+			kids = append(kids, dev)
+		}
+		for dev := range st.online {
+			if s.opt.Presence != nil {
+				s.opt.Presence.Disconnected(dev, st.sess, ReasonGatewayOffline)
+			}
+		}
+		clear(st.online)
+		st.mu.Unlock()
+		s.mu.Lock()
+		for _, dev := range kids {
+			delete(s.children, dev)
+		}
+		s.mu.Unlock()
+	}
+	if parent != nil {
+		parent.mu.Lock()
+		if parent.byAddr[r.address] == deviceID {
+			delete(parent.byAddr, r.address)
+		}
+		delete(parent.online, deviceID)
+		parent.mu.Unlock()
+	}
+}

@@ -86,3 +86,11 @@ func (s *Server) gatewayOffline(deviceID string) {
 		s.gw.GatewayOffline(context.Background(), deviceID)
 	}
 }
+
+// gatewayDeviceDeleted drops what the gateway service keeps of a deleted
+// gateway or child.
+func (s *Server) gatewayDeviceDeleted(deviceID string) {
+	if s.gw != nil {
+		s.gw.DeviceDeleted(deviceID)
+	}
+}

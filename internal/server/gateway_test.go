@@ -564,3 +564,33 @@ func TestGatewayBadInput(t *testing.T) {
 		t.Fatalf("call to a child of an offline gateway: %d", st)
 	}
 }
+
+// TestGatewayDeviceDeleted: deleting a child frees its address (a new
+// child comes with the next message under policy auto); deleting the
+// gateway leaves its children as devices of their own.
+func TestGatewayDeviceDeleted(t *testing.T) {
+	p := outposttest.Start(t)
+	gwd, gw := startGateway(t, p, "gw", "auto")
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/telemetry"), gwBatch{ID: "d-1", R: []gwReading{{C: "a", F: "x", V: 1}, {C: "b", F: "x", V: 1}}})
+	first := children(t, p, gwd.ID)
+	if st := p.Do(t, "DELETE", "/api/v1/devices/"+first["a"], nil, nil); st != http.StatusNoContent && st != http.StatusOK {
+		t.Fatalf("delete child: %d", st)
+	}
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/telemetry"), gwBatch{ID: "d-2", R: []gwReading{{C: "a", F: "x", V: 2}}})
+	again := children(t, p, gwd.ID)
+	if again["a"] == "" || again["a"] == first["a"] {
+		t.Fatalf("child a after its deletion: %q (was %q)", again["a"], first["a"])
+	}
+	if got := readingsOf(t, p, again["a"], "x"); strings.Join(got, ",") != "2" {
+		t.Fatalf("new child a readings = %v", got)
+	}
+	if st := p.Do(t, "DELETE", "/api/v1/devices/"+gwd.ID, nil, nil); st != http.StatusNoContent && st != http.StatusOK {
+		t.Fatalf("delete gateway: %d", st)
+	}
+	if online(t, p, first["b"]) {
+		t.Fatal("a child of a deleted gateway is online")
+	}
+	if st := p.Do(t, "GET", "/api/v1/gateways/"+gwd.ID, nil, nil); st != http.StatusNotFound {
+		t.Fatalf("deleted gateway: %d", st)
+	}
+}

@@ -160,6 +160,7 @@ func (v *service) DeleteDevice(ctx context.Context, id string) error {
 	v.s.broker.DisconnectDevice(id)
 	v.s.presence.Forget(id)
 	v.s.model.forget(id)
+	v.s.gatewayDeviceDeleted(id)
 	return nil
 }
 
