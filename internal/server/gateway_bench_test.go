@@ -25,7 +25,7 @@ import (
 
 func rawClient(b *testing.B, p *outposttest.Platform, d outposttest.Device) mqtt.Client {
 	b.Helper()
-	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tcp://"+p.MQTTAddr()).SetProtocolVersion(4).
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tcp://" + p.MQTTAddr()).SetProtocolVersion(4).
 		SetClientID(d.ID).SetUsername(d.ID).SetPassword(d.Password).SetCleanSession(true).SetAutoReconnect(false))
 	if tok := c.Connect(); !tok.WaitTimeout(waitFor) || tok.Error() != nil {
 		b.Fatalf("connect: %v", tok.Error())

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/outposttest"
+	"github.com/outpost-iot/outpost/internal/postgres/pgtest"
 )
 
 // Gateway wire shapes, as docs/protocol.md §26 gives them.
@@ -122,8 +123,9 @@ func online(t *testing.T, p *outposttest.Platform, dev string) bool {
 
 // TestGatewayThirdParty drives every part of §26 with a gateway written
 // from the document alone.
-func TestGatewayThirdParty(t *testing.T) {
-	p := outposttest.Start(t)
+func TestGatewayThirdParty(t *testing.T) { testGatewayThirdParty(t, outposttest.Start(t)) }
+
+func testGatewayThirdParty(t *testing.T, p *outposttest.Platform) {
 	gwd, gw := startGateway(t, p, "mesh-gw", "auto")
 	presence := openStream(t, p, "?kind=presence")
 
@@ -319,8 +321,9 @@ func TestGatewayThirdParty(t *testing.T) {
 
 // TestGatewayThousandChildren sends readings of 1,000 children in one
 // message that mixes them all.
-func TestGatewayThousandChildren(t *testing.T) {
-	p := outposttest.Start(t)
+func TestGatewayThousandChildren(t *testing.T) { testGatewayThousandChildren(t, outposttest.Start(t)) }
+
+func testGatewayThousandChildren(t *testing.T, p *outposttest.Platform) {
 	gwd, gw := startGateway(t, p, "big-gw", "auto")
 	const n, per = 1000, 3
 	b := gwBatch{ID: "big-1"}
@@ -357,7 +360,10 @@ func TestGatewayThousandChildren(t *testing.T) {
 // seen acknowledged after its restart (and the platform's), and every
 // child keeps each reading once.
 func TestGatewayRestartLosesNothing(t *testing.T) {
-	p := outposttest.Start(t)
+	testGatewayRestartLosesNothing(t, outposttest.Start(t))
+}
+
+func testGatewayRestartLosesNothing(t *testing.T, p *outposttest.Platform) {
 	gwd, gw := startGateway(t, p, "restart-gw", "auto")
 	batch := func(id string, v int) gwBatch {
 		return gwBatch{ID: id, R: []gwReading{{C: "a", F: "x", V: v, T: 1717243200000 + int64(v)}, {C: "b", F: "x", V: v, T: 1717243200000 + int64(v)}}}
@@ -381,8 +387,9 @@ func TestGatewayRestartLosesNothing(t *testing.T) {
 }
 
 // TestGatewayAccessControl: a gateway acts only for its own children.
-func TestGatewayAccessControl(t *testing.T) {
-	p := outposttest.Start(t)
+func TestGatewayAccessControl(t *testing.T) { testGatewayAccessControl(t, outposttest.Start(t)) }
+
+func testGatewayAccessControl(t *testing.T, p *outposttest.Platform) {
 	ad, a := startGateway(t, p, "gw-a", "provisioned")
 	bd, b := startGateway(t, p, "gw-b", "provisioned")
 	var child gwChild
@@ -592,5 +599,19 @@ func TestGatewayDeviceDeleted(t *testing.T) {
 	}
 	if st := p.Do(t, "GET", "/api/v1/gateways/"+gwd.ID, nil, nil); st != http.StatusNotFound {
 		t.Fatalf("deleted gateway: %d", st)
+	}
+}
+
+// TestGatewayOnPostgres runs the gateway scenarios on the PostgreSQL
+// store.
+func TestGatewayOnPostgres(t *testing.T) {
+	for name, fn := range map[string]func(*testing.T, *outposttest.Platform){
+		"ThirdParty": testGatewayThirdParty, "ThousandChildren": testGatewayThousandChildren,
+		"RestartLosesNothing": testGatewayRestartLosesNothing, "AccessControl": testGatewayAccessControl,
+	} {
+		t.Run(name, func(t *testing.T) {
+			dbURL, _ := pgtest.MustSchema(t)
+			fn(t, startOnPostgres(t, dbURL))
+		})
 	}
 }
