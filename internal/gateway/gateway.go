@@ -123,6 +123,10 @@ type Options struct {
 	Router    Router
 	Presence  Presence
 	RPC       Deliverer
+	// ReadingRule, when set, returns the check a device's readings must
+	// pass beyond protocol.ValidateReading (the device model's feed rule:
+	// registered feeds, data types); an error is transient.
+	ReadingRule func(ctx context.Context, deviceID string) (func(protocol.Reading) *protocol.Error, error)
 	// Events receives node data and sink reports (the live stream). It
 	// must not block.
 	Events func(kind, deviceID string, v any)
@@ -628,6 +632,7 @@ func (s *Service) split(ctx context.Context, st *gwState, t protocol.GatewayTele
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	refused := map[string]*protocol.Error{}
+	rules := map[string]func(protocol.Reading) *protocol.Error{}
 	for _, r := range t.Readings {
 		err := protocol.ValidateChildReading(r)
 		var child string
@@ -649,6 +654,19 @@ func (s *Service) split(ctx context.Context, st *gwState, t protocol.GatewayTele
 				default:
 					child = id
 				}
+			}
+		}
+		if err == nil && s.opt.ReadingRule != nil {
+			rule, ok := rules[child]
+			if !ok {
+				var rerr error
+				if rule, rerr = s.opt.ReadingRule(ctx, child); rerr != nil {
+					return nil, rerr // transient
+				}
+				rules[child] = rule
+			}
+			if rule != nil {
+				err = rule(r.Reading())
 			}
 		}
 		if err != nil {

@@ -34,8 +34,15 @@ func (s *Server) openGateway() rpc.Publisher {
 		Router:    s,
 		Presence:  s.presence,
 		RPC:       relayOf{s},
-		Events:    s.hub.Publish,
-		Logger:    s.log.With("component", "gateway"),
+		ReadingRule: func(ctx context.Context, deviceID string) (func(protocol.Reading) *protocol.Error, error) {
+			feeds, err := s.model.feedsOf(ctx, deviceID)
+			if err != nil {
+				return nil, err
+			}
+			return func(r protocol.Reading) *protocol.Error { return checkReading(feeds, r) }, nil
+		},
+		Events: s.hub.Publish,
+		Logger: s.log.With("component", "gateway"),
 	})
 	return s.gw.RoutePublisher(s.broker)
 }

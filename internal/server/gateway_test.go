@@ -615,3 +615,24 @@ func TestGatewayOnPostgres(t *testing.T) {
 		})
 	}
 }
+
+// TestGatewayChildFeedRule: a child that registered feeds (through
+// gw/child) gets the feed rule for the readings its gateway sends.
+func TestGatewayChildFeedRule(t *testing.T) {
+	p := outposttest.Start(t)
+	gwd, gw := startGateway(t, p, "gw", "auto")
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/child"), `{"c":"s1","kind":"feeds","msg":{"register":[{"ref":"temp","data_type":"number"}]}}`)
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/telemetry"), gwBatch{ID: "f-1", R: []gwReading{
+		{C: "s1", F: "temp", V: 20}, {C: "s1", F: "temp", V: "hot"}, {C: "s1", F: "other", V: 1}, {C: "s2", F: "other", V: 1}}})
+	e := errorReply(t, gw)
+	if e.Rejected != 2 || e.Code != "wrong_type" || e.C != "s1" {
+		t.Fatalf("error reply %+v", e)
+	}
+	cs := children(t, p, gwd.ID)
+	if got := readingsOf(t, p, cs["s1"], "temp"); strings.Join(got, ",") != "20" {
+		t.Fatalf("s1 readings = %v", got)
+	}
+	if got := readingsOf(t, p, cs["s2"], "other"); strings.Join(got, ",") != "1" {
+		t.Fatalf("s2 (no feeds registered) readings = %v", got)
+	}
+}
