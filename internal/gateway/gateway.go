@@ -93,6 +93,10 @@ const (
 	EventSinks = "sinks"
 )
 
+// ErrRateLimited fails a telemetry batch of a gateway over its rate
+// limit (Options.Allow): transient, the gateway resends it later.
+var ErrRateLimited = errors.New("over its rate limit")
+
 // Reasons a child goes offline.
 const (
 	ReasonGatewayOffline = "gateway offline"
@@ -127,6 +131,10 @@ type Options struct {
 	// pass beyond protocol.ValidateReading (the device model's feed rule:
 	// registered feeds, data types); an error is transient.
 	ReadingRule func(ctx context.Context, deviceID string) (func(protocol.Reading) *protocol.Error, error)
+	// Allow, when set, says whether a gateway may send n more readings
+	// now (the per-device rate limit); a batch it refuses fails with
+	// ErrRateLimited, and the gateway sends it again later.
+	Allow func(gatewayID string, n int) bool
 	// Events receives node data and sink reports (the live stream). It
 	// must not block.
 	Events func(kind, deviceID string, v any)
@@ -569,6 +577,9 @@ func (s *Service) Start(ctx context.Context, gatewayID, kind string, payload []b
 	t, err := protocol.DecodeGatewayTelemetry(payload)
 	if err != nil {
 		return false, s.reject(gatewayID, kind, "", "", err)
+	}
+	if s.opt.Allow != nil && !s.opt.Allow(gatewayID, len(t.Readings)) {
+		return false, fmt.Errorf("gateway telemetry: gateway %s %w", gatewayID, ErrRateLimited)
 	}
 	batches, err := s.split(sctx, st, t)
 	if err != nil || len(batches) == 0 {

@@ -41,6 +41,7 @@ func (s *Server) openGateway() rpc.Publisher {
 			}
 			return func(r protocol.Reading) *protocol.Error { return checkReading(feeds, r) }, nil
 		},
+		Allow:  func(id string, n int) bool { return s.limiter.allow(id, n, time.Now()) },
 		Events: s.hub.Publish,
 		Logger: s.log.With("component", "gateway"),
 	})
@@ -75,11 +76,15 @@ func (s *Server) startGateway(ctx context.Context, deviceID, kind string, payloa
 		return false, s.gw.Handle(lctx, deviceID, kind, payload)
 	}
 	overloaded := func(err error) error {
-		if errors.Is(err, ingest.ErrQueueFull) {
+		switch {
+		case errors.Is(err, ingest.ErrQueueFull):
 			s.metrics.ingestOverloaded.Inc()
-			return fmt.Errorf("gateway telemetry: %w: %w", broker.ErrOverloaded, err)
+		case errors.Is(err, gateway.ErrRateLimited):
+			s.metrics.rateLimited.Inc()
+		default:
+			return err
 		}
-		return err
+		return fmt.Errorf("gateway telemetry: %w: %w", broker.ErrOverloaded, err)
 	}
 	// ctx bounds the wait for room in the writer's queue; the service
 	// bounds its store work itself.

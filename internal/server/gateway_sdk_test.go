@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/device"
+	"github.com/outpost-iot/outpost/internal/server"
 	"github.com/outpost-iot/outpost/internal/outposttest"
 	"github.com/outpost-iot/outpost/protocol"
 )
@@ -135,5 +136,57 @@ func TestGatewaySDKCallsAndConfig(t *testing.T) {
 	}
 	if st := p.Do(t, "POST", "/api/v1/gateways/"+gwd.ID+"/sinks/s1/send", `{"dst":"404","src_ep":1,"dst_ep":1,"payload":""}`, &sres); st != 200 || sres.Result != "invalid_destination" {
 		t.Fatalf("send: %d %+v", st, sres)
+	}
+}
+
+// TestGatewayRateLimit: the per-device rate limit holds for a gateway's
+// readings, whatever children they are for; refused batches are resent
+// and nothing is lost.
+func TestGatewayRateLimit(t *testing.T) {
+	p := outposttest.Start(t, func(c *server.Config) { c.DeviceRate, c.DeviceBurst = 400, 100 })
+	gwd := p.CreateDevice(t, "chatty-gw")
+	p.Do(t, "PUT", "/api/v1/gateways/"+gwd.ID, map[string]string{"policy": "auto"}, nil)
+	c, err := device.New(gwd.URL, device.WithMemoryOutbox(), device.WithLogger(outposttest.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	g, err := device.NewGateway(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const n, kids = 600, 10
+	base := time.UnixMilli(1_700_000_000_000)
+	for i := 0; i < n; i += 50 {
+		var rs []device.ChildReading
+		for j := i; j < i+50; j++ {
+			rs = append(rs, device.ChildReading{Child: fmt.Sprintf("k%d", j%kids), Reading: device.Reading{Feed: "n", Value: j, Time: base.Add(time.Duration(j) * time.Millisecond)}})
+		}
+		if err := g.AddReadings(rs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cs := children(t, p, gwd.ID)
+	for k := 0; k < kids; k++ {
+		got := readingsOf(t, p, cs[fmt.Sprintf("k%d", k)], "n")
+		if len(got) != n/kids {
+			t.Fatalf("child k%d has %d readings, want %d", k, len(got), n/kids)
+		}
+		for i, v := range got {
+			if v != fmt.Sprint(k+i*kids) {
+				t.Fatalf("child k%d reading %d = %s, want %d (in order, once)", k, i, v, k+i*kids)
+			}
+		}
+	}
+	if got := metric(t, p, "outpost_telemetry_rate_limited_total"); got < 1 {
+		t.Fatalf("outpost_telemetry_rate_limited_total = %v, want refusals counted", got)
 	}
 }
