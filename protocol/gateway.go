@@ -23,9 +23,14 @@ const (
 	// KindGatewayTelemetry (up) carries readings of many children: a
 	// GatewayTelemetry.
 	KindGatewayTelemetry = "gw/telemetry"
-	// KindGatewayChild (up) carries one message of a child (an event, a
-	// notification, attributes, feeds): a ChildMessage.
+	// KindGatewayChild carries one message of a child: up, an event, a
+	// notification, attributes or feeds (a ChildMessage); down, a message
+	// for the child from its down queue, such as a feed command or a
+	// parameter change (a ChildDownMessage).
 	KindGatewayChild = "gw/child"
+	// KindGatewayAck (up) confirms queued messages of a child: a
+	// ChildAck.
+	KindGatewayAck = "gw/ack"
 	// KindGatewayRPC carries an RPC request for a child (down,
 	// ChildRPCRequest) and the child's answer (up, ChildRPCResponse).
 	KindGatewayRPC = "gw/rpc"
@@ -172,6 +177,22 @@ type ChildMessage struct {
 	Child string          `json:"c"`
 	Kind  string          `json:"kind"`
 	Msg   json.RawMessage `json:"msg"`
+}
+
+// ChildDownMessage is published by the platform on down/gw/child: a
+// message for the child at Child, as the child would get it on
+// down/{Kind} itself.
+type ChildDownMessage struct {
+	Child string          `json:"c"`
+	Kind  string          `json:"kind"`
+	Msg   json.RawMessage `json:"msg"`
+}
+
+// ChildAck is published by the gateway on up/gw/ack: the ids of queued
+// messages the child at Child took in (as up/ack for a device).
+type ChildAck struct {
+	Child string   `json:"c"`
+	IDs   []string `json:"ids"`
 }
 
 // ChildRPCRequest is published by the platform on down/gw/rpc: an
@@ -446,6 +467,49 @@ func DecodeChildMessage(payload []byte) (ChildMessage, error) {
 	}
 	if len(m.Msg) == 0 || m.Msg[0] != '{' {
 		return ChildMessage{}, invalid("child message: msg must be a JSON object")
+	}
+	return m, nil
+}
+
+// DecodeChildDownMessage parses a message for a child, published by the
+// platform on down/gw/child.
+func DecodeChildDownMessage(payload []byte) (ChildDownMessage, error) {
+	var m ChildDownMessage
+	if err := decodeStrict("child down message", payload, &m); err != nil {
+		return ChildDownMessage{}, err
+	}
+	if err := ValidChildAddress(m.Child); err != nil {
+		return ChildDownMessage{}, invalid("child down message: %v", err)
+	}
+	if m.Kind == "" || strings.ContainsAny(m.Kind, "+#") || strings.HasPrefix(m.Kind, "/") || strings.HasSuffix(m.Kind, "/") || strings.Contains(m.Kind, "//") || len(m.Kind) > 256 {
+		return ChildDownMessage{}, invalid("child down message: bad kind %.64q", m.Kind)
+	}
+	if len(m.Msg) == 0 {
+		return ChildDownMessage{}, invalid(`child down message: missing "msg"`)
+	}
+	return m, nil
+}
+
+// DecodeChildAck parses and checks a ChildAck: a valid address and 1 to
+// MaxAckIDs ids of 1 to 64 bytes.
+func DecodeChildAck(payload []byte) (ChildAck, error) {
+	var m ChildAck
+	if err := decodeStrict("child ack", payload, &m); err != nil {
+		return ChildAck{}, err
+	}
+	if err := ValidChildAddress(m.Child); err != nil {
+		return ChildAck{}, invalid("child ack: %v", err)
+	}
+	if len(m.IDs) == 0 {
+		return ChildAck{}, invalid(`child ack: missing or empty "ids"`)
+	}
+	if len(m.IDs) > MaxAckIDs {
+		return ChildAck{}, tooLarge("child ack: %d ids exceed %d", len(m.IDs), MaxAckIDs)
+	}
+	for _, id := range m.IDs {
+		if id == "" || len(id) > MaxBatchIDLen {
+			return ChildAck{}, invalid("child ack: ids must be 1 to %d bytes", MaxBatchIDLen)
+		}
 	}
 	return m, nil
 }

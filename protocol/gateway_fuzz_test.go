@@ -243,3 +243,39 @@ func FuzzDecodeGatewayErrorReply(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeChildDownMessage(f *testing.F) {
+	addSeeds(f, `{"c":"1001","kind":"feed","msg":{"id":"5f2c0e7a91b3d4c8","f":"valve","v":true,"t":1717243200000}}`,
+		`{"c":"1001","kind":"parameters","msg":{"id":"p1","version":7,"values":{"interval":30}}}`,
+		`{"c":"1001","kind":"a//b","msg":{}}`, `{"c":"1001","kind":"feed"}`, `{"c":"","kind":"feed","msg":{}}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := protocol.DecodeChildDownMessage(b)
+		if err != nil {
+			codeOf(t, err)
+			return
+		}
+		if protocol.ValidChildAddress(m.Child) != nil || m.Kind == "" || len(m.Msg) == 0 {
+			t.Fatalf("accepted %+v", m)
+		}
+	})
+}
+
+func FuzzDecodeChildAck(f *testing.F) {
+	addSeeds(f, `{"c":"1001","ids":["9f3c2a1b7e5d4c6a8b0e1f2d","5f2c9a1e7b3d4c6a8e0f1b2d"]}`,
+		`{"c":"1001","ids":[]}`, `{"c":"1001","ids":[""]}`, `{"ids":["x"]}`)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := protocol.DecodeChildAck(b)
+		if err != nil {
+			codeOf(t, err)
+			return
+		}
+		if protocol.ValidChildAddress(m.Child) != nil || len(m.IDs) == 0 || len(m.IDs) > protocol.MaxAckIDs {
+			t.Fatalf("accepted %+v", m)
+		}
+		for _, id := range m.IDs {
+			if id == "" || len(id) > protocol.MaxBatchIDLen {
+				t.Fatalf("accepted id %q", id)
+			}
+		}
+	})
+}

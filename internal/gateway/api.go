@@ -97,8 +97,8 @@ func (s *Service) RemoveChild(ctx context.Context, gatewayID, address string) er
 	if st != nil {
 		st.mu.Lock()
 		if child, ok := st.byAddr[address]; ok {
-			if _, on := st.online[child]; on && s.opt.Presence != nil {
-				s.opt.Presence.Disconnected(child, st.sess, ReasonLeft)
+			if _, on := st.online[child]; on {
+				s.goOffline(child, st.sess, ReasonLeft)
 			}
 			delete(st.online, child)
 			delete(st.byAddr, address)
@@ -218,9 +218,7 @@ func (s *Service) DeviceDeleted(deviceID string) {
 			kids = append(kids, dev)
 		}
 		for dev := range st.online {
-			if s.opt.Presence != nil {
-				s.opt.Presence.Disconnected(dev, st.sess, ReasonGatewayOffline)
-			}
+			s.goOffline(dev, st.sess, ReasonGatewayOffline)
 		}
 		clear(st.online)
 		st.mu.Unlock()

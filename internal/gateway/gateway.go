@@ -126,7 +126,10 @@ type Options struct {
 	Submitter Submitter
 	Router    Router
 	Presence  Presence
-	RPC       Deliverer
+	// Queue is the down queue: children's sessions and acknowledgements.
+	Queue Queue
+	// RPC hands answers to the RPC relay when there is no Router.
+	RPC Deliverer
 	// ReadingRule, when set, returns the check a device's readings must
 	// pass beyond protocol.ValidateReading (the device model's feed rule:
 	// registered feeds, data types); an error is transient.
@@ -293,15 +296,32 @@ func (s *Service) resolve(ctx context.Context, st *gwState, addr, sink string) (
 // markOnline makes a child online through the gateway's current session.
 // Called with st.mu held.
 func (s *Service) markOnline(st *gwState, child string) {
-	if s.opt.Presence == nil {
-		return
-	}
 	if _, ok := st.online[child]; ok {
-		s.opt.Presence.Seen(child)
+		if s.opt.Presence != nil {
+			s.opt.Presence.Seen(child)
+		}
 		return
 	}
 	st.online[child] = struct{}{}
-	s.opt.Presence.Connected(child, st.sess)
+	if s.opt.Presence != nil {
+		s.opt.Presence.Connected(child, st.sess)
+	}
+	if s.opt.Queue != nil {
+		// The child's queue goes out through the gateway from now on
+		// (RouteQueue).
+		s.opt.Queue.DeviceSubscribed(child, st.sess, false)
+	}
+}
+
+// goOffline ends a child's session through its gateway: presence and
+// queue. The caller removes it from st.online.
+func (s *Service) goOffline(child string, sess *session, reason string) {
+	if s.opt.Presence != nil {
+		s.opt.Presence.Disconnected(child, sess, reason)
+	}
+	if s.opt.Queue != nil {
+		s.opt.Queue.DeviceGone(child, sess)
+	}
 }
 
 // reply sends an error reply to the gateway and returns the error for the
@@ -365,8 +385,33 @@ func (s *Service) Handle(ctx context.Context, gatewayID, kind string, payload []
 		if !ok {
 			return s.reply(gatewayID, protocol.GatewayErrorReply{Kind: kind, ID: r.ID, Child: r.Child, Code: protocol.CodeUnknownChild, Message: fmt.Sprintf("no child at address %s", r.Child)})
 		}
-		if s.opt.RPC != nil {
+		if s.opt.Router != nil {
+			// As if the child had answered on up/rpc: a waiting call or a
+			// queued one.
+			b, err := json.Marshal(r.Response())
+			if err != nil {
+				return err
+			}
+			if err := s.opt.Router.HandleMessage(ctx, child, protocol.KindRPC, b); err != nil {
+				return s.reject(gatewayID, kind, r.ID, r.Child, err)
+			}
+		} else if s.opt.RPC != nil {
 			_ = s.opt.RPC.Deliver(child, r.Response()) // a late answer is dropped
+		}
+		return nil
+	case protocol.KindGatewayAck:
+		a, err := protocol.DecodeChildAck(payload)
+		if err != nil {
+			return s.reject(gatewayID, kind, "", "", err)
+		}
+		st.mu.Lock()
+		child, ok := st.byAddr[a.Child]
+		st.mu.Unlock()
+		if !ok {
+			return s.reply(gatewayID, protocol.GatewayErrorReply{Kind: kind, Child: a.Child, Code: protocol.CodeUnknownChild, Message: fmt.Sprintf("no child at address %s", a.Child)})
+		}
+		if s.opt.Queue != nil {
+			return s.opt.Queue.Acknowledged(child, a.IDs) // a backlog: transient, resent
 		}
 		return nil
 	case protocol.KindGatewayConfig:
@@ -483,9 +528,7 @@ func (s *Service) handleChildren(ctx context.Context, st *gwState, payload []byt
 		}
 		if _, on := st.online[child]; on {
 			delete(st.online, child)
-			if s.opt.Presence != nil {
-				s.opt.Presence.Disconnected(child, st.sess, ReasonLeft)
-			}
+			s.goOffline(child, st.sess, ReasonLeft)
 		}
 	}
 	if bad > 0 {
@@ -733,9 +776,7 @@ func (s *Service) GatewayOffline(ctx context.Context, gatewayID string) {
 	old := st.sess
 	st.sess = &session{gatewayID: gatewayID}
 	for child := range st.online {
-		if s.opt.Presence != nil {
-			s.opt.Presence.Disconnected(child, old, ReasonGatewayOffline)
-		}
+		s.goOffline(child, old, ReasonGatewayOffline)
 	}
 	clear(st.online)
 }

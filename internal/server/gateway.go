@@ -34,6 +34,7 @@ func (s *Server) openGateway() rpc.Publisher {
 		Router:    s,
 		Presence:  s.presence,
 		RPC:       relayOf{s},
+		Queue:     queueOf{s},
 		ReadingRule: func(ctx context.Context, deviceID string) (func(protocol.Reading) *protocol.Error, error) {
 			feeds, err := s.model.feedsOf(ctx, deviceID)
 			if err != nil {
@@ -53,6 +54,41 @@ type relayOf struct{ s *Server }
 
 func (r relayOf) Deliver(deviceID string, resp protocol.RPCResponse) error {
 	return r.s.relay.Deliver(deviceID, resp)
+}
+
+// queueOf tells the down queue, which is made after the service, about
+// children's sessions and acknowledgements.
+type queueOf struct{ s *Server }
+
+func (q queueOf) DeviceSubscribed(deviceID string, conn any, pull bool) {
+	if q.s.queue != nil {
+		q.s.queue.DeviceSubscribed(deviceID, conn, pull)
+	}
+}
+
+func (q queueOf) DeviceGone(deviceID string, conn any) {
+	if q.s.queue != nil {
+		q.s.queue.DeviceGone(deviceID, conn)
+	}
+}
+
+func (q queueOf) Acknowledged(deviceID string, ids []string) error {
+	if q.s.queue == nil {
+		return nil
+	}
+	if err := q.s.queue.Acknowledged(deviceID, ids); err != nil {
+		return fmt.Errorf("gateway ack: %w: %w", broker.ErrOverloaded, err)
+	}
+	return nil
+}
+
+// queueSender is what the down queue publishes with: a message for a
+// child its gateway reaches goes to the gateway.
+func (s *Server) queueSender() gateway.QueueSender {
+	if s.gw == nil {
+		return s.broker
+	}
+	return s.gw.RouteQueue(s.broker)
 }
 
 // handleGateway is HandleMessage's case for the gateway kinds.

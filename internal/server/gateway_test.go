@@ -636,3 +636,77 @@ func TestGatewayChildFeedRule(t *testing.T) {
 		t.Fatalf("s2 (no feeds registered) readings = %v", got)
 	}
 }
+
+// TestGatewayQueuedForChild: a queued call and a feed command for a child
+// wait while its gateway is away, reach the gateway when it is back and
+// announces the child, and are confirmed through it.
+func TestGatewayQueuedForChild(t *testing.T) {
+	p := outposttest.Start(t, fastSweep)
+	gwd, gw := startGateway(t, p, "gw", "auto")
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/children"), `{"join":[{"c":"v1"}]}`)
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/child"), `{"c":"v1","kind":"feeds","msg":{"register":[{"ref":"valve","type":"IN_OUT","data_type":"bool"}]}}`)
+	child := children(t, p, gwd.ID)["v1"]
+	gw.Disconnect(100)
+	outposttest.Eventually(t, 10*time.Second, "child offline", func() bool { return !online(t, p, child) })
+
+	queued := queueCall(t, p, child, "open", `{"for":5}`, "ttl=1h&timeout=10s")
+	if queued.State != "queued" {
+		t.Fatalf("call for an offline child: %+v", queued)
+	}
+	var cmd struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}
+	if st := p.Do(t, "POST", "/api/v1/devices/"+child+"/feeds/valve/value", map[string]any{"value": true}, &cmd); st != http.StatusAccepted || cmd.State != "queued" {
+		t.Fatalf("feed command for an offline child: %d %+v", st, cmd)
+	}
+	queueEvents := openStream(t, p, "?kind=queue&device="+child)
+
+	// The gateway is back and announces the child: both arrive, in order.
+	gw = dialGateway(t, p, gwd)
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/children"), `{"join":[{"c":"v1"}]}`)
+	var req struct {
+		C      string          `json:"c"`
+		ID     string          `json:"id"`
+		Method string          `json:"method"`
+		Args   json.RawMessage `json:"args"`
+	}
+	json.Unmarshal(gw.next(t, topicOf(gwd.ID, "down", "gw/rpc")), &req)
+	if req.C != "v1" || req.ID != queued.ID || req.Method != "open" || string(req.Args) != `{"for":5}` {
+		t.Fatalf("queued request %+v", req)
+	}
+	var down struct {
+		C    string `json:"c"`
+		Kind string `json:"kind"`
+		Msg  struct {
+			ID string `json:"id"`
+			F  string `json:"f"`
+			V  bool   `json:"v"`
+		} `json:"msg"`
+	}
+	json.Unmarshal(gw.next(t, topicOf(gwd.ID, "down", "gw/child")), &down)
+	if down.C != "v1" || down.Kind != "feed" || down.Msg.ID != cmd.ID || down.Msg.F != "valve" || !down.Msg.V {
+		t.Fatalf("queued feed command %+v", down)
+	}
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/rpc"), fmt.Sprintf(`{"c":"v1","id":%q,"result":"opened"}`, req.ID))
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/ack"), fmt.Sprintf(`{"c":"v1","ids":[%q]}`, cmd.ID))
+	if c := waitState(t, p, queued.ID, "succeeded"); string(c.Result) != `"opened"` {
+		t.Fatalf("call %+v", c)
+	}
+	for {
+		e := next(t, queueEvents)
+		var m struct {
+			ID    string `json:"id"`
+			State string `json:"state"`
+		}
+		json.Unmarshal(e.data, &m)
+		if m.ID == cmd.ID && m.State == "delivered" {
+			break
+		}
+	}
+	// Unknown children's acknowledgements are refused.
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/ack"), `{"c":"nope","ids":["x"]}`)
+	if e := errorReply(t, gw); e.Code != "unknown_child" || e.Kind != "gw/ack" {
+		t.Fatalf("error reply %+v", e)
+	}
+}

@@ -24,7 +24,7 @@ var (
 // openQueue starts the down queue and connects it to the broker, the live
 // stream and the metrics.
 func (s *Server) openQueue() error {
-	s.queue = queue.New(s.db, s.broker, queue.Options{
+	s.queue = queue.New(s.db, s.queueSender(), queue.Options{
 		Sweep:     s.cfg.QueueSweep,
 		Logger:    s.log.With("component", "queue"),
 		OnCall:    func(c *outpost.Call) { s.hub.Publish(stream.KindCall, c.DeviceID, c) },
