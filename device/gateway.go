@@ -33,6 +33,7 @@ type Gateway struct {
 	sinks    []protocol.Sink
 	children map[string]string // address → sink
 	methods  map[string]ChildHandler
+	downMsg  ChildMessageHandler
 	config   SinkConfigHandler
 	send     SendHandler
 	seen     map[string]struct{} // ids of child requests run
@@ -44,6 +45,13 @@ type Gateway struct {
 
 // ChildHandler runs a method for the child at address.
 type ChildHandler func(ctx context.Context, address string, args json.RawMessage) (any, error)
+
+// ChildMessageHandler takes a queued message for the child at address
+// (a feed command, a parameter change): kind and msg as the child would
+// get them on down/{kind} itself. When it returns nil the gateway
+// confirms the message (up/gw/ack); a message seen again (a redelivery)
+// is confirmed without running the handler twice.
+type ChildMessageHandler func(ctx context.Context, address, kind string, msg json.RawMessage) error
 
 // SinkConfigHandler applies a change to a sink's configuration (only the
 // fields to change) and returns the sink's whole configuration after it
@@ -247,6 +255,14 @@ func (g *Gateway) HandleChild(method string, h ChildHandler) error {
 	return nil
 }
 
+// HandleChildMessage sets the handler of queued messages for children.
+// Without one, they are confirmed and dropped.
+func (g *Gateway) HandleChildMessage(h ChildMessageHandler) {
+	g.mu.Lock()
+	g.downMsg = h
+	g.mu.Unlock()
+}
+
 // HandleSinkConfig sets the handler of sink configuration requests.
 // Without one, requests are refused with protocol.ResultNotSupported.
 func (g *Gateway) HandleSinkConfig(h SinkConfigHandler) {
@@ -275,7 +291,25 @@ func (g *Gateway) SendNodeData(ctx context.Context, msgs ...protocol.NodeMessage
 	return g.c.publishUp(ctx, protocol.KindGatewayData, payload)
 }
 
-// SendChildEvent publishes an event of a child (up/gw/child).
+// SendChild publishes a message of a child (up/gw/child): kind is
+// "event", "notification", "attributes" or "feeds", and msg what the
+// child would publish on up/{kind} itself (docs/protocol.md §26.6).
+func (g *Gateway) SendChild(ctx context.Context, address, kind string, msg any) error {
+	raw, err := json.Marshal(msg)
+	if err != nil {
+		return fmt.Errorf("device: child %s %s: %w", address, kind, err)
+	}
+	payload, err := json.Marshal(protocol.ChildMessage{Child: address, Kind: kind, Msg: raw})
+	if err != nil {
+		return fmt.Errorf("device: child %s %s: %w", address, kind, err)
+	}
+	if _, err := protocol.DecodeChildMessage(payload); err != nil {
+		return fmt.Errorf("device: %w", err)
+	}
+	return g.c.publishUp(ctx, protocol.KindGatewayChild, payload)
+}
+
+// SendChildEvent publishes an event of a child.
 func (g *Gateway) SendChildEvent(ctx context.Context, address, name string, data any) error {
 	ev := protocol.Event{ID: newMsgID(), Name: name, T: time.Now().UnixMilli()}
 	if data != nil {
@@ -285,15 +319,7 @@ func (g *Gateway) SendChildEvent(ctx context.Context, address, name string, data
 		}
 		ev.Data = raw
 	}
-	msg, err := json.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("device: event %s: %w", name, err)
-	}
-	payload, err := json.Marshal(protocol.ChildMessage{Child: address, Kind: "event", Msg: msg})
-	if err != nil {
-		return fmt.Errorf("device: event %s: %w", name, err)
-	}
-	return g.c.publishUp(ctx, protocol.KindGatewayChild, payload)
+	return g.SendChild(ctx, address, "event", ev)
 }
 
 func newMsgID() string {
@@ -322,6 +348,14 @@ func (g *Gateway) onPublish(kind string, payload []byte) bool {
 		}
 		g.c.wg.Add(1)
 		go g.serveChild(req)
+	case protocol.KindGatewayChild:
+		m, err := protocol.DecodeChildDownMessage(payload)
+		if err != nil {
+			g.c.opt.log.Warn("bad child message", "device_id", g.c.id, "error", err)
+			return true
+		}
+		g.c.wg.Add(1)
+		go g.serveChildMessage(m)
 	case protocol.KindGatewayConfig:
 		req, err := protocol.DecodeSinkConfigRequest(payload)
 		if err != nil {
@@ -402,6 +436,32 @@ func (g *Gateway) serveChild(req protocol.ChildRPCRequest) {
 		resp.Error = &protocol.Error{Code: protocol.CodeHandlerError, Message: "encode result: " + err.Error()}
 	}
 	g.reply(protocol.KindGatewayRPC, resp)
+}
+
+func (g *Gateway) serveChildMessage(m protocol.ChildDownMessage) {
+	defer g.c.wg.Done()
+	var head struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(m.Msg, &head)
+	key := m.Child + "/" + head.ID
+	g.mu.Lock()
+	h := g.downMsg
+	_, seen := g.seen[key]
+	g.mu.Unlock()
+	if h != nil && (head.ID == "" || !seen) {
+		ctx, cancel := context.WithTimeout(g.c.lifetime, time.Minute)
+		err := h(ctx, m.Child, m.Kind, m.Msg)
+		cancel()
+		if err != nil {
+			g.c.opt.log.Warn("child message not taken", "device_id", g.c.id, "child", m.Child, "kind", m.Kind, "error", err)
+			return // not confirmed: sent again later
+		}
+	}
+	if head.ID != "" {
+		g.firstTime(key) // taken in: a redelivery is only confirmed
+		g.reply(protocol.KindGatewayAck, protocol.ChildAck{Child: m.Child, IDs: []string{head.ID}})
+	}
 }
 
 func (g *Gateway) serveConfig(req protocol.SinkConfigRequest) {

@@ -131,6 +131,46 @@ func TestGatewaySDKCallsAndConfig(t *testing.T) {
 	if st := p.Do(t, "POST", "/api/v1/gateways/"+gwd.ID+"/sinks/s1/config", `{"config":{"channel":99}}`, &cres); st != 200 || cres.Result != "invalid_config" || !strings.Contains(cres.Message, "99") {
 		t.Fatalf("rejected config: %d %+v", st, cres)
 	}
+	// A queued feed command for a child reaches the handler and is
+	// confirmed.
+	got := make(chan string, 1)
+	g.HandleChildMessage(func(_ context.Context, addr, kind string, msg json.RawMessage) error {
+		got <- addr + " " + kind + " " + string(msg)
+		return nil
+	})
+	if err := g.SendChild(ctx, "a1", "feeds", map[string]any{"register": []map[string]string{{"ref": "valve", "type": "IN_OUT", "data_type": "bool"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SendChildEvent(ctx, "a1", "opened", map[string]int{"door": 1}); err != nil {
+		t.Fatal(err)
+	}
+	events := openStream(t, p, "?kind=queue&device="+a1)
+	var cmd struct {
+		ID string `json:"id"`
+	}
+	if st := p.Do(t, "POST", "/api/v1/devices/"+a1+"/feeds/valve/value", map[string]any{"value": true}, &cmd); st != http.StatusAccepted {
+		t.Fatalf("feed command: %d", st)
+	}
+	if m := <-got; !strings.HasPrefix(m, "a1 feed ") || !strings.Contains(m, cmd.ID) {
+		t.Fatalf("child message %s", m)
+	}
+	for {
+		var m struct{ ID, State string }
+		json.Unmarshal(next(t, events).data, &m)
+		if m.ID == cmd.ID && m.State == "delivered" {
+			break
+		}
+	}
+	var evs struct {
+		Events []struct {
+			Name string `json:"name"`
+		} `json:"events"`
+	}
+	p.Do(t, "GET", "/api/v1/devices/"+a1+"/events", nil, &evs)
+	if len(evs.Events) != 1 || evs.Events[0].Name != "opened" {
+		t.Fatalf("child events %+v", evs)
+	}
+
 	var sres struct {
 		Result string `json:"result"`
 	}
