@@ -241,6 +241,15 @@ type Device struct {
 	// Rejected counts what the platform rejected from the device since
 	// it started, by "kind/code" (set by Device, not by Devices).
 	Rejected map[string]int64 `json:"rejected,omitempty"`
+	// Gateway is set for a child: the gateway it is reached through and
+	// its address there (set by Device, not by Devices).
+	Gateway *GatewayRef `json:"gateway,omitempty"`
+}
+
+// GatewayRef names a child's gateway and its address there.
+type GatewayRef struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
 }
 
 // NewDevice is a freshly created device with its credentials, which the

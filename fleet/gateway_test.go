@@ -239,6 +239,12 @@ func TestGateways(t *testing.T) {
 	if err != nil || len(cs) != 2 {
 		t.Fatalf("Children = %+v, %v", cs, err)
 	}
+	if dev, err := f.Device(ctx, cs[0].DeviceID); err != nil || dev.Gateway == nil || dev.Gateway.ID != g1.id || dev.Gateway.Address != "1001" || !dev.Online {
+		t.Fatalf("child device = %+v, %v", dev, err)
+	}
+	if dev, err := f.Device(ctx, g1.id); err != nil || dev.Gateway != nil {
+		t.Fatalf("gateway device = %+v, %v", dev, err)
+	}
 	res, err := f.Call(ctx, cs[0].DeviceID, "ping", 1)
 	if err != nil || string(res) != `{"args":1,"node":"1001"}` {
 		t.Fatalf("child call = %s, %v", res, err)

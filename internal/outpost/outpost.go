@@ -26,6 +26,16 @@ type Device struct {
 	// started, by "kind/code" (e.g. "telemetry/unknown_feed"): filled when
 	// one device is shown.
 	Rejected map[string]int64 `json:"rejected,omitempty"`
+	// Gateway is the gateway a child is reached through, and its address
+	// there: filled when one device is shown, nil for a device that is no
+	// child.
+	Gateway *GatewayRef `json:"gateway,omitempty"`
+}
+
+// GatewayRef names a child's gateway and its address there.
+type GatewayRef struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
 }
 
 // DeviceFilter selects devices in DeviceStore.Devices. Nil fields match all.

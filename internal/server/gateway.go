@@ -142,3 +142,17 @@ func (s *Server) gatewayDeviceDeleted(deviceID string) {
 		s.gw.DeviceDeleted(deviceID)
 	}
 }
+
+// gatewayOf returns the gateway a child is reached through, nil for a
+// device that is no child.
+func (s *Server) gatewayOf(ctx context.Context, deviceID string) *outpost.GatewayRef {
+	st, ok := s.db.(outpost.GatewayStore)
+	if !ok {
+		return nil
+	}
+	c, err := st.ChildOf(ctx, deviceID)
+	if err != nil {
+		return nil
+	}
+	return &outpost.GatewayRef{ID: c.GatewayID, Address: c.Address}
+}

@@ -639,4 +639,5 @@ func (v *service) decorate(ctx context.Context, d *outpost.Device) {
 		d.Attributes = as
 	}
 	d.Rejected = v.s.model.rejections(d.ID)
+	d.Gateway = v.s.gatewayOf(ctx, d.ID)
 }
