@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/device"
-	"github.com/outpost-iot/outpost/internal/server"
 	"github.com/outpost-iot/outpost/internal/outposttest"
+	"github.com/outpost-iot/outpost/internal/server"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
