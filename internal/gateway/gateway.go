@@ -293,6 +293,46 @@ func (s *Service) resolve(ctx context.Context, st *gwState, addr, sink string) (
 	return d.ID, nil
 }
 
+// register creates, in one transaction, the children at the addresses
+// (address → sink) that the gateway has none at yet, when its policy
+// allows; resolve then finds them. A conflict (an address registered
+// meanwhile through the API) leaves them to resolve, one by one. Called
+// with st.mu held.
+func (s *Service) register(ctx context.Context, st *gwState, addrs []string, sinks map[string]string) error {
+	if st.gw.Policy != string(protocol.PolicyAuto) || len(addrs) == 0 {
+		return nil
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	cs := make([]*outpost.Child, 0, len(addrs))
+	ds := make([]*outpost.Device, 0, len(addrs))
+	hs := make([][]byte, 0, len(addrs))
+	for _, a := range addrs {
+		if _, ok := st.byAddr[a]; ok {
+			continue
+		}
+		cs = append(cs, &outpost.Child{GatewayID: st.gw.ID, Address: a, Sink: sinks[a], CreatedAt: now})
+		ds = append(ds, &outpost.Device{ID: outpost.NewDeviceID(), Name: st.gw.ID + "." + a, CreatedAt: now})
+		hs = append(hs, outpost.HashSecret(outpost.NewToken()))
+	}
+	if len(cs) == 0 {
+		return nil
+	}
+	err := s.opt.Store.CreateChildren(ctx, cs, ds, hs)
+	if outpost.ErrorCode(err) == outpost.ECONFLICT {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("register %d children of gateway %s: %w", len(cs), st.gw.ID, err)
+	}
+	s.mu.Lock()
+	for i, c := range cs {
+		st.byAddr[c.Address] = ds[i].ID
+		s.children[ds[i].ID] = &route{gatewayID: st.gw.ID, address: c.Address}
+	}
+	s.mu.Unlock()
+	s.log.Info("children registered", "gateway_id", st.gw.ID, "count", len(cs))
+	return nil
+}
+
 // markOnline makes a child online through the gateway's current session.
 // Called with st.mu held.
 func (s *Service) markOnline(st *gwState, child string) {
@@ -510,6 +550,15 @@ func (s *Service) handleChildren(ctx context.Context, st *gwState, payload []byt
 		}
 		return nil
 	}
+	addrs := make([]string, 0, len(m.Join))
+	sinks := make(map[string]string, len(m.Join))
+	for _, j := range m.Join {
+		addrs = append(addrs, j.Address)
+		sinks[j.Address] = j.Sink
+	}
+	if err := s.register(ctx, st, addrs, sinks); err != nil {
+		return err
+	}
 	for _, j := range m.Join {
 		child, err := s.resolve(ctx, st, j.Address, j.Sink)
 		if err != nil {
@@ -685,6 +734,21 @@ func (s *Service) split(ctx context.Context, st *gwState, t protocol.GatewayTele
 	now := time.Now().UnixMilli()
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	// New children first, in one transaction: at most MaxChildren in all.
+	var fresh []string
+	seen := map[string]bool{}
+	for _, r := range t.Readings {
+		if seen[r.Child] {
+			continue
+		}
+		seen[r.Child] = true
+		if _, ok := st.byAddr[r.Child]; !ok && len(seen) <= s.opt.MaxChildren && protocol.ValidChildAddress(r.Child) == nil {
+			fresh = append(fresh, r.Child)
+		}
+	}
+	if err := s.register(ctx, st, fresh, nil); err != nil {
+		return nil, err
+	}
 	refused := map[string]*protocol.Error{}
 	rules := map[string]func(protocol.Reading) *protocol.Error{}
 	for _, r := range t.Readings {

@@ -59,6 +59,10 @@ type GatewayStore interface {
 	// (c.DeviceID is d.ID). ENOTFOUND for an unknown gateway; ECONFLICT
 	// when the address is taken or d's id or name is.
 	CreateChild(ctx context.Context, c *Child, d *Device, secretHash []byte) error
+	// CreateChildren is CreateChild for several children of one gateway,
+	// cs[i] bound to the new device ds[i] with secretHashes[i], all or
+	// none.
+	CreateChildren(ctx context.Context, cs []*Child, ds []*Device, secretHashes [][]byte) error
 	// AttachChild binds an existing device. ENOTFOUND for an unknown
 	// gateway or device; ECONFLICT when the address is taken, the device
 	// is already a child (of any gateway) or is itself a gateway.

@@ -120,24 +120,46 @@ func bindChild(ctx context.Context, tx pgx.Tx, gw, child int64, c *outpost.Child
 
 // CreateChild implements outpost.GatewayStore.
 func (db *DB) CreateChild(ctx context.Context, c *outpost.Child, d *outpost.Device, secretHash []byte) error {
-	return db.tx(ctx, "create child", func(tx pgx.Tx) error {
-		gw, err := gatewaySeq(ctx, tx, c.GatewayID, "FOR SHARE OF g")
-		if err != nil {
-			return err
-		}
-		var seq int64
-		err = tx.QueryRow(ctx, `INSERT INTO devices (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING seq`,
-			d.ID, d.Name, secretHash, d.CreatedAt.UnixMilli()).Scan(&seq)
-		if code, constraint := pgCode(err); code == codeUniqueViolation {
-			if constraint == "devices_name_key" {
-				return outpost.Errorf(outpost.ECONFLICT, "a device named %q already exists", d.Name)
+	return db.CreateChildren(ctx, []*outpost.Child{c}, []*outpost.Device{d}, [][]byte{secretHash})
+}
+
+// CreateChildren implements outpost.GatewayStore: one transaction.
+func (db *DB) CreateChildren(ctx context.Context, cs []*outpost.Child, ds []*outpost.Device, secretHashes [][]byte) error {
+	if len(cs) != len(ds) || len(cs) != len(secretHashes) {
+		return fmt.Errorf("create children: %d children, %d devices, %d secret hashes", len(cs), len(ds), len(secretHashes))
+	}
+	if len(cs) == 0 {
+		return nil
+	}
+	return db.tx(ctx, "create children", func(tx pgx.Tx) error {
+		gws := map[string]int64{}
+		for i, c := range cs {
+			gw, ok := gws[c.GatewayID]
+			if !ok {
+				var err error
+				if gw, err = gatewaySeq(ctx, tx, c.GatewayID, "FOR SHARE OF g"); err != nil {
+					return err
+				}
+				gws[c.GatewayID] = gw
 			}
-			return outpost.Errorf(outpost.ECONFLICT, "device %s already exists", d.ID)
-		} else if err != nil {
-			return err
+			d := ds[i]
+			var seq int64
+			err := tx.QueryRow(ctx, `INSERT INTO devices (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING seq`,
+				d.ID, d.Name, secretHashes[i], d.CreatedAt.UnixMilli()).Scan(&seq)
+			if code, constraint := pgCode(err); code == codeUniqueViolation {
+				if constraint == "devices_name_key" {
+					return outpost.Errorf(outpost.ECONFLICT, "a device named %q already exists", d.Name)
+				}
+				return outpost.Errorf(outpost.ECONFLICT, "device %s already exists", d.ID)
+			} else if err != nil {
+				return err
+			}
+			c.DeviceID = d.ID
+			if err := bindChild(ctx, tx, gw, seq, c); err != nil {
+				return err
+			}
 		}
-		c.DeviceID = d.ID
-		return bindChild(ctx, tx, gw, seq, c)
+		return nil
 	})
 }
 

@@ -129,21 +129,43 @@ func isUnique(err error) bool {
 
 // CreateChild implements outpost.GatewayStore.
 func (db *DB) CreateChild(ctx context.Context, c *outpost.Child, d *outpost.Device, secretHash []byte) error {
-	return db.writeTx(ctx, "create child", func(tx *sql.Tx) error {
-		gw, err := gatewaySeq(ctx, tx, c.GatewayID)
-		if err != nil {
-			return err
+	return db.CreateChildren(ctx, []*outpost.Child{c}, []*outpost.Device{d}, [][]byte{secretHash})
+}
+
+// CreateChildren implements outpost.GatewayStore: one transaction.
+func (db *DB) CreateChildren(ctx context.Context, cs []*outpost.Child, ds []*outpost.Device, secretHashes [][]byte) error {
+	if len(cs) != len(ds) || len(cs) != len(secretHashes) {
+		return fmt.Errorf("create children: %d children, %d devices, %d secret hashes", len(cs), len(ds), len(secretHashes))
+	}
+	if len(cs) == 0 {
+		return nil
+	}
+	return db.writeTx(ctx, "create children", func(tx *sql.Tx) error {
+		gws := map[string]int64{}
+		for i, c := range cs {
+			gw, ok := gws[c.GatewayID]
+			if !ok {
+				var err error
+				if gw, err = gatewaySeq(ctx, tx, c.GatewayID); err != nil {
+					return err
+				}
+				gws[c.GatewayID] = gw
+			}
+			d := ds[i]
+			res, err := tx.ExecContext(ctx, insertDevice, d.ID, d.Name, secretHashes[i], d.CreatedAt.UnixMilli())
+			if err != nil {
+				return createError(err, d)
+			}
+			seq, err := res.LastInsertId()
+			if err != nil {
+				return err
+			}
+			c.DeviceID = d.ID
+			if err := bindChild(ctx, tx, gw, seq, c); err != nil {
+				return err
+			}
 		}
-		res, err := tx.ExecContext(ctx, insertDevice, d.ID, d.Name, secretHash, d.CreatedAt.UnixMilli())
-		if err != nil {
-			return createError(err, d)
-		}
-		seq, err := res.LastInsertId()
-		if err != nil {
-			return err
-		}
-		c.DeviceID = d.ID
-		return bindChild(ctx, tx, gw, seq, c)
+		return nil
 	})
 }
 

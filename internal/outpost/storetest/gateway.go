@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ func RunGateway(t *testing.T, open func(t *testing.T) GatewayStore) {
 		{"Gateways", testGateways},
 		{"Children", testChildren},
 		{"ChildConflicts", testChildConflicts},
+		{"CreateChildren", testCreateChildren},
 		{"ChildIsADevice", testChildIsADevice},
 		{"Sinks", testSinks},
 		{"GatewayDeleted", testGatewayDeleted},
@@ -267,5 +269,40 @@ func testGatewayDeleted(t *testing.T, s GatewayStore) {
 	g2 := MustGateway(t, s, "gw2", "auto")
 	if err := s.AttachChild(ctx, &outpost.Child{GatewayID: g2.ID, Address: "7", DeviceID: d.ID, CreatedAt: time.Now()}); err != nil {
 		t.Fatalf("bind again: %v", err)
+	}
+}
+
+func testCreateChildren(t *testing.T, s GatewayStore) {
+	ctx := context.Background()
+	g := MustGateway(t, s, "gw", "auto")
+	var cs []*outpost.Child
+	var ds []*outpost.Device
+	var hs [][]byte
+	for i := range 300 {
+		c, d := newChild(g.ID, "n"+strconv.Itoa(i))
+		cs, ds, hs = append(cs, c), append(ds, d), append(hs, outpost.HashSecret("x"))
+	}
+	if err := s.CreateChildren(ctx, cs, ds, hs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Children(ctx, g.ID)
+	if err != nil || len(got) != 300 {
+		t.Fatalf("%d children, %v", len(got), err)
+	}
+	for i, c := range cs {
+		if c.DeviceID != ds[i].ID {
+			t.Fatalf("child %d device id %q, want %q", i, c.DeviceID, ds[i].ID)
+		}
+	}
+	// All or none: one taken address refuses the lot.
+	c1, d1 := newChild(g.ID, "fresh")
+	c2, d2 := newChild(g.ID, "n7")
+	d2.Name = "other"
+	wantCode(t, "a taken address among new children", s.CreateChildren(ctx, []*outpost.Child{c1, c2}, []*outpost.Device{d1, d2}, [][]byte{hs[0], hs[1]}), outpost.ECONFLICT)
+	if _, err := s.Device(ctx, d1.ID); outpost.ErrorCode(err) != outpost.ENOTFOUND {
+		t.Fatalf("a child of a refused lot exists: %v", err)
+	}
+	if err := s.CreateChildren(ctx, nil, nil, nil); err != nil {
+		t.Fatalf("no children: %v", err)
 	}
 }
