@@ -338,7 +338,13 @@ func (s *Service) register(ctx context.Context, st *gwState, addrs []string, sin
 func (s *Service) markOnline(st *gwState, child string) {
 	if _, ok := st.online[child]; ok {
 		if s.opt.Presence != nil {
-			s.opt.Presence.Seen(child)
+			if s.opt.Presence.Online(child) {
+				s.opt.Presence.Seen(child)
+			} else {
+				// The child's own connection took the session over and
+				// ended: it is online through the gateway again.
+				s.opt.Presence.Connected(child, st.sess)
+			}
 		}
 		return
 	}

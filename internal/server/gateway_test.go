@@ -481,6 +481,16 @@ func TestGatewayChildWithOwnCredentials(t *testing.T) {
 	if st := p.Do(t, "POST", "/api/v1/devices/"+own.ID+"/rpc/where", nil, &res); st != 200 || string(res.Result) != `"via gateway"` {
 		t.Fatalf("routed call: %d %s", st, res.Result)
 	}
+	// It connects itself again, later than the announcement, and that
+	// connection ends: offline, until the gateway speaks for it again.
+	dc.Close()
+	dc2 := connect(t, own.URL)
+	dc2.Close()
+	outposttest.Eventually(t, 10*time.Second, "child offline", func() bool { return !online(t, p, own.ID) })
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/children"), `{"join":[{"c":"o1"}]}`)
+	if !online(t, p, own.ID) {
+		t.Fatal("a child its gateway announced again is offline")
+	}
 	// Both ways feed the same device.
 	gw.publish(t, topicOf(gwd.ID, "up", "gw/telemetry"), gwBatch{ID: "g1", R: []gwReading{{C: "o1", F: "x", V: 2, T: time.Now().UnixMilli() + 1000}}})
 	if got := readingsOf(t, p, own.ID, "x"); strings.Join(got, ",") != "1,2" {
