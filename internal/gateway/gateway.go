@@ -138,6 +138,9 @@ type Options struct {
 	// now (the per-device rate limit); a batch it refuses fails with
 	// ErrRateLimited, and the gateway sends it again later.
 	Allow func(gatewayID string, n int) bool
+	// Rejected, when set, is told of every error reply: the gateway, the
+	// kind, the code and how many items it rejected (metrics).
+	Rejected func(gatewayID, kind, code string, n int)
 	// Events receives node data and sink reports (the live stream). It
 	// must not block.
 	Events func(kind, deviceID string, v any)
@@ -373,6 +376,9 @@ func (s *Service) goOffline(child string, sess *session, reason string) {
 // reply sends an error reply to the gateway and returns the error for the
 // broker (a rejection for good).
 func (s *Service) reply(gatewayID string, e protocol.GatewayErrorReply) error {
+	if s.opt.Rejected != nil {
+		s.opt.Rejected(gatewayID, e.Kind, e.Code, e.Rejected)
+	}
 	if b, err := json.Marshal(e); err == nil && s.opt.Sender != nil {
 		if err := s.opt.Sender.PublishToDevice(gatewayID, protocol.KindError, b); err != nil {
 			s.log.Debug("send error reply", "device_id", gatewayID, "error", err)

@@ -44,6 +44,10 @@ func (s *Server) openGateway() rpc.Publisher {
 		},
 		Allow:  func(id string, n int) bool { return s.limiter.allow(id, n, time.Now()) },
 		Events: s.hub.Publish,
+		Rejected: func(id, kind, code string, n int) {
+			s.metrics.deviceErrors.WithLabelValues(codeLabel(code)).Inc()
+			s.model.countReject(id, kind, code, n)
+		},
 		Logger: s.log.With("component", "gateway"),
 	})
 	return s.gw.RoutePublisher(s.broker)

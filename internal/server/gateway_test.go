@@ -514,6 +514,13 @@ func TestGatewayBadInput(t *testing.T) {
 	if got := readingsOf(t, p, k1, "x"); strings.Join(got, ",") != "1" {
 		t.Fatalf("k1 readings = %v", got)
 	}
+	var dev struct {
+		Rejected map[string]int64 `json:"rejected"`
+	}
+	p.Do(t, "GET", "/api/v1/devices/"+gwd.ID, nil, &dev)
+	if dev.Rejected["gw/telemetry/unknown_child"] != 3 {
+		t.Fatalf("gateway's rejection counts %v", dev.Rejected)
+	}
 	gw.publish(t, topicOf(gwd.ID, "up", "gw/children"), `{"join":[{"c":"u9"}]}`)
 	if e := errorReply(t, gw); e.Code != "unknown_child" || e.C != "u9" {
 		t.Fatalf("error reply %+v", e)

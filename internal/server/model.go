@@ -87,6 +87,9 @@ var knownKinds = map[string]bool{
 	protocol.KindFileList: true, protocol.KindFileStatus: true, protocol.KindFileRequest: true,
 	protocol.KindFileURL: true, protocol.KindFirmwareVersion: true, protocol.KindFirmwareStatus: true,
 	protocol.KindFirmwareCheck: true,
+	protocol.KindGatewaySinks: true, protocol.KindGatewayChildren: true, protocol.KindGatewayTelemetry: true,
+	protocol.KindGatewayChild: true, protocol.KindGatewayRPC: true, protocol.KindGatewayConfig: true,
+	protocol.KindGatewaySend: true, protocol.KindGatewayData: true, protocol.KindGatewayAck: true,
 }
 
 // knownCodes are the error codes the platform sends devices.
@@ -94,7 +97,7 @@ var knownCodes = map[string]bool{
 	protocol.CodeInvalid: true, protocol.CodeTooLarge: true, protocol.CodeUnknownKind: true,
 	protocol.CodeUnknownMethod: true, protocol.CodeHandlerError: true, protocol.CodeNotSupported: true,
 	protocol.CodeInternal: true, protocol.CodeOverloaded: true, protocol.CodeUnknownFeed: true,
-	protocol.CodeWrongType: true,
+	protocol.CodeWrongType: true, protocol.CodeUnknownChild: true, protocol.CodeForbidden: true,
 }
 
 // kindLabel maps a device-chosen kind into the closed set of knownKinds.
