@@ -26,8 +26,6 @@ package queue
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +34,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/protocol"
@@ -90,6 +90,14 @@ type Options struct {
 	OnMessage func(*outpost.QueuedMessage)
 	OnCall    func(*outpost.Call)
 	Logger    *slog.Logger
+	// Replies sends the error replies of rejected pull and ack messages
+	// (Handle); required for Handle.
+	Replies Rejecter
+	// Devices, when set, makes Calls answer ENOTFOUND for an unknown
+	// device instead of an empty list.
+	Devices Devices
+	// Metrics, when set, receives the queue's counters.
+	Metrics prometheus.Registerer
 }
 
 // DefaultMaxPendingAcks is the default of Options.MaxPendingAcks.
@@ -200,6 +208,9 @@ func New(store outpost.QueueStore, sender Sender, o Options) *Queue {
 		ackWake:  make(chan struct{}, 1),
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
+	if o.Metrics != nil {
+		q.register(o.Metrics)
+	}
 	q.loadPending()
 	q.wg.Add(2 + o.Workers)
 	go q.sweeper()
@@ -349,6 +360,11 @@ func (q *Queue) Call(ctx context.Context, id string) (*outpost.Call, error) {
 func (q *Queue) Calls(ctx context.Context, f outpost.CallFilter) ([]*outpost.Call, error) {
 	if f.State != "" && !f.State.Valid() {
 		return nil, outpost.Errorf(outpost.EINVALID, "unknown call state %q", f.State)
+	}
+	if q.opt.Devices != nil {
+		if _, err := q.opt.Devices.Device(ctx, f.DeviceID); err != nil {
+			return nil, err
+		}
 	}
 	return q.store.Calls(ctx, f)
 }
@@ -897,8 +913,4 @@ func (q *Queue) clearPending(deviceID string, ver uint64) {
 	}
 }
 
-func newID() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
+func newID() string { return outpost.NewMessageID() }

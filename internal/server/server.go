@@ -23,15 +23,23 @@ import (
 
 	"github.com/outpost-iot/outpost/internal/artifact"
 	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/health"
 	"github.com/outpost-iot/outpost/internal/httpapi"
 	"github.com/outpost-iot/outpost/internal/ingest"
+	"github.com/outpost-iot/outpost/internal/model"
 	"github.com/outpost-iot/outpost/internal/ota"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/presence"
 	"github.com/outpost-iot/outpost/internal/queue"
+	"github.com/outpost-iot/outpost/internal/registry"
+	"github.com/outpost-iot/outpost/internal/reply"
+	"github.com/outpost-iot/outpost/internal/retention"
+	"github.com/outpost-iot/outpost/internal/router"
 	"github.com/outpost-iot/outpost/internal/rpc"
 	"github.com/outpost-iot/outpost/internal/sqlite"
 	"github.com/outpost-iot/outpost/internal/stream"
+	"github.com/outpost-iot/outpost/internal/telemetry"
+	"github.com/outpost-iot/outpost/protocol"
 )
 
 // Config is the platform configuration, filled from flags by cmd/outpost.
@@ -178,34 +186,23 @@ const streamKeepIdle = time.Minute
 
 // Server is a running platform.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	db      outpost.Store
-	broker  *broker.Broker
-	writer  *ingest.Writer
-	limiter *rateLimiter // nil: no per-device rate limit
+	cfg Config
+	log *slog.Logger
+	db  *openedStore
 
-	retentionStop, retentionDone chan struct{}
-	relay                        *rpc.Relay
-	queue                        *queue.Queue
-	presence                     *presence.Tracker
-	creds                        credentials
-	hub                          *stream.Hub
-	metrics                      *metrics
-	svc                          *service
-	model                        *modelState
-	artifacts                    *artifact.Repository
-	ota                          *ota.Service
-
+	broker    *broker.Broker
+	writer    *ingest.Writer
+	pruner    *retention.Pruner
+	queue     *queue.Queue
+	presence  *presence.Tracker
+	ota       *ota.Service // nil: files and firmware are off
+	metrics   *metrics
 	httpSrv   *http.Server
 	httpLn    net.Listener
 	httpTLS   bool
 	httpDone  chan struct{}
 	httpConns *httpConns
 	httpErr   atomic.Pointer[error] // why the HTTP server stopped serving
-	// readyErr is the last readiness failure, to log changes only.
-	readyMu  sync.Mutex
-	readyErr string
 	// cancelHTTP ends long-lived requests (event streams) at shutdown.
 	cancelHTTP context.CancelFunc
 
@@ -223,6 +220,10 @@ type Server struct {
 // addresses are final; a given address that is in use fails here with a
 // message naming its flag. Once started, the platform's addresses are in
 // RunningFile in the data directory until Close.
+//
+// Open only wires: it opens each part, connects the parts through the
+// interfaces they declare, registers each message kind's home with the
+// router, and starts the listeners (docs/architecture.md).
 func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.DataDir == "" {
 		cfg.DataDir = "outpost-data"
@@ -232,15 +233,6 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = defaultMaxConnections()
-	}
-	if cfg.BatchRetention <= 0 {
-		cfg.BatchRetention = defaultBatchRetention
-	}
-	if cfg.QueueRetention <= 0 {
-		cfg.QueueRetention = defaultQueueRetention
-	}
-	if cfg.RetentionInterval <= 0 {
-		cfg.RetentionInterval = defaultRetentionInterval
 	}
 	for _, d := range []struct {
 		v   *time.Duration
@@ -266,6 +258,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s := &Server{cfg: cfg, httpDone: make(chan struct{})}
 	s.logs = newLogLimiter(cfg.Logger.Handler(), cfg.LogRepeats)
 	s.log = slog.New(s.logs)
+	log := s.log
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -280,9 +273,12 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.token, s.newToken, err = loadToken(cfg.DataDir, cfg.AdminToken); err != nil {
 		return nil, err
 	}
-	if s.db, _, err = openStore(ctx, cfg, s.log); err != nil {
+
+	// The store.
+	if s.db, _, err = openStore(ctx, cfg, log); err != nil {
 		return nil, err
 	}
+	db := s.db
 	// No session of this platform survives its restart: the devices it
 	// recorded online go offline. The store limits that to this replica's
 	// devices (Config.Replica), so in a store several platforms share, one
@@ -292,26 +288,24 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// (the API reads, devices are not acknowledged until space returns),
 	// and say so. The API shows a device offline until it connects,
 	// whatever the stale row.
-	if err := s.db.ResetPresence(ctx); err != nil {
-		s.log.Error("storage is not writable: starting anyway; writes fail until it is (see /readyz)", "data", cfg.DataDir, "error", err)
+	if err := db.ResetPresence(ctx); err != nil {
+		log.Error("storage is not writable: starting anyway; writes fail until it is (see /readyz)", "data", cfg.DataDir, "error", err)
 	}
-
-	if err := s.creds.load(ctx, s.db); err != nil {
+	creds := &registry.Credentials{}
+	if err := creds.Load(ctx, db); err != nil {
 		return nil, err
 	}
 
+	// The parts every home uses: metrics, the live stream, presence.
+	s.metrics = newMetrics()
+	reg := s.metrics.reg
 	// Event ids start at the start time in microseconds: they keep growing
 	// across restarts (the replay ring does not survive one).
-	s.hub = stream.New(stream.Options{RingBytes: cfg.StreamRingBytes, FirstID: uint64(time.Now().UnixMicro()), KeepIdle: streamKeepIdle})
-	s.metrics = newMetrics()
-	s.presence = presence.NewTracker(s.db, s.presenceChanged, s.log)
-	s.limiter = newRateLimiter(cfg.DeviceRate, cfg.DeviceBurst)
-	s.retentionStop, s.retentionDone = make(chan struct{}), make(chan struct{})
-	go s.retention(s.retentionStop, s.retentionDone)
-	io := cfg.Ingest
-	io.QueueLen, io.Observer, io.Logger = cfg.IngestQueue, s, s.log
-	s.writer = ingest.NewWriter(s.db, io)
+	hub := stream.New(stream.Options{RingBytes: cfg.StreamRingBytes, FirstID: uint64(time.Now().UnixMicro()), KeepIdle: streamKeepIdle})
+	s.presence = presence.NewTracker(db, func(c presence.Change) { hub.Publish(stream.KindPresence, c.DeviceID, c) }, log)
 
+	// The broker, which hands every device message to the router.
+	rt := router.New(s.presence)
 	var tlsCfg *tls.Config
 	if cfg.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
@@ -324,7 +318,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, listenError("--mqtt", err)
 	}
-	bcfg := broker.Config{Addr: mqttAddr, Logger: s.log.With("component", "mqtt"),
+	bcfg := broker.Config{Addr: mqttAddr, Logger: log.With("component", "mqtt"),
 		KeepAlive: broker.KeepAlive{Min: cfg.KeepAliveMin, Max: cfg.KeepAliveMax, Default: cfg.KeepAliveDefault},
 		Limits: broker.Limits{MaxConnections: cfg.MaxConnections, MaxPending: cfg.MaxPendingConnections, MaxPendingPerAddr: cfg.MaxPendingPerAddress,
 			ConnectTimeout: cfg.MQTTConnectTimeout, WriteTimeout: cfg.MQTTWriteTimeout},
@@ -336,7 +330,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		bcfg.TLS = tlsCfg
 	}
-	s.broker, err = broker.New(bcfg, s, s)
+	s.broker, err = broker.New(bcfg, creds, rt)
 	if err != nil {
 		flag := "--mqtt"
 		if strings.Contains(err.Error(), "tls listener") {
@@ -344,21 +338,60 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		return nil, listenError(flag, err)
 	}
-	s.relay = rpc.NewRelay(s.broker, s.presence)
-	s.model = newModelState(s)
-	if err := s.openQueue(); err != nil {
+	b := s.broker
+	replies := reply.New(b, reg, log)
+	rt.SetRejecter(replies)
+
+	// The homes of the device message kinds.
+	s.queue = queue.New(db, b, queue.Options{
+		Sweep:     cfg.QueueSweep,
+		Logger:    log.With("component", "queue"),
+		OnCall:    func(c *outpost.Call) { hub.Publish(stream.KindCall, c.DeviceID, c) },
+		OnMessage: func(m *outpost.QueuedMessage) { hub.Publish(stream.KindQueue, m.DeviceID, m) },
+		Replies:   replies,
+		Devices:   db,
+		Metrics:   reg,
+	})
+	if err := b.SetDeliveryHandler(s.queue); err != nil {
 		return nil, err
 	}
-	if err := s.openOTA(); err != nil {
+	mdl := model.New(model.Options{Store: db, Down: s.queue, Publisher: b, Replies: replies, Stream: hub, Logger: log})
+	stats := telemetry.NewStats(hub, reg)
+	io := cfg.Ingest
+	io.QueueLen, io.Observer, io.Logger = cfg.IngestQueue, stats, log
+	s.writer = ingest.NewWriter(db, io)
+	tel := telemetry.New(telemetry.Options{Writer: s.writer, Feeds: mdl, Replies: replies, Stats: stats, Store: db,
+		Rate: cfg.DeviceRate, Burst: cfg.DeviceBurst})
+	relay := rpc.New(rpc.Options{Publisher: b, Presence: s.presence, Devices: db, Metrics: reg})
+	var arts *artifact.Repository
+	if arts, s.ota, err = s.openOTA(db.ota, b, hub); err != nil {
 		// The rest of the platform is worth running (a full disk cannot
 		// create the signing key); files and firmware stay off until a
 		// restart that can open them.
-		s.log.Error("files and firmware over the air are off", "error", err)
-		s.artifacts, s.ota = nil, nil
+		log.Error("files and firmware over the air are off", "error", err)
+		arts, s.ota = nil, nil
 	}
-	s.svc = &service{s: s}
-	s.metrics.register(s)
 
+	rt.RouteAsync(protocol.KindTelemetry, tel)
+	rt.Route(protocol.KindRPC, rpc.NewAnswers(relay, s.queue, replies))
+	rt.Route(protocol.KindPull, s.queue)
+	rt.Route(protocol.KindAck, s.queue)
+	rt.RouteMatch(model.Handles, mdl)
+	if s.ota != nil {
+		rt.RouteMatch(ota.Handles, s.ota)
+	} else {
+		rt.RouteMatch(ota.Handles, router.HandlerFunc(func(_ context.Context, deviceID, kind string, _ []byte) error {
+			return replies.Reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeNotSupported, Message: "files and firmware are not available with this platform's database engine"})
+		}))
+	}
+
+	devices := registry.New(registry.Options{Store: db, Credentials: creds, Sessions: b, Presence: s.presence,
+		Decorate: mdl.Decorate, OnDelete: []func(string){mdl.Forget, replies.Forget}, Metrics: reg})
+	s.pruner = retention.Start(db, retention.Options{Batches: cfg.BatchRetention, Queue: cfg.QueueRetention,
+		Readings: cfg.ReadingRetention, Interval: cfg.RetentionInterval, Logger: log})
+	s.metrics.register(s, db.metrics)
+
+	// The HTTP API.
 	var movedHTTP bool
 	var ln net.Listener
 	ln, movedHTTP, err = listen(cfg.HTTPAddr, defaultHTTPAddr)
@@ -369,12 +402,21 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.httpConns = newHTTPConns(cfg.HTTPMaxConns)
 	s.httpLn = s.httpConns.listener(ln)
 	s.metrics.registerHTTP(s.httpConns)
-	apiOpts := httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
-		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: s.log}
+	checks := health.New(db, cfg.DataDir, log,
+		func(context.Context) error { return b.Ready() },
+		func(context.Context) error {
+			if p := s.httpErr.Load(); p != nil {
+				return fmt.Errorf("http listener stopped: %w", *p)
+			}
+			return nil
+		})
+	parts := httpapi.Parts{Devices: devices, RPC: relay, Readings: tel, Events: hub, Health: checks,
+		Calls: s.queue, Model: mdl}
 	if s.ota != nil {
-		apiOpts.Artifacts, apiOpts.OTA = s.artifacts, s.ota
+		parts.Artifacts, parts.OTA = arts, s.ota
 	}
-	api := httpapi.New(s.svc, apiOpts)
+	api := httpapi.New(parts, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
+		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: log})
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	s.cancelHTTP = cancelBase
 	s.httpSrv = &http.Server{
@@ -385,14 +427,14 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		WriteTimeout:      cfg.HTTPWriteTimeout,
 		IdleTimeout:       cfg.HTTPIdleTimeout,
 		ConnState:         s.httpConns.connState,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	if tlsCfg != nil {
 		s.httpTLS = true
 		s.httpSrv.TLSConfig = tlsCfg.Clone()
 	}
 
-	if err := s.broker.Start(); err != nil {
+	if err := b.Start(); err != nil {
 		return nil, fmt.Errorf("start mqtt broker: %w", err)
 	}
 	go func() {
@@ -405,16 +447,16 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.httpErr.Store(&err)
-			s.log.Error("http server", "error", err)
+			log.Error("http server", "error", err)
 		}
 	}()
 	if err := s.writeRunning(); err != nil {
 		// The platform runs without it (a full disk must not stop a start);
 		// only the CLI's discovery of this platform is lost.
-		s.log.Warn("the CLI will not find this platform from its data directory; pass --server or set OUTPOST_SERVER", "error", err)
+		log.Warn("the CLI will not find this platform from its data directory; pass --server or set OUTPOST_SERVER", "error", err)
 	}
 	s.warnListeners(movedMQTT, movedMQTTS, movedHTTP)
-	s.log.Info("outpost started", "mqtt", s.MQTTURL(), "http", s.HTTPURL(), "data", cfg.DataDir)
+	log.Info("outpost started", "mqtt", s.MQTTURL(), "http", s.HTTPURL(), "data", cfg.DataDir)
 	return s, nil
 }
 
@@ -498,6 +540,12 @@ func hostPort(a net.Addr) string {
 	return net.JoinHostPort(host, port)
 }
 
+// Queue returns the down queue (for tests that read its counters).
+func (s *Server) Queue() *queue.Queue { return s.queue }
+
+// MaxBulkDevices bounds the devices one bulk creation registers.
+const MaxBulkDevices = registry.MaxBulkDevices
+
 // Close stops accepting API requests and device connections, commits
 // everything already received, and closes the database.
 func (s *Server) Close() error {
@@ -515,9 +563,8 @@ func (s *Server) Close() error {
 		} else if s.httpLn != nil {
 			s.httpLn.Close()
 		}
-		if s.retentionStop != nil {
-			close(s.retentionStop)
-			<-s.retentionDone
+		if s.pruner != nil {
+			s.pruner.Close()
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())

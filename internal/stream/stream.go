@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
 // Event kinds.
@@ -25,24 +27,10 @@ const (
 )
 
 // Event is one platform event.
-type Event struct {
-	ID       uint64          `json:"-"`
-	Kind     string          `json:"-"`
-	DeviceID string          `json:"-"`
-	Time     time.Time       `json:"-"`
-	Data     json.RawMessage `json:"-"` // JSON object sent to clients
-}
+type Event = outpost.StreamEvent
 
 // Filter selects events; empty fields match everything.
-type Filter struct {
-	DeviceIDs map[string]bool
-	Kinds     map[string]bool
-}
-
-// Match reports whether e passes the filter.
-func (f Filter) Match(e *Event) bool {
-	return (len(f.DeviceIDs) == 0 || f.DeviceIDs[e.DeviceID]) && (len(f.Kinds) == 0 || f.Kinds[e.Kind])
-}
+type Filter = outpost.StreamFilter
 
 // Defaults of Options.
 const (
@@ -133,6 +121,18 @@ type Subscription struct {
 // Dropped returns how many events were lost because the subscriber was
 // slow.
 func (s *Subscription) Dropped() uint64 { return s.dropped.Load() }
+
+// Events returns C.
+func (s *Subscription) Events() <-chan *Event { return s.C }
+
+// FollowBuffer is the buffer of a Follow subscription, in events.
+const FollowBuffer = 4096
+
+// Follow subscribes with a buffer of FollowBuffer events (see Subscribe):
+// the live stream of the HTTP API.
+func (h *Hub) Follow(f Filter, afterID uint64) (outpost.Subscription, uint64) {
+	return h.Subscribe(f, FollowBuffer, afterID)
+}
 
 // Close unsubscribes; C is closed.
 func (s *Subscription) Close() {
@@ -242,7 +242,7 @@ func (h *Hub) RingBytes() int64 {
 
 // MissedUnknown is the missed count Subscribe reports for an id from
 // before the hub started: events were lost, nobody knows how many.
-const MissedUnknown = ^uint64(0)
+const MissedUnknown = outpost.MissedUnknown
 
 // Subscribe registers a subscriber with a buffer of size events. If
 // afterID > 0, events newer than afterID still in the ring are queued first;
