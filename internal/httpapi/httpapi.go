@@ -123,7 +123,7 @@ type Options struct {
 	// Heartbeat is the interval of keep-alive comments on the event stream
 	// (default 15s).
 	Heartbeat time.Duration
-	Logger *slog.Logger
+	Logger    *slog.Logger
 }
 
 // Limits on requests.
