@@ -160,7 +160,7 @@ type Queue struct {
 // session is a device's live connection as the queue sees it. Its fields
 // are guarded by Queue.mu.
 type session struct {
-	conn any
+	conn outpost.SessionID
 	pull bool
 	// sent holds the ids published in the current round (the session, or
 	// for a pull the pull), which are not published again in it.
@@ -434,7 +434,7 @@ func (q *Queue) Pull(deviceID, reqID string) bool {
 // DeviceSubscribed implements broker.DeliveryHandler. A new connection
 // starts a new round: what was sent before and not acknowledged is sent
 // again.
-func (q *Queue) DeviceSubscribed(deviceID string, conn any, pull bool) {
+func (q *Queue) DeviceSubscribed(deviceID string, conn outpost.SessionID, pull bool) {
 	q.mu.Lock()
 	s := q.sessions[deviceID]
 	if s == nil || s.conn != conn {
@@ -452,7 +452,7 @@ func (q *Queue) DeviceSubscribed(deviceID string, conn any, pull bool) {
 }
 
 // DeviceGone implements broker.DeliveryHandler.
-func (q *Queue) DeviceGone(deviceID string, conn any) {
+func (q *Queue) DeviceGone(deviceID string, conn outpost.SessionID) {
 	q.mu.Lock()
 	if s, ok := q.sessions[deviceID]; ok && s.conn == conn {
 		delete(q.sessions, deviceID)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
@@ -47,9 +48,9 @@ type AsyncHandler interface {
 // Presence follows the devices' sessions (internal/presence implements
 // it).
 type Presence interface {
-	Connected(deviceID string, conn any)
-	// Disconnected reports whether conn was the device's live session.
-	Disconnected(deviceID string, conn any, reason string) bool
+	Connected(deviceID string, session outpost.SessionID)
+	// Disconnected reports whether session was the device's live session.
+	Disconnected(deviceID string, session outpost.SessionID, reason string) bool
 	// Seen records that the device sent something.
 	Seen(deviceID string)
 }
@@ -126,11 +127,13 @@ func (r *Router) lookup(kind string) Handler {
 }
 
 // DeviceConnected implements broker.Handler.
-func (r *Router) DeviceConnected(deviceID string, conn any) { r.presence.Connected(deviceID, conn) }
+func (r *Router) DeviceConnected(deviceID string, session outpost.SessionID) {
+	r.presence.Connected(deviceID, session)
+}
 
 // DeviceDisconnected implements broker.Handler.
-func (r *Router) DeviceDisconnected(deviceID string, conn any, reason string) {
-	r.presence.Disconnected(deviceID, conn, reason)
+func (r *Router) DeviceDisconnected(deviceID string, session outpost.SessionID, reason string) {
+	r.presence.Disconnected(deviceID, session, reason)
 }
 
 // HandleMessage implements broker.Handler: it hands the message to the
