@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/outpost-iot/outpost/internal/health"
+	"github.com/outpost-iot/outpost/internal/httplimit"
 )
 
 // metrics is the platform's Prometheus registry (no global state): each
@@ -58,16 +59,16 @@ func (m *metrics) register(s *Server, store []prometheus.Collector) {
 }
 
 // registerHTTP adds the metrics of the HTTP connection bound.
-func (m *metrics) registerHTTP(h *httpConns) {
+func (m *metrics) registerHTTP(h *httplimit.Conns) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_http_connections", Help: "Open HTTP connections."},
-			func() float64 { return float64(h.open()) }),
+			func() float64 { return float64(h.Open()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_http_connections_evicted_total",
 			Help: "Idle HTTP connections closed to make room for new ones at --http-max-conns."},
-			func() float64 { return float64(h.evicted.Load()) }),
+			func() float64 { return float64(h.Evicted.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_http_connections_refused_total",
 			Help: "HTTP connections closed at once because --http-max-conns connections were all busy."},
-			func() float64 { return float64(h.refused.Load()) }),
+			func() float64 { return float64(h.Refused.Load()) }),
 	)
 }
 

@@ -25,7 +25,9 @@ import (
 	"github.com/outpost-iot/outpost/internal/broker"
 	"github.com/outpost-iot/outpost/internal/health"
 	"github.com/outpost-iot/outpost/internal/httpapi"
+	"github.com/outpost-iot/outpost/internal/httplimit"
 	"github.com/outpost-iot/outpost/internal/ingest"
+	"github.com/outpost-iot/outpost/internal/loglimit"
 	"github.com/outpost-iot/outpost/internal/model"
 	"github.com/outpost-iot/outpost/internal/ota"
 	"github.com/outpost-iot/outpost/internal/outpost"
@@ -201,7 +203,7 @@ type Server struct {
 	httpLn    net.Listener
 	httpTLS   bool
 	httpDone  chan struct{}
-	httpConns *httpConns
+	httpConns *httplimit.Conns
 	httpErr   atomic.Pointer[error] // why the HTTP server stopped serving
 	// cancelHTTP ends long-lived requests (event streams) at shutdown.
 	cancelHTTP context.CancelFunc
@@ -213,7 +215,7 @@ type Server struct {
 
 	closeOnce sync.Once
 	closeErr  error
-	logs      *logLimiter
+	logs      *loglimit.Handler
 }
 
 // Open starts the platform. Listeners are bound before it returns, so their
@@ -256,7 +258,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	}
 	s := &Server{cfg: cfg, httpDone: make(chan struct{})}
-	s.logs = newLogLimiter(cfg.Logger.Handler(), cfg.LogRepeats)
+	s.logs = loglimit.New(cfg.Logger.Handler(), cfg.LogRepeats)
 	s.log = slog.New(s.logs)
 	log := s.log
 	defer func() {
@@ -399,8 +401,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		addr := cmp.Or(cfg.HTTPAddr, defaultHTTPAddr)
 		return nil, listenError("--http", fmt.Errorf("http listener %s: %w", addr, err))
 	}
-	s.httpConns = newHTTPConns(cfg.HTTPMaxConns)
-	s.httpLn = s.httpConns.listener(ln)
+	s.httpConns = httplimit.New(cfg.HTTPMaxConns)
+	s.httpLn = s.httpConns.Listener(ln)
 	s.metrics.registerHTTP(s.httpConns)
 	checks := health.New(db, cfg.DataDir, log,
 		func(context.Context) error { return b.Ready() },
@@ -426,7 +428,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		ReadTimeout:       cfg.HTTPReadTimeout,
 		WriteTimeout:      cfg.HTTPWriteTimeout,
 		IdleTimeout:       cfg.HTTPIdleTimeout,
-		ConnState:         s.httpConns.connState,
+		ConnState:         s.httpConns.ConnState,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	if tlsCfg != nil {
@@ -589,7 +591,7 @@ func (s *Server) Close() error {
 		if s.db != nil {
 			errs = append(errs, s.db.Close())
 		}
-		s.logs.flush()
+		s.logs.Flush()
 		if s.unlock != nil {
 			s.unlock()
 		}
