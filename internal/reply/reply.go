@@ -136,7 +136,7 @@ var knownKinds = map[string]bool{
 	protocol.KindTelemetry: true, protocol.KindRPC: true, protocol.KindPull: true,
 	protocol.KindFeeds: true, protocol.KindAttributes: true, protocol.KindParameters: true,
 	protocol.KindTime: true, protocol.KindEvent: true, protocol.KindNotification: true,
-	protocol.KindRaw: true, protocol.KindAck: true,
+	protocol.KindRaw: true, protocol.KindAck: true, protocol.KindPresence: true,
 	protocol.KindFileList: true, protocol.KindFileStatus: true, protocol.KindFileRequest: true,
 	protocol.KindFileURL: true, protocol.KindFirmwareVersion: true, protocol.KindFirmwareStatus: true,
 	protocol.KindFirmwareCheck: true,

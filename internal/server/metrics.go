@@ -27,10 +27,37 @@ func newMetrics() *metrics {
 
 // register adds the metrics that read live state from the parts.
 func (m *metrics) register(s *Server, store []prometheus.Collector) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_devices_online", Help: "Devices holding a live session."},
+		func() float64 { return float64(s.presence.Count()) }))
+	if _, _, ok := health.DiskSpace(s.cfg.DataDir); ok {
+		m.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_data_dir_free_bytes",
+				Help: "Free space of the file system holding the data directory, in bytes available to the platform."},
+				func() float64 { f, _, _ := health.DiskSpace(s.cfg.DataDir); return float64(f) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_data_dir_size_bytes",
+				Help: "Size of the file system holding the data directory, in bytes."},
+				func() float64 { _, t, _ := health.DiskSpace(s.cfg.DataDir); return float64(t) }),
+		)
+	}
+	m.reg.MustRegister(store...)
+	if s.link != nil {
+		l := s.link
+		m.reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_broker_link_messages_total", Help: "Device messages received from the external broker."},
+				func() float64 { return float64(l.Received()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_broker_link_retries_total", Help: "Device messages from the external broker handled again after a transient failure (acknowledged only once handled)."},
+				func() float64 { return float64(l.Retried()) }),
+		)
+	}
+	if s.broker != nil {
+		m.registerBroker(s)
+	}
+}
+
+// registerBroker adds the metrics of the embedded broker.
+func (m *metrics) registerBroker(s *Server) {
 	st := s.broker.Stats()
 	m.reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_devices_online", Help: "Devices holding a live session."},
-			func() float64 { return float64(s.presence.Count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_mqtt_clients", Help: "Connected MQTT clients."},
 			func() float64 { return float64(s.broker.Clients()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_mqtt_auth_failures_total", Help: "Refused MQTT logins."},
@@ -44,17 +71,6 @@ func (m *metrics) register(s *Server, store []prometheus.Collector) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_mqtt_oversize_disconnects_total", Help: "MQTT 5 connections ended with DISCONNECT 0x95 for a packet over the Maximum Packet Size."},
 			func() float64 { return float64(st.Oversize.Load()) }),
 	)
-	if _, _, ok := health.DiskSpace(s.cfg.DataDir); ok {
-		m.reg.MustRegister(
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_data_dir_free_bytes",
-				Help: "Free space of the file system holding the data directory, in bytes available to the platform."},
-				func() float64 { f, _, _ := health.DiskSpace(s.cfg.DataDir); return float64(f) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_data_dir_size_bytes",
-				Help: "Size of the file system holding the data directory, in bytes."},
-				func() float64 { _, t, _ := health.DiskSpace(s.cfg.DataDir); return float64(t) }),
-		)
-	}
-	m.reg.MustRegister(store...)
 	m.registerBrokerLimits(s)
 }
 

@@ -8,7 +8,6 @@ import (
 
 	"github.com/outpost-iot/outpost/internal/artifact"
 	"github.com/outpost-iot/outpost/internal/blob"
-	"github.com/outpost-iot/outpost/internal/broker"
 	"github.com/outpost-iot/outpost/internal/httpapi"
 	"github.com/outpost-iot/outpost/internal/ota"
 	"github.com/outpost-iot/outpost/internal/outpost"
@@ -26,7 +25,7 @@ var (
 // firmware service on st. With a store that keeps no artifacts and
 // transfers (st nil), files and firmware are off: their API routes are
 // absent and devices' messages for them are refused as not supported.
-func (s *Server) openOTA(st outpost.OTAStore, b *broker.Broker, hub *stream.Hub) (*artifact.Repository, *ota.Service, error) {
+func (s *Server) openOTA(st outpost.OTAStore, pub ota.Publisher, hub *stream.Hub) (*artifact.Repository, *ota.Service, error) {
 	if st == nil {
 		s.log.Warn("files and firmware over the air are not available with this database engine yet")
 		return nil, nil, nil
@@ -49,7 +48,7 @@ func (s *Server) openOTA(st outpost.OTAStore, b *broker.Broker, hub *stream.Hub)
 	svc := ota.New(ota.Options{
 		Store:     st,
 		Artifacts: arts,
-		Publisher: b,
+		Publisher: pub,
 		Queue:     otaQueue{s.queue},
 		PublicURL: func() string {
 			if s.cfg.PublicURL != "" {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/outpost-iot/outpost/internal/artifact"
 	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/extbroker"
 	"github.com/outpost-iot/outpost/internal/health"
 	"github.com/outpost-iot/outpost/internal/httpapi"
 	"github.com/outpost-iot/outpost/internal/httplimit"
@@ -61,6 +62,12 @@ type Config struct {
 	// (the default) for the only platform on its store, which owns every
 	// device; SQLite takes no name.
 	Replica string
+	// Broker, when set, is an external MQTT broker the platform connects
+	// to as a privileged MQTT 5 client instead of running the embedded
+	// one: mqtt://USER:PASSWORD@HOST:PORT, or mqtts://… for TLS. Devices
+	// then connect to that broker, which authenticates them (docs/deploy.md);
+	// the MQTT listen addresses are unused.
+	Broker string
 	// MQTTAddr is the plain MQTT listen address. Empty means the default,
 	// 127.0.0.1:1883, or the next free port above it when 1883 is taken
 	// (Open logs a warning); a given address is used as is. Port 0 picks
@@ -192,7 +199,8 @@ type Server struct {
 	log *slog.Logger
 	db  *openedStore
 
-	broker    *broker.Broker
+	broker    *broker.Broker  // the embedded broker, or nil
+	link      *extbroker.Link // the external broker's link, or nil
 	writer    *ingest.Writer
 	pruner    *retention.Pruner
 	queue     *queue.Queue
@@ -306,8 +314,10 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	hub := stream.New(stream.Options{RingBytes: cfg.StreamRingBytes, FirstID: uint64(time.Now().UnixMicro()), KeepIdle: streamKeepIdle})
 	s.presence = presence.NewTracker(db, func(c presence.Change) { hub.Publish(stream.KindPresence, c.DeviceID, c) }, log)
 
-	// The broker, which hands every device message to the router.
+	// The broker, which hands every device message to the router: the
+	// embedded one, or the link to an external one.
 	rt := router.New(s.presence)
+	var side mqttSide
 	var tlsCfg *tls.Config
 	if cfg.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
@@ -316,36 +326,27 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	mqttAddr, movedMQTT, err := pickAddr(cfg.MQTTAddr, defaultMQTTAddr)
-	if err != nil {
-		return nil, listenError("--mqtt", err)
-	}
-	bcfg := broker.Config{Addr: mqttAddr, Logger: log.With("component", "mqtt"),
-		KeepAlive: broker.KeepAlive{Min: cfg.KeepAliveMin, Max: cfg.KeepAliveMax, Default: cfg.KeepAliveDefault},
-		Limits: broker.Limits{MaxConnections: cfg.MaxConnections, MaxPending: cfg.MaxPendingConnections, MaxPendingPerAddr: cfg.MaxPendingPerAddress,
-			ConnectTimeout: cfg.MQTTConnectTimeout, WriteTimeout: cfg.MQTTWriteTimeout},
-		MaxSubscriptions: cfg.MaxSubscriptions, AuthFailureDelay: cfg.AuthFailureDelay}
-	movedMQTTS := false
-	if tlsCfg != nil {
-		if bcfg.TLSAddr, movedMQTTS, err = pickAddr(cfg.MQTTTLSAddr, defaultMQTTTLSAddr); err != nil {
-			return nil, listenError("--mqtts", err)
+	var movedMQTT, movedMQTTS bool
+	if cfg.Broker != "" {
+		clientID := "outpost"
+		if cfg.Replica != "" {
+			clientID += "-" + cfg.Replica
 		}
-		bcfg.TLS = tlsCfg
-	}
-	s.broker, err = broker.New(bcfg, creds, rt)
-	if err != nil {
-		flag := "--mqtt"
-		if strings.Contains(err.Error(), "tls listener") {
-			flag = "--mqtts"
+		if s.link, err = extbroker.New(extbroker.Config{URL: cfg.Broker, ClientID: clientID, Logger: log.With("component", "broker-link")}, rt, s.presence); err != nil {
+			return nil, err
 		}
-		return nil, listenError(flag, err)
+		side = s.link
+	} else {
+		if s.broker, movedMQTT, movedMQTTS, err = openBroker(cfg, tlsCfg, log, creds, rt); err != nil {
+			return nil, err
+		}
+		side = s.broker
 	}
-	b := s.broker
-	replies := reply.New(b, reg, log)
+	replies := reply.New(side, reg, log)
 	rt.SetRejecter(replies)
 
 	// The homes of the device message kinds.
-	s.queue = queue.New(db, b, queue.Options{
+	s.queue = queue.New(db, side, queue.Options{
 		Sweep:     cfg.QueueSweep,
 		Logger:    log.With("component", "queue"),
 		OnCall:    func(c *outpost.Call) { hub.Publish(stream.KindCall, c.DeviceID, c) },
@@ -354,19 +355,23 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Devices:   db,
 		Metrics:   reg,
 	})
-	if err := b.SetDeliveryHandler(s.queue); err != nil {
-		return nil, err
+	if s.broker != nil {
+		if err := s.broker.SetDeliveryHandler(s.queue); err != nil {
+			return nil, err
+		}
+	} else {
+		_ = s.link.SetDeliveryHandler(s.queue)
 	}
-	mdl := model.New(model.Options{Store: db, Down: s.queue, Publisher: b, Replies: replies, Stream: hub, Logger: log})
+	mdl := model.New(model.Options{Store: db, Down: s.queue, Publisher: side, Replies: replies, Stream: hub, Logger: log})
 	stats := telemetry.NewStats(hub, reg)
 	io := cfg.Ingest
 	io.QueueLen, io.Observer, io.Logger = cfg.IngestQueue, stats, log
 	s.writer = ingest.NewWriter(db, io)
 	tel := telemetry.New(telemetry.Options{Writer: s.writer, Feeds: mdl, Replies: replies, Stats: stats, Store: db,
 		Rate: cfg.DeviceRate, Burst: cfg.DeviceBurst})
-	relay := rpc.New(rpc.Options{Publisher: b, Presence: s.presence, Devices: db, Metrics: reg})
+	relay := rpc.New(rpc.Options{Publisher: side, Presence: s.presence, Devices: db, Metrics: reg})
 	var arts *artifact.Repository
-	if arts, s.ota, err = s.openOTA(db.ota, b, hub); err != nil {
+	if arts, s.ota, err = s.openOTA(db.ota, side, hub); err != nil {
 		// The rest of the platform is worth running (a full disk cannot
 		// create the signing key); files and firmware stay off until a
 		// restart that can open them.
@@ -379,6 +384,12 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	rt.Route(protocol.KindPull, s.queue)
 	rt.Route(protocol.KindAck, s.queue)
 	rt.RouteMatch(model.Handles, mdl)
+	if s.link != nil {
+		rt.Route(protocol.KindPresence, s.link.PresenceHandler())
+	} else {
+		// The embedded broker sees the sessions itself.
+		rt.Route(protocol.KindPresence, router.HandlerFunc(func(context.Context, string, string, []byte) error { return nil }))
+	}
 	if s.ota != nil {
 		rt.RouteMatch(ota.Handles, s.ota)
 	} else {
@@ -387,7 +398,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}))
 	}
 
-	devices := registry.New(registry.Options{Store: db, Credentials: creds, Sessions: b, Presence: s.presence,
+	devices := registry.New(registry.Options{Store: db, Credentials: creds, Sessions: side, Presence: s.presence,
 		Decorate: mdl.Decorate, OnDelete: []func(string){mdl.Forget, replies.Forget}, Metrics: reg})
 	s.pruner = retention.Start(db, retention.Options{Batches: cfg.BatchRetention, Queue: cfg.QueueRetention,
 		Readings: cfg.ReadingRetention, Interval: cfg.RetentionInterval, Logger: log})
@@ -405,7 +416,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.httpLn = s.httpConns.Listener(ln)
 	s.metrics.registerHTTP(s.httpConns)
 	checks := health.New(db, cfg.DataDir, log,
-		func(context.Context) error { return b.Ready() },
+		func(context.Context) error { return side.Ready() },
 		func(context.Context) error {
 			if p := s.httpErr.Load(); p != nil {
 				return fmt.Errorf("http listener stopped: %w", *p)
@@ -436,8 +447,12 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		s.httpSrv.TLSConfig = tlsCfg.Clone()
 	}
 
-	if err := b.Start(); err != nil {
-		return nil, fmt.Errorf("start mqtt broker: %w", err)
+	if s.broker != nil {
+		if err := s.broker.Start(); err != nil {
+			return nil, fmt.Errorf("start mqtt broker: %w", err)
+		}
+	} else if err := s.link.Start(ctx); err != nil {
+		return nil, err
 	}
 	go func() {
 		defer close(s.httpDone)
@@ -477,7 +492,9 @@ func (s *Server) warnListeners(movedMQTT, movedMQTTS, movedHTTP bool) {
 	if movedHTTP {
 		moved("--http", defaultHTTPAddr, s.httpLn.Addr())
 	}
-	if a := s.broker.Addr(); reachableFromOutside(a) {
+	if s.broker == nil {
+		// Devices connect to the external broker.
+	} else if a := s.broker.Addr(); reachableFromOutside(a) {
 		hint := "use --tls-cert and --tls-key, and --mqtt 127.0.0.1:1883 to keep plain MQTT local"
 		if s.httpTLS {
 			hint = "devices on the network should use MQTT over TLS (" + s.MQTTSURL() + "); pass --mqtt 127.0.0.1:1883 to keep plain MQTT local"
@@ -490,13 +507,26 @@ func (s *Server) warnListeners(movedMQTT, movedMQTTS, movedHTTP bool) {
 }
 
 // MQTTURL returns the plain MQTT endpoint as tcp://HOST:PORT.
-func (s *Server) MQTTURL() string { return "tcp://" + hostPort(s.broker.Addr()) }
+func (s *Server) MQTTURL() string {
+	if s.link != nil {
+		return s.link.URL()
+	}
+	return "tcp://" + hostPort(s.broker.Addr())
+}
 
 // MQTTAddr returns the plain MQTT listener's HOST:PORT.
-func (s *Server) MQTTAddr() string { return hostPort(s.broker.Addr()) }
+func (s *Server) MQTTAddr() string {
+	if s.link != nil {
+		return s.link.Addr()
+	}
+	return hostPort(s.broker.Addr())
+}
 
 // MQTTSURL returns the TLS MQTT endpoint, or "" when TLS is off.
 func (s *Server) MQTTSURL() string {
+	if s.broker == nil {
+		return ""
+	}
 	if a := s.broker.TLSAddr(); a != nil {
 		return "ssl://" + hostPort(a)
 	}
@@ -542,6 +572,49 @@ func hostPort(a net.Addr) string {
 	return net.JoinHostPort(host, port)
 }
 
+// openBroker creates the embedded broker on the configured listeners.
+func openBroker(cfg Config, tlsCfg *tls.Config, log *slog.Logger, auth broker.Authenticator, h broker.AsyncHandler) (b *broker.Broker, movedMQTT, movedMQTTS bool, err error) {
+	mqttAddr, movedMQTT, err := pickAddr(cfg.MQTTAddr, defaultMQTTAddr)
+	if err != nil {
+		return nil, false, false, listenError("--mqtt", err)
+	}
+	bcfg := broker.Config{Addr: mqttAddr, Logger: log.With("component", "mqtt"),
+		KeepAlive: broker.KeepAlive{Min: cfg.KeepAliveMin, Max: cfg.KeepAliveMax, Default: cfg.KeepAliveDefault},
+		Limits: broker.Limits{MaxConnections: cfg.MaxConnections, MaxPending: cfg.MaxPendingConnections, MaxPendingPerAddr: cfg.MaxPendingPerAddress,
+			ConnectTimeout: cfg.MQTTConnectTimeout, WriteTimeout: cfg.MQTTWriteTimeout},
+		MaxSubscriptions: cfg.MaxSubscriptions, AuthFailureDelay: cfg.AuthFailureDelay}
+	if tlsCfg != nil {
+		if bcfg.TLSAddr, movedMQTTS, err = pickAddr(cfg.MQTTTLSAddr, defaultMQTTTLSAddr); err != nil {
+			return nil, false, false, listenError("--mqtts", err)
+		}
+		bcfg.TLS = tlsCfg
+	}
+	b, err = broker.New(bcfg, auth, h)
+	if err != nil {
+		flag := "--mqtt"
+		if strings.Contains(err.Error(), "tls listener") {
+			flag = "--mqtts"
+		}
+		return nil, false, false, listenError(flag, err)
+	}
+	return b, movedMQTT, movedMQTTS, nil
+}
+
+// mqttSide is what the parts publish through and ask about devices'
+// connections: the embedded broker or the external broker's link.
+type mqttSide interface {
+	reply.Publisher
+	rpc.Publisher
+	queue.Sender
+	registry.Sessions
+	Ready() error
+}
+
+var (
+	_ mqttSide = (*broker.Broker)(nil)
+	_ mqttSide = (*extbroker.Link)(nil)
+)
+
 // Queue returns the down queue (for tests that read its counters).
 func (s *Server) Queue() *queue.Queue { return s.queue }
 
@@ -570,6 +643,9 @@ func (s *Server) Close() error {
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())
+		}
+		if s.link != nil {
+			errs = append(errs, s.link.Close())
 		}
 		if s.presence != nil {
 			// After the broker: the last disconnects are written too. A

@@ -1,0 +1,535 @@
+// Package extbroker connects the platform to an external MQTT broker
+// (Mosquitto, EMQX, VerneMQ, HiveMQ, …) instead of the embedded one: the
+// platform is then a privileged MQTT 5 client of that broker.
+//
+// Device traffic arrives on a shared subscription
+// ($share/GROUP/outpost/v1/+/up/#), so several platform replicas split
+// it; each message is acknowledged to the broker only after its home has
+// finished it (for telemetry: after the commit). Presence announcements
+// and RPC answers also arrive on a plain subscription, at every replica:
+// each replica keeps presence and waits for the answers to its own calls.
+// Down traffic is published to the devices' down/ topics with QoS 1.
+//
+// What the device's PUBACK then means: the broker has the message. The
+// chain is durable when the broker keeps it until the platform
+// acknowledges it: the platform's session must survive (it connects with
+// a fixed client id, clean start off and a session expiry), and the
+// broker must persist sessions across its own restarts (Mosquitto:
+// persistence true; EMQX: durable sessions). See docs/deploy.md.
+package extbroker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/protocol"
+)
+
+// Handler takes the devices' messages: the platform's router.
+type Handler interface {
+	// StartMessage begins handling a message; it reports true when it
+	// will call done with the outcome later. See broker.AsyncHandler.
+	StartMessage(ctx context.Context, deviceID, kind string, payload []byte, done func(error)) (async bool, err error)
+	// HandleMessage handles a message at once.
+	HandleMessage(ctx context.Context, deviceID, kind string, payload []byte) error
+}
+
+// Presence follows the devices' sessions from their announcements.
+type Presence interface {
+	Connected(deviceID string, session outpost.SessionID)
+	Disconnected(deviceID string, session outpost.SessionID, reason string) bool
+	Online(deviceID string) bool
+}
+
+// DeliveryHandler is told when a device can take messages and when it is
+// gone (the down queue; the same contract as the embedded broker's).
+type DeliveryHandler interface {
+	DeviceSubscribed(deviceID string, session outpost.SessionID, pull bool)
+	DeviceGone(deviceID string, session outpost.SessionID)
+	RoomAvailable(deviceID string)
+}
+
+// Config configures the link.
+type Config struct {
+	// URL is mqtt://USER:PASSWORD@HOST:PORT or mqtts://… (tcp:// and
+	// ssl:// are taken too).
+	URL string
+	// ClientID is the platform's client id at the broker; fixed per
+	// replica so its session (and the messages it has not acknowledged)
+	// survives a restart. Default "outpost".
+	ClientID string
+	// Group is the shared-subscription group of the replicas (default
+	// "outpost").
+	Group string
+	// TLS configures mqtts:// (default: the system's roots).
+	TLS *tls.Config
+	// ReceiveMaximum bounds the messages the broker sends the platform
+	// before it acknowledges them (default 1024).
+	ReceiveMaximum uint16
+	// SessionExpiry is how long the broker keeps the platform's session
+	// while it is away (default 1 hour).
+	SessionExpiry time.Duration
+	// ConnectTimeout bounds Open's wait for the first connection (default
+	// 30s).
+	ConnectTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// Subscription identifiers tell the shared subscription's deliveries
+// from the plain ones'.
+const (
+	subShared = 1
+	subFanout = 2
+)
+
+// fanoutKinds arrive at every replica (plain subscription); the shared
+// subscription's copies of them are acknowledged and dropped.
+var fanoutKinds = []string{protocol.KindPresence, protocol.KindRPC}
+
+// Link is the platform's connection to an external broker. It
+// implements what the platform's parts publish through (the same methods
+// as the embedded broker's) and feeds the router. Safe for concurrent
+// use.
+type Link struct {
+	cfg      Config
+	url      *url.URL
+	log      *slog.Logger
+	h        Handler
+	presence Presence
+	cm       *autopaho.ConnectionManager
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	retries  chan retry
+
+	dh atomic.Pointer[deliveryBox]
+
+	up          atomic.Bool
+	subscribed  chan struct{} // closed once the first subscriptions are made
+	subOnce     sync.Once
+	received    atomic.Int64
+	retried     atomic.Int64
+	unsupported atomic.Bool // the broker ignores subscription identifiers
+}
+
+type deliveryBox struct{ h DeliveryHandler }
+
+// retry is a message whose handling failed for now: it is handled again
+// until it succeeds, and only then acknowledged.
+type retry struct {
+	client   *paho.Client
+	pk       *paho.Publish
+	deviceID string
+	kind     string
+}
+
+// New returns a link that hands every device message to h; presence is
+// read by Room and Subscribed. It connects only in Start, once the
+// platform's parts are ready for messages.
+func New(cfg Config, h Handler, presence Presence) (*Link, error) {
+	u, err := ParseURL(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ClientID == "" {
+		cfg.ClientID = "outpost"
+	}
+	if cfg.Group == "" {
+		cfg.Group = "outpost"
+	}
+	if cfg.ReceiveMaximum == 0 {
+		cfg.ReceiveMaximum = 1024
+	}
+	if cfg.SessionExpiry <= 0 {
+		cfg.SessionExpiry = time.Hour
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	l := &Link{cfg: cfg, url: u, log: cfg.Logger, h: h, presence: presence, retries: make(chan retry, 4096), subscribed: make(chan struct{})}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	return l, nil
+}
+
+// Start connects to the broker and subscribes; it returns once the first
+// connection is up and subscribed (or fails after ConnectTimeout). Close
+// ends it either way.
+func (l *Link) Start(ctx context.Context) error {
+	cfg, u := l.cfg, l.url
+	var user string
+	var pass []byte
+	if u.User != nil {
+		user = u.User.Username()
+		p, _ := u.User.Password()
+		pass = []byte(p)
+	}
+	server := *u
+	server.User = nil
+	rm := cfg.ReceiveMaximum
+	acfg := autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{&server},
+		TlsCfg:                        cfg.TLS,
+		KeepAlive:                     30,
+		CleanStartOnInitialConnection: false,
+		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
+		ConnectUsername:               user,
+		ConnectPassword:               pass,
+		ConnectTimeout:                10 * time.Second,
+		ReconnectBackoff:              autopaho.NewExponentialBackoff(100*time.Millisecond, 10*time.Second, 200*time.Millisecond, 2),
+		OnConnectionUp:                l.onUp,
+		OnConnectionDown:              func() bool { l.up.Store(false); l.log.Warn("external broker connection lost; reconnecting"); return true },
+		OnConnectError:                func(err error) { l.log.Warn("external broker connection attempt failed", "broker", server.Host, "error", err) },
+		ConnectPacketBuilder: func(p *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+			if p.Properties == nil {
+				p.Properties = &paho.ConnectProperties{}
+			}
+			p.Properties.ReceiveMaximum = &rm
+			return p, nil
+		},
+		ClientConfig: paho.ClientConfig{
+			ClientID:                   cfg.ClientID,
+			EnableManualAcknowledgment: true,
+			SendAcksInterval:           5 * time.Millisecond,
+			OnPublishReceived:          []func(paho.PublishReceived) (bool, error){l.onPublish},
+		},
+	}
+	cm, err := autopaho.NewConnection(l.ctx, acfg)
+	if err != nil {
+		return fmt.Errorf("external broker: %w", err)
+	}
+	l.cm = cm
+	l.wg.Add(1)
+	go l.retrier()
+	wctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	if err := cm.AwaitConnection(wctx); err != nil {
+		return fmt.Errorf("external broker %s: no connection within %s: %w", server.Host, cfg.ConnectTimeout, err)
+	}
+	// The subscriptions are made on each connection (onUp); wait for the
+	// first ones so that nothing is missed once Start returns.
+	select {
+	case <-l.subscribed:
+		return nil
+	case <-wctx.Done():
+		return fmt.Errorf("external broker %s: subscribe: %w", server.Host, wctx.Err())
+	}
+}
+
+// ParseURL checks a --broker URL: mqtt://, tcp://, mqtts:// or ssl://,
+// with a host and a port.
+func ParseURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("--broker: %w", err)
+	}
+	switch u.Scheme {
+	case "mqtt", "tcp":
+		u.Scheme = "tcp"
+	case "mqtts", "ssl", "tls":
+		u.Scheme = "ssl"
+	default:
+		return nil, fmt.Errorf("--broker: scheme %q: want mqtt://USER:PASSWORD@HOST:PORT or mqtts://…", u.Scheme)
+	}
+	if u.Hostname() == "" || u.Port() == "" {
+		return nil, fmt.Errorf("--broker %s: want HOST:PORT", u.Redacted())
+	}
+	return u, nil
+}
+
+// Addr returns the broker's HOST:PORT.
+func (l *Link) Addr() string { return l.url.Host }
+
+// URL returns the broker's URL for devices (tcp:// or ssl://, without the
+// platform's credentials).
+func (l *Link) URL() string {
+	u := *l.url
+	u.User = nil
+	return u.String()
+}
+
+// onUp subscribes on every (re)connection, in a goroutine: autopaho's
+// callback must not block.
+func (l *Link) onUp(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+	go func() {
+		ctx, cancel := context.WithTimeout(l.ctx, 30*time.Second)
+		defer cancel()
+		shared, fan := subShared, subFanout
+		filter := protocol.Root + "/+/up/#"
+		subs := []*paho.Subscribe{
+			{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/" + l.cfg.Group + "/" + filter, QoS: 1}},
+				Properties: &paho.SubscribeProperties{SubscriptionIdentifier: &shared}},
+		}
+		for _, k := range fanoutKinds {
+			subs = append(subs, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: protocol.Root + "/+/up/" + k, QoS: 1}},
+				Properties: &paho.SubscribeProperties{SubscriptionIdentifier: &fan}})
+		}
+		for _, s := range subs {
+			sa, err := cm.Subscribe(ctx, s)
+			if err == nil && sa != nil && len(sa.Reasons) > 0 && sa.Reasons[0] >= 0x80 {
+				err = fmt.Errorf("refused with reason code 0x%02x", sa.Reasons[0])
+			}
+			if err != nil {
+				l.log.Error("external broker: subscribe failed; reconnecting", "filter", s.Subscriptions[0].Topic, "error", err)
+				_ = cm.Disconnect(ctx) // autopaho connects again
+				return
+			}
+		}
+		l.up.Store(true)
+		l.subOnce.Do(func() { close(l.subscribed) })
+		l.log.Info("connected to the external broker", "broker", l.url.Host, "client_id", l.cfg.ClientID)
+	}()
+}
+
+// onPublish hands a device message to the router and acknowledges it to
+// the broker once the router is done with it.
+func (l *Link) onPublish(pr paho.PublishReceived) (bool, error) {
+	pk := pr.Packet
+	t, err := protocol.ParseTopic(pk.Topic)
+	if err != nil || t.Dir != protocol.Up {
+		l.ack(pr.Client, pk) // not ours: never take it again
+		return true, nil
+	}
+	l.received.Add(1)
+	if l.duplicate(pk, t.Kind) {
+		l.ack(pr.Client, pk)
+		return true, nil
+	}
+	cl := pr.Client
+	async, err := l.h.StartMessage(l.ctx, t.DeviceID, t.Kind, pk.Payload, func(err error) {
+		l.finish(cl, pk, t.DeviceID, t.Kind, err)
+	})
+	if !async {
+		l.finish(cl, pk, t.DeviceID, t.Kind, err)
+	}
+	return true, nil
+}
+
+// duplicate reports whether pk is the shared subscription's copy of a
+// kind that every replica also gets on its plain subscription.
+func (l *Link) duplicate(pk *paho.Publish, kind string) bool {
+	fan := false
+	for _, k := range fanoutKinds {
+		fan = fan || k == kind
+	}
+	if !fan {
+		return false
+	}
+	if pk.Properties == nil || pk.Properties.SubscriptionIdentifier == nil {
+		// A broker without subscription identifiers: the copy cannot be
+		// told apart; both are handled (both handlings are idempotent).
+		if !l.unsupported.Swap(true) {
+			l.log.Warn("the external broker sends no subscription identifiers: presence and RPC answers may be handled twice (harmless)")
+		}
+		return false
+	}
+	return *pk.Properties.SubscriptionIdentifier == subShared
+}
+
+// finish acknowledges a handled message, or hands a transient failure to
+// the retrier: a message is acknowledged only once handled.
+func (l *Link) finish(cl *paho.Client, pk *paho.Publish, deviceID, kind string, err error) {
+	var pe *protocol.Error
+	if err == nil || errors.As(err, &pe) {
+		l.ack(cl, pk)
+		return
+	}
+	l.retried.Add(1)
+	select {
+	case l.retries <- retry{client: cl, pk: pk, deviceID: deviceID, kind: kind}:
+	case <-l.ctx.Done():
+	}
+}
+
+// retrier handles failed messages again, with back-off, until they
+// succeed or the link closes (then the broker delivers them again to the
+// next session).
+func (l *Link) retrier() {
+	defer l.wg.Done()
+	for {
+		select {
+		case <-l.ctx.Done():
+			return
+		case r := <-l.retries:
+			pause := 50 * time.Millisecond
+			for {
+				ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+				err := l.h.HandleMessage(ctx, r.deviceID, r.kind, r.pk.Payload)
+				cancel()
+				var pe *protocol.Error
+				if err == nil || errors.As(err, &pe) {
+					l.ack(r.client, r.pk)
+					break
+				}
+				l.log.Debug("external broker: message not handled yet; retrying", "device_id", r.deviceID, "kind", r.kind, "error", err)
+				select {
+				case <-l.ctx.Done():
+					return
+				case <-time.After(pause):
+				}
+				pause = min(2*pause, 5*time.Second)
+			}
+		}
+	}
+}
+
+func (l *Link) ack(cl *paho.Client, pk *paho.Publish) {
+	if pk.QoS == 0 || cl == nil {
+		return
+	}
+	if err := cl.Ack(pk); err != nil {
+		l.log.Debug("external broker: acknowledgement not sent (the broker delivers the message again)", "error", err)
+	}
+}
+
+// PresenceHandler returns the home of up/presence for the router: it
+// turns a device's announcements into sessions for presence and the down
+// queue.
+func (l *Link) PresenceHandler() *PresenceHome { return &PresenceHome{l: l} }
+
+// PresenceHome is the home of presence announcements with an external
+// broker.
+type PresenceHome struct{ l *Link }
+
+// Handle processes an announcement on up/presence.
+func (p *PresenceHome) Handle(_ context.Context, deviceID, _ string, payload []byte) error {
+	a, err := protocol.DecodePresence(payload)
+	if err != nil {
+		return err
+	}
+	s := SessionOf(a.Session)
+	var dh DeliveryHandler
+	if b := p.l.dh.Load(); b != nil {
+		dh = b.h
+	}
+	if a.Online {
+		p.l.presence.Connected(deviceID, s)
+		if dh != nil {
+			dh.DeviceSubscribed(deviceID, s, a.Mode == protocol.ModePull)
+		}
+		return nil
+	}
+	p.l.presence.Disconnected(deviceID, s, "disconnected")
+	if dh != nil {
+		dh.DeviceGone(deviceID, s)
+	}
+	return nil
+}
+
+// SessionOf maps a device's session tag to a session id.
+func SessionOf(tag string) outpost.SessionID {
+	h := fnv.New64a()
+	h.Write([]byte(tag))
+	return outpost.SessionID(h.Sum64() | 1) // never 0
+}
+
+// SetDeliveryHandler sets who is told when devices can take messages.
+func (l *Link) SetDeliveryHandler(h DeliveryHandler) error {
+	l.dh.Store(&deliveryBox{h})
+	return nil
+}
+
+func (l *Link) publish(ctx context.Context, deviceID, kind, msgID string, payload []byte) error {
+	p := &paho.Publish{Topic: protocol.DownTopic(deviceID, kind), QoS: 1, Payload: payload}
+	if msgID != "" {
+		p.Properties = &paho.PublishProperties{User: paho.UserProperties{{Key: protocol.PropMessageID, Value: msgID}}}
+	}
+	r, err := l.cm.Publish(ctx, p)
+	if err != nil {
+		return fmt.Errorf("external broker: publish to %s: %w", deviceID, err)
+	}
+	if r != nil && r.ReasonCode >= 0x80 && r.ReasonCode != 0x10 { // 0x10: no matching subscribers
+		return fmt.Errorf("external broker: publish to %s refused with reason code 0x%02x", deviceID, r.ReasonCode)
+	}
+	return nil
+}
+
+// PublishToDevice publishes payload on the device's down/{kind} topic
+// with QoS 1.
+func (l *Link) PublishToDevice(deviceID, kind string, payload []byte) error {
+	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+	defer cancel()
+	return l.publish(ctx, deviceID, kind, "", payload)
+}
+
+// PublishUntil publishes payload on the device's down/{kind} topic,
+// giving up at deadline.
+func (l *Link) PublishUntil(deviceID, kind string, payload []byte, deadline time.Time) error {
+	ctx, cancel := context.WithDeadline(l.ctx, deadline)
+	defer cancel()
+	return l.publish(ctx, deviceID, kind, "", payload)
+}
+
+// PublishQueued publishes a queued message, tagged with its id.
+func (l *Link) PublishQueued(deviceID, kind, msgID string, payload []byte) error {
+	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+	defer cancel()
+	return l.publish(ctx, deviceID, kind, msgID, payload)
+}
+
+// Room returns want for a device that announced itself online, 0
+// otherwise: the external broker does the flow control towards devices.
+func (l *Link) Room(deviceID string, want int) int {
+	if l.presence.Online(deviceID) {
+		return want
+	}
+	return 0
+}
+
+// Subscribed reports whether the device announced itself online: a
+// device announces only once subscribed to its down/ topics.
+func (l *Link) Subscribed(deviceID, kind string) bool { return l.presence.Online(deviceID) }
+
+// DisconnectDevice cannot end a session on an external broker; revoking
+// a device's credentials at the broker (dynamic security, HTTP auth)
+// does.
+func (l *Link) DisconnectDevice(deviceID string) {
+	l.log.Debug("external broker: the device's sessions end when the broker revokes its credentials", "device_id", deviceID)
+}
+
+// Ready reports whether the link is connected and subscribed.
+func (l *Link) Ready() error {
+	if !l.up.Load() {
+		return fmt.Errorf("external broker %s: not connected", l.url.Host)
+	}
+	return nil
+}
+
+// Received returns how many device messages arrived; Retried how many
+// were handled again after a transient failure.
+func (l *Link) Received() int64 { return l.received.Load() }
+
+// Retried returns how many messages failed for now and were retried.
+func (l *Link) Retried() int64 { return l.retried.Load() }
+
+// Close disconnects and stops the link's goroutines. Messages not yet
+// acknowledged are delivered again to the next session of this client
+// id.
+func (l *Link) Close() error {
+	if l.cm != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = l.cm.Disconnect(ctx)
+		cancel()
+	}
+	l.cancel()
+	if l.cm != nil {
+		<-l.cm.Done()
+	}
+	l.wg.Wait()
+	return nil
+}
+
