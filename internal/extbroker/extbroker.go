@@ -192,8 +192,14 @@ func (l *Link) Start(ctx context.Context) error {
 		ConnectTimeout:                10 * time.Second,
 		ReconnectBackoff:              autopaho.NewExponentialBackoff(100*time.Millisecond, 10*time.Second, 200*time.Millisecond, 2),
 		OnConnectionUp:                l.onUp,
-		OnConnectionDown:              func() bool { l.up.Store(false); l.log.Warn("external broker connection lost; reconnecting"); return true },
-		OnConnectError:                func(err error) { l.log.Warn("external broker connection attempt failed", "broker", server.Host, "error", err) },
+		OnConnectionDown: func() bool {
+			l.up.Store(false)
+			l.log.Warn("external broker connection lost; reconnecting")
+			return true
+		},
+		OnConnectError: func(err error) {
+			l.log.Warn("external broker connection attempt failed", "broker", server.Host, "error", err)
+		},
 		ConnectPacketBuilder: func(p *paho.Connect, _ *url.URL) (*paho.Connect, error) {
 			if p.Properties == nil {
 				p.Properties = &paho.ConnectProperties{}
@@ -532,4 +538,3 @@ func (l *Link) Close() error {
 	l.wg.Wait()
 	return nil
 }
-
