@@ -21,11 +21,13 @@ package extbroker
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,12 +92,21 @@ type Config struct {
 // Subscription identifiers tell the shared subscription's deliveries
 // from the plain ones'.
 const (
-	subShared = 1
-	subFanout = 2
+	subShared   = 1
+	subFanout   = 2
+	subInternal = 3
 )
 
+// InternalRoot is the root of the topics the replicas use among
+// themselves: wake-ups of the down queue and mirrored stream events.
+// Devices must not be allowed to publish or subscribe under it (the
+// device ACLs of docs/deploy.md allow only their own outpost/v1/{id}/
+// topics).
+const InternalRoot = "outpost-internal/v1"
+
 // fanoutKinds arrive at every replica (plain subscription); the shared
-// subscription's copies of them are acknowledged and dropped.
+// subscription's copies of RPC answers are acknowledged and dropped, those
+// of presence announcements make their replica the session's owner.
 var fanoutKinds = []string{protocol.KindPresence, protocol.KindRPC}
 
 // Link is the platform's connection to an external broker. It
@@ -114,7 +125,9 @@ type Link struct {
 	wg       sync.WaitGroup
 	retries  chan retry
 
-	dh atomic.Pointer[deliveryBox]
+	dh     atomic.Pointer[deliveryBox]
+	notify atomic.Pointer[func(deviceID string)]
+	events atomic.Pointer[func(kind, deviceID string, data json.RawMessage)]
 
 	up          atomic.Bool
 	subscribed  chan struct{} // closed once the first subscriptions are made
@@ -284,6 +297,9 @@ func (l *Link) onUp(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			subs = append(subs, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: protocol.Root + "/+/up/" + k, QoS: 1}},
 				Properties: &paho.SubscribeProperties{SubscriptionIdentifier: &fan}})
 		}
+		internal := subInternal
+		subs = append(subs, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: InternalRoot + "/#", QoS: 0, NoLocal: true}},
+			Properties: &paho.SubscribeProperties{SubscriptionIdentifier: &internal}})
 		for _, s := range subs {
 			sa, err := cm.Subscribe(ctx, s)
 			if err == nil && sa != nil && len(sa.Reasons) > 0 && sa.Reasons[0] >= 0x80 {
@@ -305,12 +321,22 @@ func (l *Link) onUp(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 // the broker once the router is done with it.
 func (l *Link) onPublish(pr paho.PublishReceived) (bool, error) {
 	pk := pr.Packet
+	if strings.HasPrefix(pk.Topic, InternalRoot+"/") {
+		l.internal(pk)
+		l.ack(pr.Client, pk)
+		return true, nil
+	}
 	t, err := protocol.ParseTopic(pk.Topic)
 	if err != nil || t.Dir != protocol.Up {
 		l.ack(pr.Client, pk) // not ours: never take it again
 		return true, nil
 	}
 	l.received.Add(1)
+	if t.Kind == protocol.KindPresence {
+		l.presenceMessage(t.DeviceID, pk)
+		l.ack(pr.Client, pk)
+		return true, nil
+	}
 	if l.duplicate(pk, t.Kind) {
 		l.ack(pr.Client, pk)
 		return true, nil
@@ -402,38 +428,98 @@ func (l *Link) ack(cl *paho.Client, pk *paho.Publish) {
 	}
 }
 
-// PresenceHandler returns the home of up/presence for the router: it
-// turns a device's announcements into sessions for presence and the down
-// queue.
-func (l *Link) PresenceHandler() *PresenceHome { return &PresenceHome{l: l} }
-
-// PresenceHome is the home of presence announcements with an external
-// broker.
-type PresenceHome struct{ l *Link }
-
-// Handle processes an announcement on up/presence.
-func (p *PresenceHome) Handle(_ context.Context, deviceID, _ string, payload []byte) error {
-	a, err := protocol.DecodePresence(payload)
+// presenceMessage handles a presence announcement (docs/protocol.md
+// §2.9). Every replica gets it on its plain subscription and keeps the
+// device's presence; one replica also gets it on the shared
+// subscription, and that one owns the session's deliveries: its down
+// queue sends what waits for the device, so no two replicas send it.
+func (l *Link) presenceMessage(deviceID string, pk *paho.Publish) {
+	a, err := protocol.DecodePresence(pk.Payload)
 	if err != nil {
-		return err
+		l.log.Debug("bad presence announcement", "device_id", deviceID, "error", err)
+		return
 	}
 	s := SessionOf(a.Session)
-	var dh DeliveryHandler
-	if b := p.l.dh.Load(); b != nil {
-		dh = b.h
+	owner := true
+	if pk.Properties != nil && pk.Properties.SubscriptionIdentifier != nil {
+		owner = *pk.Properties.SubscriptionIdentifier == subShared
 	}
 	if a.Online {
-		p.l.presence.Connected(deviceID, s)
-		if dh != nil {
-			dh.DeviceSubscribed(deviceID, s, a.Mode == protocol.ModePull)
+		l.presence.Connected(deviceID, s)
+	} else {
+		l.presence.Disconnected(deviceID, s, "disconnected")
+	}
+	b := l.dh.Load()
+	switch {
+	case b == nil:
+	case a.Online && owner:
+		b.h.DeviceSubscribed(deviceID, s, a.Mode == protocol.ModePull)
+	case !a.Online:
+		// Every replica: the session's owner may not be the replica that
+		// got the shared copy of its end. The queue ignores the end of a
+		// session it does not hold.
+		b.h.DeviceGone(deviceID, s)
+	}
+}
+
+// internal handles a message of another replica.
+func (l *Link) internal(pk *paho.Publish) {
+	rest := strings.TrimPrefix(pk.Topic, InternalRoot+"/")
+	kind, arg, _ := strings.Cut(rest, "/")
+	switch kind {
+	case "notify":
+		if f := l.notify.Load(); f != nil && arg != "" {
+			(*f)(arg)
 		}
-		return nil
+	case "event":
+		var e mirrored
+		if f := l.events.Load(); f != nil && json.Unmarshal(pk.Payload, &e) == nil && e.Origin != l.cfg.ClientID {
+			(*f)(e.Kind, e.DeviceID, e.Data)
+		}
 	}
-	p.l.presence.Disconnected(deviceID, s, "disconnected")
-	if dh != nil {
-		dh.DeviceGone(deviceID, s)
+}
+
+// mirrored is a stream event of one replica sent to the others.
+type mirrored struct {
+	Origin   string          `json:"origin"`
+	Kind     string          `json:"kind"`
+	DeviceID string          `json:"device_id"`
+	Data     json.RawMessage `json:"data"`
+}
+
+// OnNotify sets what a replica does when another one queued something
+// for a device (the queue's Notify).
+func (l *Link) OnNotify(f func(deviceID string)) { l.notify.Store(&f) }
+
+// OnEvent sets where the other replicas' stream events go (the hub's
+// Inject).
+func (l *Link) OnEvent(f func(kind, deviceID string, data json.RawMessage)) { l.events.Store(&f) }
+
+// Notify tells the other replicas that something was queued for a device
+// whose session is not here (queue.Options.Elsewhere). QoS 0, in the
+// background: a lost notice only delays the message to the device's next
+// session.
+func (l *Link) Notify(deviceID string) {
+	l.publishInternal(InternalRoot+"/notify/"+deviceID, nil)
+}
+
+// Mirror sends a stream event to the other replicas (stream.Options.Tap).
+func (l *Link) Mirror(kind, deviceID string, data json.RawMessage) {
+	b, _ := json.Marshal(mirrored{Origin: l.cfg.ClientID, Kind: kind, DeviceID: deviceID, Data: data})
+	l.publishInternal(InternalRoot+"/event", b)
+}
+
+func (l *Link) publishInternal(topic string, payload []byte) {
+	if l.cm == nil || !l.up.Load() {
+		return
 	}
-	return nil
+	// autopaho's queue would hold them across reconnects; these are worth
+	// nothing late. A QoS 0 publish does not wait for the broker.
+	ctx, cancel := context.WithTimeout(l.ctx, time.Second)
+	defer cancel()
+	if _, err := l.cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 0, Payload: payload}); err != nil {
+		l.log.Debug("external broker: replica notice not sent", "topic", topic, "error", err)
+	}
 }
 
 // SessionOf maps a device's session tag to a session id.

@@ -98,6 +98,11 @@ type Options struct {
 	Devices Devices
 	// Metrics, when set, receives the queue's counters.
 	Metrics prometheus.Registerer
+	// Elsewhere, when set, is told of a message queued for a device
+	// without a session here: with several replicas, the device's session
+	// may be another replica's, which Notify should then wake. It must
+	// not block.
+	Elsewhere func(deviceID string)
 }
 
 // DefaultMaxPendingAcks is the default of Options.MaxPendingAcks.
@@ -289,6 +294,8 @@ func (q *Queue) EnqueueID(ctx context.Context, id, deviceID, kind string, payloa
 		if cur, err := q.store.QueuedMessage(ctx, m.ID); err == nil {
 			m = cur
 		}
+	} else if q.opt.Elsewhere != nil {
+		q.opt.Elsewhere(deviceID)
 	}
 	return m, nil
 }
@@ -337,6 +344,8 @@ func (q *Queue) EnqueueCall(ctx context.Context, deviceID, method string, args j
 		if cur, err := q.store.Call(ctx, id); err == nil {
 			c = cur
 		}
+	} else if q.opt.Elsewhere != nil {
+		q.opt.Elsewhere(deviceID)
 	}
 	return c, nil
 }
@@ -458,6 +467,13 @@ func (q *Queue) DeviceGone(deviceID string, conn outpost.SessionID) {
 		delete(q.sessions, deviceID)
 	}
 	q.mu.Unlock()
+}
+
+// Notify tells the queue that another replica queued something for
+// deviceID: if the device's session is here, a delivery round starts.
+func (q *Queue) Notify(deviceID string) {
+	q.markPending(deviceID)
+	q.RoomAvailable(deviceID)
 }
 
 // RoomAvailable implements broker.DeliveryHandler: the device's send

@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -311,7 +312,17 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	reg := s.metrics.reg
 	// Event ids start at the start time in microseconds: they keep growing
 	// across restarts (the replay ring does not survive one).
-	hub := stream.New(stream.Options{RingBytes: cfg.StreamRingBytes, FirstID: uint64(time.Now().UnixMicro()), KeepIdle: streamKeepIdle})
+	hopt := stream.Options{RingBytes: cfg.StreamRingBytes, FirstID: uint64(time.Now().UnixMicro()), KeepIdle: streamKeepIdle}
+	if cfg.Broker != "" && cfg.Replica != "" {
+		// Replicas mirror their events to one another, so every replica's
+		// stream shows the whole fleet.
+		hopt.Tap = func(kind, deviceID string, data json.RawMessage) {
+			if l := s.link; l != nil {
+				l.Mirror(kind, deviceID, data)
+			}
+		}
+	}
+	hub := stream.New(hopt)
 	s.presence = presence.NewTracker(db, func(c presence.Change) { hub.Publish(stream.KindPresence, c.DeviceID, c) }, log)
 
 	// The broker, which hands every device message to the router: the
@@ -346,7 +357,12 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	rt.SetRejecter(replies)
 
 	// The homes of the device message kinds.
+	var elsewhere func(string)
+	if s.link != nil {
+		elsewhere = s.link.Notify
+	}
 	s.queue = queue.New(db, side, queue.Options{
+		Elsewhere: elsewhere,
 		Sweep:     cfg.QueueSweep,
 		Logger:    log.With("component", "queue"),
 		OnCall:    func(c *outpost.Call) { hub.Publish(stream.KindCall, c.DeviceID, c) },
@@ -355,6 +371,12 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Devices:   db,
 		Metrics:   reg,
 	})
+	if s.link != nil {
+		// With several replicas a device's session may be another's: tell
+		// them when something is queued, and listen to them.
+		s.link.OnNotify(s.queue.Notify)
+		s.link.OnEvent(hub.Inject)
+	}
 	if s.broker != nil {
 		if err := s.broker.SetDeliveryHandler(s.queue); err != nil {
 			return nil, err
@@ -384,12 +406,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	rt.Route(protocol.KindPull, s.queue)
 	rt.Route(protocol.KindAck, s.queue)
 	rt.RouteMatch(model.Handles, mdl)
-	if s.link != nil {
-		rt.Route(protocol.KindPresence, s.link.PresenceHandler())
-	} else {
-		// The embedded broker sees the sessions itself.
-		rt.Route(protocol.KindPresence, router.HandlerFunc(func(context.Context, string, string, []byte) error { return nil }))
-	}
+	// The embedded broker sees the sessions itself; the external
+	// broker's link takes the announcements before the router.
+	rt.Route(protocol.KindPresence, router.HandlerFunc(func(context.Context, string, string, []byte) error { return nil }))
 	if s.ota != nil {
 		rt.RouteMatch(ota.Handles, s.ota)
 	} else {

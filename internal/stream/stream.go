@@ -59,6 +59,11 @@ type Options struct {
 	// used up, so a late resume is told how many it missed). Zero keeps
 	// every event whether anybody listens or not.
 	KeepIdle time.Duration
+	// Tap, when set, gets every event published here (not those
+	// injected), encoded, whether anybody listens or not: the platform
+	// replicas mirror their events to one another through it. It must
+	// not block.
+	Tap func(kind, deviceID string, data json.RawMessage)
 }
 
 // Hub distributes events. The zero value is not usable; call New (or
@@ -159,6 +164,26 @@ func (h *Hub) listening(now time.Time) bool {
 // subscriber without blocking. With Options.KeepIdle, an event published
 // while nobody listens is only counted.
 func (h *Hub) Publish(kind, deviceID string, data any) {
+	if h.opt.Tap != nil {
+		var raw json.RawMessage
+		raw, err := json.Marshal(data)
+		if err != nil {
+			return
+		}
+		h.opt.Tap(kind, deviceID, raw)
+		h.publish(kind, deviceID, json.RawMessage(raw))
+		return
+	}
+	h.publish(kind, deviceID, data)
+}
+
+// Inject publishes an event encoded elsewhere (another replica's), without
+// passing it to Tap.
+func (h *Hub) Inject(kind, deviceID string, data json.RawMessage) {
+	h.publish(kind, deviceID, data)
+}
+
+func (h *Hub) publish(kind, deviceID string, data any) {
 	now := time.Now()
 	h.mu.Lock()
 	if !h.listening(now) {
@@ -171,9 +196,12 @@ func (h *Hub) Publish(kind, deviceID string, data any) {
 		return
 	}
 	h.mu.Unlock()
-	raw, err := json.Marshal(data) // outside the lock: batches can be large
-	if err != nil {
-		return
+	raw, ok := data.(json.RawMessage)
+	if !ok {
+		var err error
+		if raw, err = json.Marshal(data); err != nil { // outside the lock: batches can be large
+			return
+		}
 	}
 	e := &Event{Kind: kind, DeviceID: deviceID, Time: now, Data: raw}
 	h.mu.Lock()
