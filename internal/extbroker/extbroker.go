@@ -133,6 +133,7 @@ type Link struct {
 	subscribed  chan struct{} // closed once the first subscriptions are made
 	subOnce     sync.Once
 	received    atomic.Int64
+	inflight    atomic.Int64 // device messages taken and not yet acknowledged
 	retried     atomic.Int64
 	unsupported atomic.Bool // the broker ignores subscription identifiers
 }
@@ -270,6 +271,11 @@ func ParseURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
+// sharedFilter is the replicas' shared subscription to device traffic.
+func (l *Link) sharedFilter() string {
+	return "$share/" + l.cfg.Group + "/" + protocol.Root + "/+/up/#"
+}
+
 // Addr returns the broker's HOST:PORT.
 func (l *Link) Addr() string { return l.url.Host }
 
@@ -288,9 +294,8 @@ func (l *Link) onUp(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 		ctx, cancel := context.WithTimeout(l.ctx, 30*time.Second)
 		defer cancel()
 		shared, fan := subShared, subFanout
-		filter := protocol.Root + "/+/up/#"
 		subs := []*paho.Subscribe{
-			{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/" + l.cfg.Group + "/" + filter, QoS: 1}},
+			{Subscriptions: []paho.SubscribeOptions{{Topic: l.sharedFilter(), QoS: 1}},
 				Properties: &paho.SubscribeProperties{SubscriptionIdentifier: &shared}},
 		}
 		for _, k := range fanoutKinds {
@@ -342,6 +347,7 @@ func (l *Link) onPublish(pr paho.PublishReceived) (bool, error) {
 		return true, nil
 	}
 	cl := pr.Client
+	l.inflight.Add(1)
 	async, err := l.h.StartMessage(l.ctx, t.DeviceID, t.Kind, pk.Payload, func(err error) {
 		l.finish(cl, pk, t.DeviceID, t.Kind, err)
 	})
@@ -378,6 +384,7 @@ func (l *Link) finish(cl *paho.Client, pk *paho.Publish, deviceID, kind string, 
 	var pe *protocol.Error
 	if err == nil || errors.As(err, &pe) {
 		l.ack(cl, pk)
+		l.inflight.Add(-1)
 		return
 	}
 	l.retried.Add(1)
@@ -405,6 +412,7 @@ func (l *Link) retrier() {
 				var pe *protocol.Error
 				if err == nil || errors.As(err, &pe) {
 					l.ack(r.client, r.pk)
+					l.inflight.Add(-1)
 					break
 				}
 				l.log.Debug("external broker: message not handled yet; retrying", "device_id", r.deviceID, "kind", r.kind, "error", err)
@@ -608,12 +616,33 @@ func (l *Link) Received() int64 { return l.received.Load() }
 // Retried returns how many messages failed for now and were retried.
 func (l *Link) Retried() int64 { return l.retried.Load() }
 
-// Close disconnects and stops the link's goroutines. Messages not yet
-// acknowledged are delivered again to the next session of this client
-// id.
+// Close leaves the shared subscription, so the broker sends this
+// replica's share to the others from now on, waits (up to 10 seconds) for
+// the messages it took to be handled and acknowledged, then disconnects
+// and stops the link's goroutines. Call it while the parts that finish
+// messages (the ingest writer) still run. What is still unacknowledged
+// stays in this client id's session at the broker and is delivered when
+// a replica of the same name connects again within the session expiry;
+// so does what a replica killed with SIGKILL held.
 func (l *Link) Close() error {
 	if l.cm != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if l.up.Load() {
+			if _, err := l.cm.Unsubscribe(ctx, &paho.Unsubscribe{Topics: []string{l.sharedFilter()}}); err != nil {
+				l.log.Warn("external broker: could not leave the shared subscription; the broker keeps sending this replica's share to its session", "error", err)
+			}
+		}
+		for l.inflight.Load() > 0 && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Millisecond): // poll: acknowledgements come from the writer's callbacks
+			}
+		}
+		if n := l.inflight.Load(); n > 0 {
+			l.log.Warn("external broker: closing with messages not yet handled; the broker delivers them to this replica's next session", "messages", n)
+		}
+		// The acknowledgements go out with paho's next flush.
+		time.Sleep(20 * time.Millisecond)
 		_ = l.cm.Disconnect(ctx)
 		cancel()
 	}

@@ -145,4 +145,25 @@ func TestReplicasMosquittoPostgres(t *testing.T) {
 	if runs != 1 || sent != 1 {
 		t.Fatalf("queued call: ran %d times, published %v times by the replicas; want once each", runs, sent)
 	}
+
+	// Scale down: replica a stops. It leaves the shared subscription first,
+	// so the broker sends everything to b from then on; nothing waits in
+	// a's session for a replica that does not come back.
+	if err := a.Server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	y := devs[1]
+	for j := range 100 {
+		if err := y.c.AddAt("after", j, time.UnixMilli(int64(1_700_000_000_000+j))); err != nil {
+			t.Fatal(err)
+		}
+		if err := y.c.Publish(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outposttest.Eventually(t, 20*time.Second, "100 readings stored by replica b alone", func() bool {
+		var r readingsResp
+		b.Do(t, "GET", "/api/v1/devices/"+y.d.ID+"/telemetry?feed=after&limit=1000", nil, &r)
+		return len(r.Readings) == 100
+	})
 }
