@@ -2,7 +2,10 @@ package device
 
 import (
 	"context"
+	crand "crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +42,9 @@ type run struct {
 	wg     sync.WaitGroup // the sender
 	done   chan struct{}  // closed once the cycle and all its goroutines ended
 	conn   atomic.Pointer[wireConn]
+	// session is the presence tag of the connection being made or made:
+	// the same in its will message and its online announcement.
+	session atomic.Pointer[string]
 
 	// Guarded by Client.mu.
 	err   error         // why the run ended
@@ -223,6 +229,12 @@ func (c *Client) startRun() (*run, bool, error) {
 			if c.opt.pull {
 				p.Properties.User = append(p.Properties.User, paho.UserProperty{Key: protocol.PropMode, Value: protocol.ModePull})
 			}
+			// The will tells a platform behind an external broker that
+			// this connection is gone (docs/protocol.md, "Presence
+			// announcements"); the embedded broker sees that itself.
+			tag := newSessionTag()
+			r.session.Store(&tag)
+			p.WillMessage = &paho.WillMessage{QoS: 1, Topic: protocol.UpTopic(c.id, protocol.KindPresence), Payload: c.presence(false, tag)}
 			return p, nil
 		},
 		ClientConfig: paho.ClientConfig{
@@ -413,6 +425,7 @@ func (c *Client) check(l *link, ca *paho.Connack) {
 		return
 	}
 	c.limits.connected(c, ca)
+	c.announce(ctx, l)
 	c.modelConnected(ctx, l, ca)
 	c.mu.Lock()
 	if c.link != l || l.ctx.Err() != nil {
@@ -608,3 +621,47 @@ func refusedForGood(code byte) bool {
 
 // probeID numbers the time requests of the platform check.
 func probeID(prefix string, n uint64) string { return prefix + "-" + strconv.FormatUint(n, 10) }
+
+// newSessionTag returns a random tag for a connection's presence
+// announcements.
+func newSessionTag() string {
+	var b [8]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// presence encodes a presence announcement of this client.
+func (c *Client) presence(online bool, tag string) []byte {
+	p := protocol.Presence{Online: online, Session: tag}
+	if c.opt.pull {
+		p.Mode = protocol.ModePull
+	}
+	b, _ := json.Marshal(p)
+	return b
+}
+
+// announce tells the platform that link l is up and subscribed
+// (docs/protocol.md, "Presence announcements"). A platform behind an
+// external broker learns from it that the device is online and can take
+// queued messages; the embedded broker only acknowledges it. A failure
+// is logged: the platform then learns of the device from its first
+// message instead.
+func (c *Client) announce(ctx context.Context, l *link) {
+	tag := l.run.session.Load()
+	if tag == nil {
+		return
+	}
+	if _, err := l.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindPresence), QoS: 1, Payload: c.presence(true, *tag)}); err != nil {
+		c.opt.log.Debug("presence announcement not sent", "device_id", c.id, "error", err)
+	}
+}
+
+// announceGone tells the platform that the device leaves (Close): a
+// normal DISCONNECT does not send the will.
+func (c *Client) announceGone(ctx context.Context, r *run) {
+	tag := r.session.Load()
+	if tag == nil {
+		return
+	}
+	_, _ = r.cm.Publish(ctx, &paho.Publish{Topic: protocol.UpTopic(c.id, protocol.KindPresence), QoS: 1, Payload: c.presence(false, *tag)})
+}

@@ -297,6 +297,7 @@ func (c *Client) Close() error {
 			// Best effort: the platform resends what is not confirmed.
 			fctx, fcancel := context.WithTimeout(context.Background(), time.Second)
 			_ = c.flushAcks(fctx)
+			c.announceGone(fctx, r)
 			fcancel()
 		}
 		c.endRun(r, ErrClosed)

@@ -46,3 +46,25 @@ func FuzzDecodePullEnd(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodePresence(f *testing.F) {
+	f.Add([]byte(`{"online":true,"session":"s-1","mode":"pull"}`))
+	f.Add([]byte(`{"online":false,"session":"s-1"}`))
+	f.Add([]byte(`{"online":true,"session":""}`))
+	f.Add([]byte(`{"online":true,"session":"s","mode":"x"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := protocol.DecodePresence(b)
+		if err != nil {
+			codeOf(t, err)
+			return
+		}
+		if p.Session == "" || len(p.Session) > protocol.MaxSessionLen {
+			t.Fatalf("accepted bad session %q", p.Session)
+		}
+		raw, _ := json.Marshal(p)
+		p2, err := protocol.DecodePresence(raw)
+		if err != nil || p2 != p {
+			t.Fatalf("round trip: %+v → %s → %+v, %v", p, raw, p2, err)
+		}
+	})
+}

@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/extbroker"
 	"github.com/outpost-iot/outpost/internal/server"
 )
 
@@ -28,7 +28,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	sp := spec{name: "serve", about: serveAbout}
 	fs := newFlags(sp)
 	var cfg server.Config
-	var brokerURL, logLevel string
+	var logLevel string
 	fs.StringVar(&cfg.DataDir, "data", "outpost-data", "data directory `DIR` (database, admin token)")
 	fs.StringVar(&cfg.MQTTAddr, "mqtt", "", "MQTT listen address `ADDR` (default 127.0.0.1:1883, or the next free port when 1883 is taken; port 0 picks a free port)")
 	fs.StringVar(&cfg.HTTPAddr, "http", "", "HTTP API listen address `ADDR` (default 127.0.0.1:8080, or the next free port when 8080 is taken; port 0 picks a free port)")
@@ -36,7 +36,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate: enables MQTT over TLS and HTTPS")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&cfg.Sync, "sync", "normal", "SQLite durability: normal (survives a crash of the process) or full (also a power cut)")
-	fs.StringVar(&brokerURL, "broker", "", "external MQTT broker URL (not available yet)")
+	fs.StringVar(&cfg.Broker, "broker", "", "external MQTT broker `URL` mqtt://USER:PASSWORD@HOST:PORT or mqtts://…: the platform connects to it as a client and devices connect to it (docs/deploy.md); default: the embedded broker")
+	fs.StringVar(&cfg.Replica, "replica", "", "this platform's `NAME` among several sharing one PostgreSQL store (and external broker)")
 	fs.StringVar(&cfg.DB, "db", "", "database: `URL` postgres://USER@HOST:PORT/DB (add ?search_path=SCHEMA for a schema of its own), or sqlite:PATH or a file path (default: the SQLite file in the data directory)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.DurationVar(&cfg.KeepAliveMin, "keepalive-min", 5*time.Second, "shortest MQTT keep-alive the platform grants a device")
@@ -60,8 +61,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if _, err := parse(fs, sp, args, stdout); err != nil {
 		return err
 	}
-	if brokerURL != "" {
-		return errors.New("--broker: an external broker is not supported by this version yet; omit it to use the embedded broker")
+	if cfg.Broker != "" {
+		if _, err := extbroker.ParseURL(cfg.Broker); err != nil {
+			return err
+		}
 	}
 	if _, err := server.ParseDB(cfg.DB, cfg.DataDir); err != nil {
 		return err
@@ -89,7 +92,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "mqtts: %s\n", u)
 	}
 	fmt.Fprintf(stdout, "http: %s\n", s.HTTPURL())
-	fmt.Fprintf(stdout, "devices: %s\n", capacity(s.MaxConnections(), cfg.MaxConnections, fileLimit))
+	if cfg.Broker == "" {
+		fmt.Fprintf(stdout, "devices: %s\n", capacity(s.MaxConnections(), cfg.MaxConnections, fileLimit))
+	}
 	fmt.Fprintf(stdout, "data: %s\n", s.DataDir())
 	// The token is printed until a start has printed it: a first start
 	// that failed (a port in use) did not.

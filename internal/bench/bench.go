@@ -268,6 +268,12 @@ func startPlatform(ctx context.Context, syncMode string, httpConns int, d Design
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: start platform: %w", err)
 	}
+	return newPlatform(srv, dir, httpConns), nil
+}
+
+// newPlatform wraps a started platform and its data directory, with an
+// HTTP client for httpConns concurrent requests.
+func newPlatform(srv *server.Server, dir string, httpConns int) *platform {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConns = httpConns + 16
 	tr.MaxIdleConnsPerHost = httpConns + 16 // reuse connections instead of churning ports
@@ -280,7 +286,7 @@ func startPlatform(ctx context.Context, syncMode string, httpConns int, d Design
 		}
 		return countConn{c}, nil
 	}
-	return &platform{srv: srv, dir: dir, http: &http.Client{Transport: tr}}, nil
+	return &platform{srv: srv, dir: dir, http: &http.Client{Transport: tr}}
 }
 
 func (p *platform) Close() error {

@@ -142,6 +142,9 @@ func ingestMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (platform and raw runs) to this file")
 	fs.StringVar(&cfg.MemProfile, "memprofile", "", "write a heap profile taken at the end of the platform run to this file")
 	cfg.Design.flags(fs)
+	broker := fs.String("broker", "", "run the platform on this external MQTT broker `URL` (mqtt://USER:PASSWORD@HOST:PORT), with --db, against the broker and PostgreSQL alone")
+	db := fs.String("db", "", "PostgreSQL `URL` for --broker (the run works in a schema of its own)")
+	replicas := fs.Int("replicas", 1, "platform replicas sharing the broker and the database (--broker only)")
 	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -153,6 +156,17 @@ func ingestMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer stop()
+	if *broker != "" || *db != "" {
+		if *broker == "" || *db == "" {
+			return errors.New("bench ingest: --broker and --db go together")
+		}
+		res, err := RunIngestExternal(ctx, cfg, *broker, *db, *replicas, stderr)
+		if err != nil {
+			return err
+		}
+		printExternal(stdout, res)
+		return writeJSONLine(stdout, res)
+	}
 	res, err := RunIngest(ctx, cfg, stderr)
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
@@ -17,8 +18,9 @@ import (
 // the message was not taken and the device must retry later. MQTT 5 devices
 // get PUBACK 0x97 "quota exceeded"; MQTT 3.1.1 devices, which have no
 // negative acknowledgement, get an error reply with code "overloaded" and
-// their connection is closed, so they resend on reconnect.
-var ErrOverloaded = errors.New("overloaded")
+// their connection is closed, so they resend on reconnect. It is the
+// domain's outpost.ErrOverloaded, which the homes of message kinds return.
+var ErrOverloaded = outpost.ErrOverloaded
 
 // AsyncHandler is a Handler that can finish QoS 1 messages later, after the
 // broker's read loop for the connection has moved on. The broker writes

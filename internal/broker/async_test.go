@@ -14,6 +14,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/outpost-iot/outpost/device"
+	"github.com/outpost-iot/outpost/internal/outpost"
 
 	"github.com/outpost-iot/outpost/internal/broker"
 	"github.com/outpost-iot/outpost/internal/outposttest"
@@ -45,8 +46,8 @@ type held struct {
 
 func newHeldHandler() *heldHandler { return &heldHandler{started: make(chan struct{}, 100_000)} }
 
-func (h *heldHandler) DeviceConnected(string, any)            {}
-func (h *heldHandler) DeviceDisconnected(string, any, string) {}
+func (h *heldHandler) DeviceConnected(string, outpost.SessionID)            {}
+func (h *heldHandler) DeviceDisconnected(string, outpost.SessionID, string) {}
 func (h *heldHandler) HandleMessage(context.Context, string, string, []byte) error {
 	return nil
 }

@@ -27,6 +27,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
 // Authenticator checks device credentials.
@@ -37,14 +39,14 @@ type Authenticator interface {
 
 // Handler receives what devices do.
 type Handler interface {
-	// DeviceConnected is called when conn becomes the live session of a
+	// DeviceConnected is called when session becomes the live session of a
 	// device: once its credentials are accepted, before its CONNACK and
 	// before the device's previous session (if any) is taken over, so
 	// that the previous session's DeviceDisconnected always comes after.
 	// If the CONNACK cannot be written, DeviceDisconnected follows.
-	DeviceConnected(deviceID string, conn any)
-	// DeviceDisconnected is called when conn ends.
-	DeviceDisconnected(deviceID string, conn any, reason string)
+	DeviceConnected(deviceID string, session outpost.SessionID)
+	// DeviceDisconnected is called when session ends.
+	DeviceDisconnected(deviceID string, session outpost.SessionID, reason string)
 	// HandleMessage processes a message a device published on its
 	// up/{kind} topic. Return nil to acknowledge it. Return a
 	// *protocol.Error to reject it for good: the device gets an error reply

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
 // endGrace is how long a session the platform ends (takeover, revoked
@@ -233,6 +235,8 @@ type conn struct {
 	// that goroutine after.
 	deviceID string
 	client   *mqtt.Client
+	// session is the connection's number, given when it was accepted.
+	session  outpost.SessionID
 	lockHeld bool // holds the device's session lock
 	// connected: DeviceConnected was reported; ended: DeviceDisconnected
 	// was (both set on the connection's goroutine).
@@ -294,6 +298,18 @@ func (c *conn) end() { c.g.limit(time.Now().Add(endGrace)) }
 
 // connOf returns the broker's connection of a mochi client, nil for the
 // inline client or a connection from another kind of listener.
+// sessionSeq numbers the connections of every listener of the process.
+var sessionSeq atomic.Uint64
+
+// sessionOf returns the session id of a client's connection; 0 for a
+// client that is not on one of the broker's listeners.
+func sessionOf(cl *mqtt.Client) outpost.SessionID {
+	if c := connOf(cl); c != nil {
+		return c.session
+	}
+	return 0
+}
+
 func connOf(cl *mqtt.Client) *conn {
 	if cl == nil || cl.Net.Conn == nil {
 		return nil

@@ -7,6 +7,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
@@ -19,14 +20,14 @@ import (
 // device says so itself (up/ack, or its answer to a call), which works the
 // same with any broker.
 type DeliveryHandler interface {
-	// DeviceSubscribed is called when conn may receive messages: a
+	// DeviceSubscribed is called when session may receive messages: a
 	// subscription was granted, or a resumed session inherited some.
 	// Which topics it covers, Subscribed tells. pull is set when the
 	// device declared PULL mode on CONNECT (user property
 	// protocol.PropMode = protocol.ModePull).
-	DeviceSubscribed(deviceID string, conn any, pull bool)
-	// DeviceGone is called when conn ends.
-	DeviceGone(deviceID string, conn any)
+	DeviceSubscribed(deviceID string, session outpost.SessionID, pull bool)
+	// DeviceGone is called when session ends.
+	DeviceGone(deviceID string, session outpost.SessionID)
 	// RoomAvailable is called once a slot of the device's send window
 	// frees after Room reported less room than wanted.
 	RoomAvailable(deviceID string)

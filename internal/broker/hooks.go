@@ -196,7 +196,7 @@ func (h *presenceHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	if c := connOf(cl); c != nil {
 		c.connected = true
 	}
-	h.b.h.DeviceConnected(cl.ID, cl)
+	h.b.h.DeviceConnected(cl.ID, sessionOf(cl))
 }
 
 func (h *presenceHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
@@ -211,7 +211,7 @@ func (h *presenceHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		}
 		c.ended = true
 	}
-	h.b.h.DeviceDisconnected(cl.ID, cl, h.b.endReason(c, cl, err))
+	h.b.h.DeviceDisconnected(cl.ID, sessionOf(cl), h.b.endReason(c, cl, err))
 }
 
 // endReason says why a session ended.

@@ -11,6 +11,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
 // Limits bound what a listener accepts. A zero field means no bound.
@@ -223,7 +225,7 @@ func (n *Listener) admit(raw net.Conn) *conn {
 		raw.Close()
 		return nil
 	}
-	c := &conn{ln: n, key: key}
+	c := &conn{ln: n, key: key, session: outpost.SessionID(sessionSeq.Add(1))}
 	c.g = &guard{Conn: raw, timeout: n.lim.WriteTimeout, backlogMax: n.lim.WriteBacklog, onStall: func() { n.stats.WriteStalls.Add(1) }}
 	c.Conn = c.g
 	if n.tls != nil {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
 type refuseAll struct{}
@@ -14,8 +16,8 @@ func (refuseAll) AuthenticateDevice(context.Context, string, string) error {
 	return errors.New("no")
 }
 
-func (refuseAll) DeviceConnected(string, any)            {}
-func (refuseAll) DeviceDisconnected(string, any, string) {}
+func (refuseAll) DeviceConnected(string, outpost.SessionID)            {}
+func (refuseAll) DeviceDisconnected(string, outpost.SessionID, string) {}
 func (refuseAll) HandleMessage(context.Context, string, string, []byte) error {
 	return nil
 }

@@ -7,13 +7,14 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
 type nopHandler struct{}
 
-func (nopHandler) DeviceConnected(string, any)                                 {}
-func (nopHandler) DeviceDisconnected(string, any, string)                      {}
+func (nopHandler) DeviceConnected(string, outpost.SessionID)                   {}
+func (nopHandler) DeviceDisconnected(string, outpost.SessionID, string)        {}
 func (nopHandler) HandleMessage(context.Context, string, string, []byte) error { return nil }
 
 type allow struct{}

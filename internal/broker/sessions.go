@@ -231,7 +231,7 @@ func (b *Broker) connEnded(c *conn, err error) {
 	}
 	if c.connected && !c.ended {
 		c.ended = true
-		b.h.DeviceDisconnected(c.deviceID, c.client, b.endReason(c, c.client, err))
+		b.h.DeviceDisconnected(c.deviceID, c.session, b.endReason(c, c.client, err))
 	}
 	if c.lockHeld {
 		c.lockHeld = false

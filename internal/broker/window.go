@@ -355,7 +355,7 @@ func (h *downHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 	h.b.openWindow(cl)
 	if dh := h.b.delivery(); dh != nil && cl.State.Subscriptions.Len() > 0 {
-		dh.DeviceSubscribed(cl.ID, cl, pullMode(cl))
+		dh.DeviceSubscribed(cl.ID, sessionOf(cl), pullMode(cl))
 	}
 }
 
@@ -364,7 +364,7 @@ func (h *downHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		return
 	}
 	if dh := h.b.delivery(); dh != nil {
-		dh.DeviceGone(cl.ID, cl)
+		dh.DeviceGone(cl.ID, sessionOf(cl))
 	}
 	h.b.closeWindow(cl)
 }
@@ -382,7 +382,7 @@ func (h *downHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte
 	}
 	for i := range pk.Filters {
 		if i < len(codes) && codes[i] < 0x80 {
-			dh.DeviceSubscribed(cl.ID, cl, pullMode(cl))
+			dh.DeviceSubscribed(cl.ID, sessionOf(cl), pullMode(cl))
 			return
 		}
 	}

@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/ingest"
@@ -63,10 +64,10 @@ type Router interface {
 
 // Presence is the platform's presence tracker.
 type Presence interface {
-	// Connected records conn as the device's live session.
-	Connected(id string, conn any)
-	// Disconnected ends conn; ignored when conn is no longer current.
-	Disconnected(id string, conn any, reason string) bool
+	// Connected records session as the device's live session.
+	Connected(id string, session outpost.SessionID)
+	// Disconnected ends session; ignored when it is no longer current.
+	Disconnected(id string, session outpost.SessionID, reason string) bool
 	// Seen notes activity.
 	Seen(id string)
 	// Online reports whether the device has a live session.
@@ -113,8 +114,6 @@ const (
 	// batchPrefix starts the batch id of a child's part of a gateway
 	// batch, so that it never meets an id the child chose itself.
 	batchPrefix = "gw:"
-	// storeTimeout bounds the store work of one message.
-	storeTimeout = 10 * time.Second
 )
 
 // Options configure a Service. Store and Sender are required; Submitter
@@ -190,13 +189,19 @@ type gwState struct {
 	gw     outpost.Gateway
 	byAddr map[string]string // address → child device id
 	sinks  map[string]json.RawMessage
-	sess   *session            // current session; children online through it
+	sess   outpost.SessionID   // current session; children online through it
 	online map[string]struct{} // child device ids marked online through sess
 }
 
-// session identifies one connection of a gateway to the presence
-// tracker: its children are "connected" through it.
-type session struct{ gatewayID string }
+// newSession numbers a session of a gateway's children with the
+// presence tracker and the queue: even numbers with the top bit set,
+// which neither the embedded broker (a counter from 1) nor the external
+// broker's link (odd hashes) hands out.
+func newSession() outpost.SessionID {
+	return outpost.SessionID(1<<63 | sessionSeq.Add(1)<<1)
+}
+
+var sessionSeq atomic.Uint64
 
 type route struct {
 	gatewayID, address string
@@ -250,7 +255,7 @@ func (s *Service) state(ctx context.Context, id string) (*gwState, error) {
 		return nil, err
 	}
 	st = &gwState{gw: *g, byAddr: make(map[string]string, len(cs)), sinks: map[string]json.RawMessage{},
-		sess: &session{gatewayID: id}, online: map[string]struct{}{}}
+		sess: newSession(), online: map[string]struct{}{}}
 	for _, c := range cs {
 		st.byAddr[c.Address] = c.DeviceID
 	}
@@ -364,7 +369,7 @@ func (s *Service) markOnline(st *gwState, child string) {
 
 // goOffline ends a child's session through its gateway: presence and
 // queue. The caller removes it from st.online.
-func (s *Service) goOffline(child string, sess *session, reason string) {
+func (s *Service) goOffline(child string, sess outpost.SessionID, reason string) {
 	if s.opt.Presence != nil {
 		s.opt.Presence.Disconnected(child, sess, reason)
 	}
@@ -402,7 +407,7 @@ func (s *Service) reject(gatewayID, kind, id, child string, err error) error {
 func (s *Service) Handle(ctx context.Context, gatewayID, kind string, payload []byte) error {
 	if kind == protocol.KindGatewayTelemetry {
 		ch := make(chan error, 1)
-		async, err := s.Start(ctx, gatewayID, kind, payload, func(err error) { ch <- err })
+		async, err := s.Start(ctx, ctx, gatewayID, payload, func(err error) { ch <- err })
 		if !async {
 			return err
 		}
@@ -658,20 +663,18 @@ func networkOf(cfg json.RawMessage) json.RawMessage {
 	return c.Network
 }
 
-// Start begins handling a gateway message. A telemetry batch is split
-// into one batch per child, each submitted to the Submitter; Start then
+// Start begins handling a gateway's telemetry batch (the router's
+// asynchronous entry for protocol.KindGatewayTelemetry): it is split into
+// one batch per child, each submitted to the Submitter; Start then
 // returns async true and done is called once, after every part has
 // committed (with the first failure, if any: the gateway resends the
 // whole batch, and the parts already stored are recognised by their ids).
-// Other kinds are handled at once, as by Handle, with async false.
-func (s *Service) Start(ctx context.Context, gatewayID, kind string, payload []byte, done func(error)) (async bool, err error) {
-	if kind != protocol.KindGatewayTelemetry {
-		return false, s.Handle(ctx, gatewayID, kind, payload)
-	}
-	// ctx bounds only the wait for room in the Submitter's queue (it may
-	// be done already); store work gets its own bound.
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
-	defer cancel()
+// ctx bounds only the wait for room in the Submitter's queue (it may be
+// done already); storeCtx bounds the store work (children's lookup and
+// registration).
+func (s *Service) Start(ctx, storeCtx context.Context, gatewayID string, payload []byte, done func(error)) (async bool, err error) {
+	kind := protocol.KindGatewayTelemetry
+	sctx := storeCtx
 	st, err := s.state(sctx, gatewayID)
 	if outpost.ErrorCode(err) == outpost.ENOTFOUND {
 		return false, s.reply(gatewayID, protocol.GatewayErrorReply{Kind: kind, Code: protocol.CodeForbidden, Message: fmt.Sprintf("device %s is not a gateway", gatewayID)})
@@ -683,7 +686,7 @@ func (s *Service) Start(ctx context.Context, gatewayID, kind string, payload []b
 		return false, s.reject(gatewayID, kind, "", "", err)
 	}
 	if s.opt.Allow != nil && !s.opt.Allow(gatewayID, len(t.Readings)) {
-		return false, fmt.Errorf("gateway telemetry: gateway %s %w", gatewayID, ErrRateLimited)
+		return false, fmt.Errorf("gateway telemetry: %w: gateway %s %w", outpost.ErrOverloaded, gatewayID, ErrRateLimited)
 	}
 	batches, err := s.split(sctx, st, t)
 	if err != nil || len(batches) == 0 {
@@ -692,9 +695,10 @@ func (s *Service) Start(ctx context.Context, gatewayID, kind string, payload []b
 	if s.opt.Submitter == nil {
 		return false, s.reply(gatewayID, protocol.GatewayErrorReply{Kind: kind, ID: t.ID, Code: protocol.CodeNotSupported, Message: "telemetry is not handled by this platform"})
 	}
-	j := &join{left: len(batches), done: done}
+	j := &join{left: len(batches), done: func(err error) { done(overloaded(err)) }}
 	for i, b := range batches {
 		if err := s.opt.Submitter.Submit(ctx, b, j.part); err != nil {
+			err = overloaded(err)
 			if i == 0 {
 				return false, err // nothing submitted: not acknowledged
 			}
@@ -705,6 +709,15 @@ func (s *Service) Start(ctx context.Context, gatewayID, kind string, payload []b
 		}
 	}
 	return true, nil
+}
+
+// overloaded marks a full ingest queue as back-pressure (the gateway
+// waits and resends).
+func overloaded(err error) error {
+	if errors.Is(err, ingest.ErrQueueFull) && !errors.Is(err, outpost.ErrOverloaded) {
+		return fmt.Errorf("gateway telemetry: %w: %w", outpost.ErrOverloaded, err)
+	}
+	return err
 }
 
 // join calls done once, after every part.
@@ -850,7 +863,7 @@ func (s *Service) GatewayOffline(ctx context.Context, gatewayID string) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	old := st.sess
-	st.sess = &session{gatewayID: gatewayID}
+	st.sess = newSession()
 	for child := range st.online {
 		s.goOffline(child, old, ReasonGatewayOffline)
 	}

@@ -83,7 +83,7 @@ func TestSplitKeepsEachChildsOrderAndFinishesOnce(t *testing.T) {
 	f := newFixture(t, "auto")
 	payload := `{"id":"b1","r":[{"c":"a","f":"x","v":1,"t":1000},{"c":"b","f":"x","v":2,"t":1000},{"c":"a","f":"x","v":3,"t":900},{"c":"c","f":"x","v":4}]}`
 	var calls []error
-	async, err := f.svc.Start(context.Background(), f.gw, protocol.KindGatewayTelemetry, []byte(payload), func(err error) { calls = append(calls, err) })
+	async, err := f.svc.Start(context.Background(), context.Background(), f.gw, []byte(payload), func(err error) { calls = append(calls, err) })
 	if !async || err != nil {
 		t.Fatalf("Start = %v, %v", async, err)
 	}
@@ -129,14 +129,14 @@ func TestSubmitFailing(t *testing.T) {
 	payload := []byte(`{"id":"b1","r":[{"c":"a","f":"x","v":1},{"c":"b","f":"x","v":2}]}`)
 	// Nothing submitted: the message is not acknowledged.
 	f.sub.failAt = 0
-	async, err := f.svc.Start(context.Background(), f.gw, protocol.KindGatewayTelemetry, payload, func(error) { t.Error("done called") })
+	async, err := f.svc.Start(context.Background(), context.Background(), f.gw, payload, func(error) { t.Error("done called") })
 	if async || !errors.Is(err, ingest.ErrQueueFull) {
 		t.Fatalf("Start = %v, %v", async, err)
 	}
 	// Half submitted: done reports the failure once the first half is in.
 	f.sub.failAt = 1
 	var got []error
-	async, err = f.svc.Start(context.Background(), f.gw, protocol.KindGatewayTelemetry, payload, func(err error) { got = append(got, err) })
+	async, err = f.svc.Start(context.Background(), context.Background(), f.gw, payload, func(err error) { got = append(got, err) })
 	if !async || err != nil {
 		t.Fatalf("Start = %v, %v", async, err)
 	}
@@ -152,7 +152,7 @@ func TestSubmitFailing(t *testing.T) {
 func TestPresenceFollowsTheGateway(t *testing.T) {
 	f := newFixture(t, "auto")
 	ctx := context.Background()
-	f.pres.Connected(f.gw, "conn-1")
+	f.pres.Connected(f.gw, 1)
 	if err := f.svc.Handle(ctx, f.gw, protocol.KindGatewayChildren, []byte(`{"join":[{"c":"a"},{"c":"b"},{"c":"c"}]}`)); err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
@@ -13,9 +14,9 @@ import (
 type Queue interface {
 	// DeviceSubscribed starts a device's session conn: what waits for it
 	// is delivered.
-	DeviceSubscribed(deviceID string, conn any, pull bool)
+	DeviceSubscribed(deviceID string, conn outpost.SessionID, pull bool)
 	// DeviceGone ends the session conn.
-	DeviceGone(deviceID string, conn any)
+	DeviceGone(deviceID string, conn outpost.SessionID)
 	// Acknowledged records queued messages the device confirmed.
 	Acknowledged(deviceID string, ids []string) error
 }

@@ -10,27 +10,26 @@ import (
 	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
-// CallService is what the API needs for queued calls. The platform's
-// Service implements it; the routes exist only when it does.
+// CallService is what the API needs for queued calls (Parts.Calls); the
+// routes exist only when it is set.
 type CallService interface {
-	// QueueCall queues a call (see queue.Queue.EnqueueCall).
-	QueueCall(ctx context.Context, id, method string, args json.RawMessage, ttl, timeout time.Duration) (*outpost.Call, error)
-	// GetCall returns a call. ENOTFOUND.
-	GetCall(ctx context.Context, id string) (*outpost.Call, error)
-	// DeviceCalls lists a device's calls, newest first. ENOTFOUND for an
+	// EnqueueCall queues a call (EINVALID, ENOTFOUND, ECONFLICT when the
+	// device has too many messages waiting).
+	EnqueueCall(ctx context.Context, id, method string, args json.RawMessage, ttl, timeout time.Duration) (*outpost.Call, error)
+	// Call returns a call. ENOTFOUND.
+	Call(ctx context.Context, id string) (*outpost.Call, error)
+	// Calls lists a device's calls, newest first. ENOTFOUND for an
 	// unknown device.
-	DeviceCalls(ctx context.Context, f outpost.CallFilter) ([]*outpost.Call, error)
+	Calls(ctx context.Context, f outpost.CallFilter) ([]*outpost.Call, error)
 	// CancelCall cancels a queued call. ENOTFOUND, ECONFLICT.
 	CancelCall(ctx context.Context, id string) (*outpost.Call, error)
 }
 
 // routeCalls adds the queued-call endpoints when the service has them.
 func (a *api) routeCalls(mux *http.ServeMux) {
-	cs, ok := a.svc.(CallService)
-	if !ok {
+	if a.p.Calls == nil {
 		return
 	}
-	a.calls = cs
 	mux.HandleFunc("GET /api/v1/calls/{id}", a.auth(a.getCall))
 	mux.HandleFunc("DELETE /api/v1/calls/{id}", a.auth(a.cancelCall))
 	mux.HandleFunc("GET /api/v1/devices/{id}/calls", a.auth(a.deviceCalls))
@@ -40,7 +39,7 @@ func (a *api) routeCalls(mux *http.ServeMux) {
 // call is stored and the answer is 202 with the call, whatever the device's
 // state; a connected device gets it at once (state sent).
 func (a *api) queueRPC(w http.ResponseWriter, r *http.Request, args json.RawMessage) {
-	if a.calls == nil {
+	if a.p.Calls == nil {
 		writeError(w, outpost.Errorf(outpost.ENOTSUPPORTED, "queued calls are not available"))
 		return
 	}
@@ -55,7 +54,7 @@ func (a *api) queueRPC(w http.ResponseWriter, r *http.Request, args json.RawMess
 		writeError(w, err)
 		return
 	}
-	c, err := a.calls.QueueCall(r.Context(), r.PathValue("id"), r.PathValue("method"), args, ttl, timeout)
+	c, err := a.p.Calls.EnqueueCall(r.Context(), r.PathValue("id"), r.PathValue("method"), args, ttl, timeout)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -74,7 +73,7 @@ func parseDuration(name, s string) (time.Duration, error) {
 }
 
 func (a *api) getCall(w http.ResponseWriter, r *http.Request) {
-	c, err := a.calls.GetCall(r.Context(), r.PathValue("id"))
+	c, err := a.p.Calls.Call(r.Context(), r.PathValue("id"))
 	if err != nil {
 		writeError(w, err)
 		return
@@ -83,7 +82,7 @@ func (a *api) getCall(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) cancelCall(w http.ResponseWriter, r *http.Request) {
-	c, err := a.calls.CancelCall(r.Context(), r.PathValue("id"))
+	c, err := a.p.Calls.CancelCall(r.Context(), r.PathValue("id"))
 	if err != nil {
 		writeError(w, err)
 		return
@@ -106,7 +105,7 @@ func (a *api) deviceCalls(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = n
 	}
-	cs, err := a.calls.DeviceCalls(r.Context(), f)
+	cs, err := a.p.Calls.Calls(r.Context(), f)
 	if err != nil {
 		writeError(w, err)
 		return

@@ -96,7 +96,7 @@ func TestStrictRequestBodies(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			svc := &modelService{}
 			svc.hub = stream.NewHub(16)
-			h := httpapi.New(svc, httpapi.Options{Token: token})
+			h := newAPI(svc, httpapi.Options{Token: token})
 			r := do(t, h, tt.method, tt.path, tt.body, true)
 			if tt.ok {
 				if r.status >= 300 {
@@ -119,7 +119,7 @@ func TestStrictRequestBodies(t *testing.T) {
 // caching of API answers (they carry device secrets).
 func TestSecurityHeaders(t *testing.T) {
 	for _, tls := range []bool{false, true} {
-		h := httpapi.New(&recordingService{hub: stream.NewHub(16)}, httpapi.Options{Token: token, TLS: tls})
+		h := newAPI(&recordingService{hub: stream.NewHub(16)}, httpapi.Options{Token: token, TLS: tls})
 		for _, path := range []string{"/api/v1/devices", "/healthz", "/api/v1/nope"} {
 			for _, auth := range []bool{true, false} {
 				r := do(t, h, "GET", path, "", auth)
@@ -150,7 +150,7 @@ func TestMetricsAuthFlag(t *testing.T) {
 		{true, false, http.StatusUnauthorized},
 		{true, true, http.StatusOK},
 	} {
-		h := httpapi.New(&recordingService{}, httpapi.Options{Token: token, Metrics: metrics, MetricsAuth: tt.auth})
+		h := newAPI(&recordingService{}, httpapi.Options{Token: token, Metrics: metrics, MetricsAuth: tt.auth})
 		if r := do(t, h, "GET", "/metrics", "", tt.withToken); r.status != tt.want {
 			t.Errorf("auth %v, token %v: status %d, want %d", tt.auth, tt.withToken, r.status, tt.want)
 		}
@@ -172,7 +172,7 @@ func (s *readyService) Ready(ctx context.Context) error { return s.ready }
 // liveness.
 func TestReadyz(t *testing.T) {
 	svc := &readyService{}
-	h := httpapi.New(svc, httpapi.Options{Token: token})
+	h := newAPI(svc, httpapi.Options{Token: token})
 	if r := do(t, h, "GET", "/readyz", "", false); r.status != http.StatusOK || !strings.Contains(string(r.body), `"ready"`) {
 		t.Fatalf("ready: %d %s", r.status, r.body)
 	}
@@ -219,7 +219,7 @@ func TestServerErrorsLogged(t *testing.T) {
 		{outpost.Errorf(outpost.ETIMEOUT, "device d-1 did not answer"), http.StatusGatewayTimeout, false},
 	} {
 		var logs syncBuffer
-		h := httpapi.New(&recordingService{err: tt.err}, httpapi.Options{Token: token, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		h := newAPI(&recordingService{err: tt.err}, httpapi.Options{Token: token, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		r := do(t, h, "GET", "/api/v1/devices/d-1?secret=x", "", true)
 		if r.status != tt.status {
 			t.Fatalf("%v: status %d", tt.err, r.status)
@@ -264,7 +264,7 @@ func (s *streamingService) EachReading(ctx context.Context, f outpost.ReadingFil
 	return nil
 }
 
-var _ httpapi.ReadingStreamer = (*streamingService)(nil)
+var _ httpapi.Readings = (*streamingService)(nil)
 
 // TestTelemetryStreamed covers issue 12 item 11 at the API: the response is
 // written while the store reads, so a request holds one reading and a
@@ -273,7 +273,7 @@ var _ httpapi.ReadingStreamer = (*streamingService)(nil)
 // them, and the service gives up.
 func TestTelemetryStreamed(t *testing.T) {
 	svc := &streamingService{before: 5_000, total: 10_000, seen: make(chan struct{})}
-	srv := httptest.NewServer(httpapi.New(svc, httpapi.Options{Token: token}))
+	srv := httptest.NewServer(newAPI(svc, httpapi.Options{Token: token}))
 	defer srv.Close()
 	req, _ := http.NewRequest("GET", srv.URL+"/api/v1/devices/d-1/telemetry?limit=10000", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
@@ -309,9 +309,9 @@ func TestTelemetryStreamed(t *testing.T) {
 	}
 
 	// An unknown device is still a 404, an empty page still a page.
-	wantError(t, do(t, httpapi.New(svc, httpapi.Options{Token: token}), "GET", "/api/v1/devices/d-2/telemetry", "", true), http.StatusNotFound, outpost.ENOTFOUND)
+	wantError(t, do(t, newAPI(svc, httpapi.Options{Token: token}), "GET", "/api/v1/devices/d-2/telemetry", "", true), http.StatusNotFound, outpost.ENOTFOUND)
 	empty := &streamingService{seen: make(chan struct{})}
-	r := do(t, httpapi.New(empty, httpapi.Options{Token: token}), "GET", "/api/v1/devices/d-1/telemetry", "", true)
+	r := do(t, newAPI(empty, httpapi.Options{Token: token}), "GET", "/api/v1/devices/d-1/telemetry", "", true)
 	if r.status != http.StatusOK || strings.TrimSpace(string(r.body)) != `{"device_id":"d-1","readings":[]}` {
 		t.Fatalf("empty page: %d %s", r.status, r.body)
 	}

@@ -28,22 +28,51 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
-	"github.com/outpost-iot/outpost/internal/rpc"
-	"github.com/outpost-iot/outpost/internal/stream"
 	"github.com/outpost-iot/outpost/protocol"
 )
 
-// Service is what the API needs from the platform.
-type Service interface {
+// Devices is the device registry.
+type Devices interface {
+	// CreateDevice registers a device and returns it with its secret
+	// (EINVALID, ECONFLICT).
 	CreateDevice(ctx context.Context, name string) (*outpost.Device, string, error)
+	// CreateDevices registers a device for each name, all or none, and
+	// returns them with their secrets (secrets[i] is devices[i]'s).
+	// EINVALID (no names, too many, a bad or repeated name), ECONFLICT (a
+	// name is taken).
+	CreateDevices(ctx context.Context, names []string) (devices []*outpost.Device, secrets []string, err error)
+	// Device returns a device with its live presence and model (ENOTFOUND).
 	Device(ctx context.Context, id string) (*outpost.Device, error)
 	Devices(ctx context.Context, f outpost.DeviceFilter) ([]*outpost.Device, error)
 	DeleteDevice(ctx context.Context, id string) error
 	RotateSecret(ctx context.Context, id string) (string, error)
-	Call(ctx context.Context, id, method string, args json.RawMessage, timeout time.Duration) (*rpc.Result, error)
-	Readings(ctx context.Context, f outpost.ReadingFilter) ([]outpost.Reading, error)
+}
+
+// Caller makes synchronous calls to devices.
+type Caller interface {
+	Call(ctx context.Context, id, method string, args json.RawMessage, timeout time.Duration) (*outpost.RPCResult, error)
+}
+
+// Readings answers telemetry queries.
+type Readings interface {
+	// EachReading calls fn for each reading f selects, in order, as the
+	// store reads them, so the API writes them out as they come instead
+	// of holding the whole page; ENOTFOUND (before any call of fn) for an
+	// unknown device.
+	EachReading(ctx context.Context, f outpost.ReadingFilter, fn func(outpost.Reading) error) error
 	Feeds(ctx context.Context, id string) ([]string, error)
-	Subscribe(f stream.Filter, afterID uint64) (*stream.Subscription, uint64)
+}
+
+// EventSource is the live event stream.
+type EventSource interface {
+	// Follow subscribes to the events f selects, after afterID when it is
+	// not 0; missed is how many of those the stream no longer holds (or
+	// outpost.MissedUnknown).
+	Follow(f outpost.StreamFilter, afterID uint64) (sub outpost.Subscription, missed uint64)
+}
+
+// Health is the platform's health.
+type Health interface {
 	// Health is the liveness check behind /healthz: the process serves and
 	// its store answers.
 	Health(ctx context.Context) error
@@ -53,13 +82,24 @@ type Service interface {
 	Ready(ctx context.Context) error
 }
 
-// ReadingStreamer is implemented by a Service that can hand over the
-// readings of a query one by one, as the store reads them; the API then
-// writes them out as they come instead of holding the whole page.
-type ReadingStreamer interface {
-	// EachReading calls fn for each reading Readings would return, in
-	// order; ENOTFOUND (before any call of fn) for an unknown device.
-	EachReading(ctx context.Context, f outpost.ReadingFilter, fn func(outpost.Reading) error) error
+// Parts are the parts of the platform the API serves. Devices, RPC,
+// Readings, Events and Health are required; the routes of Calls, Model,
+// Artifacts and OTA exist only when they are set.
+type Parts struct {
+	Devices  Devices
+	RPC      Caller
+	Readings Readings
+	Events   EventSource
+	Health   Health
+	Calls    CallService
+	Model    ModelService
+	// Artifacts and OTA serve the artifact repository and the file
+	// transfer and firmware endpoints (ota.go).
+	Artifacts ArtifactService
+	OTA       OTAService
+	// Gateways serves the gateway endpoints (gateway.go); nil leaves
+	// them out.
+	Gateways GatewayService
 }
 
 // Options configure the API.
@@ -86,14 +126,7 @@ type Options struct {
 	// Heartbeat is the interval of keep-alive comments on the event stream
 	// (default 15s).
 	Heartbeat time.Duration
-	// Artifacts and OTA serve the artifact repository and the file
-	// transfer and firmware endpoints (ota.go); nil leaves them out.
-	Artifacts ArtifactService
-	OTA       OTAService
-	// Gateways serves the gateway endpoints (gateway.go); nil leaves
-	// them out.
-	Gateways GatewayService
-	Logger   *slog.Logger
+	Logger    *slog.Logger
 }
 
 // Limits on requests.
@@ -103,21 +136,20 @@ const (
 )
 
 type api struct {
-	svc   Service
-	calls CallService // nil when svc has no queued calls
-	opt   Options
-	log   *slog.Logger
+	p   Parts
+	opt Options
+	log *slog.Logger
 }
 
 // New returns the API handler.
-func New(svc Service, o Options) http.Handler {
+func New(p Parts, o Options) http.Handler {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = 15 * time.Second
 	}
-	a := &api{svc: svc, opt: o, log: o.Logger}
+	a := &api{p: p, opt: o, log: o.Logger}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", a.health)
 	mux.HandleFunc("GET /readyz", a.ready)
@@ -139,8 +171,8 @@ func New(svc Service, o Options) http.Handler {
 	mux.HandleFunc("GET /api/v1/stream", a.authQuery(a.stream))
 	a.registerModel(mux)
 	a.routeCalls(mux)
-	a.routeOTA(mux, o.Artifacts, o.OTA)
-	a.routeGateways(mux, o.Gateways)
+	a.routeOTA(mux, p.Artifacts, p.OTA)
+	a.routeGateways(mux, p.Gateways)
 	a.routeBulk(mux)
 	mux.HandleFunc("/api/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, outpost.Errorf(outpost.ENOTFOUND, "no endpoint %s %s", r.Method, r.URL.Path))
@@ -179,7 +211,7 @@ func (a *api) checkToken(next http.HandlerFunc, query bool) http.HandlerFunc {
 func (a *api) health(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := a.svc.Health(ctx); err != nil {
+	if err := a.p.Health.Health(ctx); err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
 		return
 	}
@@ -191,7 +223,7 @@ func (a *api) health(w http.ResponseWriter, r *http.Request) {
 func (a *api) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	if err := a.svc.Ready(ctx); err != nil {
+	if err := a.p.Health.Ready(ctx); err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
 		return
 	}
@@ -223,7 +255,7 @@ func (a *api) createDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	d, secret, err := a.svc.CreateDevice(r.Context(), req.Name)
+	d, secret, err := a.p.Devices.CreateDevice(r.Context(), req.Name)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -253,7 +285,7 @@ func (a *api) listDevices(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = n
 	}
-	ds, err := a.svc.Devices(r.Context(), f)
+	ds, err := a.p.Devices.Devices(r.Context(), f)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -262,7 +294,7 @@ func (a *api) listDevices(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) getDevice(w http.ResponseWriter, r *http.Request) {
-	d, err := a.svc.Device(r.Context(), r.PathValue("id"))
+	d, err := a.p.Devices.Device(r.Context(), r.PathValue("id"))
 	if err != nil {
 		writeError(w, err)
 		return
@@ -271,7 +303,7 @@ func (a *api) getDevice(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) deleteDevice(w http.ResponseWriter, r *http.Request) {
-	if err := a.svc.DeleteDevice(r.Context(), r.PathValue("id")); err != nil {
+	if err := a.p.Devices.DeleteDevice(r.Context(), r.PathValue("id")); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -280,12 +312,12 @@ func (a *api) deleteDevice(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) rotateSecret(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	secret, err := a.svc.RotateSecret(r.Context(), id)
+	secret, err := a.p.Devices.RotateSecret(r.Context(), id)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	d, err := a.svc.Device(r.Context(), id)
+	d, err := a.p.Devices.Device(r.Context(), id)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -333,13 +365,13 @@ func (a *api) callRPC(w http.ResponseWriter, r *http.Request) {
 	// gets that much longer than the server's write timeout.
 	if a.opt.WriteTimeout > 0 {
 		t := timeout
-		if t <= 0 || t > rpc.MaxTimeout {
-			t = rpc.DefaultTimeout
+		if t <= 0 || t > outpost.MaxRPCTimeout {
+			t = outpost.DefaultRPCTimeout
 		}
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(t + a.opt.WriteTimeout))
 	}
 	id, method := r.PathValue("id"), r.PathValue("method")
-	res, err := a.svc.Call(r.Context(), id, method, args, timeout)
+	res, err := a.p.RPC.Call(r.Context(), id, method, args, timeout)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -391,19 +423,7 @@ func (a *api) telemetry(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if st, ok := a.svc.(ReadingStreamer); ok {
-		a.streamReadings(w, r, st, f)
-		return
-	}
-	rs, err := a.svc.Readings(r.Context(), f)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if rs == nil {
-		rs = []outpost.Reading{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"device_id": f.DeviceID, "readings": rs})
+	a.streamReadings(w, r, a.p.Readings, f)
 }
 
 // streamReadings writes the telemetry response as the store reads it: the
@@ -411,7 +431,7 @@ func (a *api) telemetry(w http.ResponseWriter, r *http.Request) {
 // limit. An error after the first reading was sent can no longer become an
 // error status: the response is cut off, so the client sees a truncated
 // body rather than a short but valid-looking page.
-func (a *api) streamReadings(w http.ResponseWriter, r *http.Request, st ReadingStreamer, f outpost.ReadingFilter) {
+func (a *api) streamReadings(w http.ResponseWriter, r *http.Request, st Readings, f outpost.ReadingFilter) {
 	var bw *bufio.Writer
 	begin := func() {
 		id, _ := json.Marshal(f.DeviceID)
@@ -471,7 +491,7 @@ func parseTime(s string) (int64, error) {
 }
 
 func (a *api) feeds(w http.ResponseWriter, r *http.Request) {
-	fs, err := a.svc.Feeds(r.Context(), r.PathValue("id"))
+	fs, err := a.p.Readings.Feeds(r.Context(), r.PathValue("id"))
 	if err != nil {
 		writeError(w, err)
 		return
@@ -490,14 +510,14 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	f := stream.Filter{DeviceIDs: set(q["device"]), Kinds: set(q["kind"])}
+	f := outpost.StreamFilter{DeviceIDs: set(q["device"]), Kinds: set(q["kind"])}
 	var after uint64
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
 		after, _ = strconv.ParseUint(v, 10, 64)
 	} else if v := q.Get("last_event_id"); v != "" {
 		after, _ = strconv.ParseUint(v, 10, 64)
 	}
-	sub, missed := a.svc.Subscribe(f, after)
+	sub, missed := a.p.Events.Follow(f, after)
 	defer sub.Close()
 	// The stream outlives the server's write timeout by design; its
 	// heartbeat finds clients that went away.
@@ -511,7 +531,7 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprintf(w, "retry: 1000\n\n")
-	if missed == stream.MissedUnknown {
+	if missed == outpost.MissedUnknown {
 		// The platform restarted since the client's last event.
 		fmt.Fprint(w, "event: gap\ndata: {\"missed\":0,\"unknown\":true}\n\n")
 	} else if missed > 0 {
@@ -521,6 +541,7 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) {
 
 	tick := time.NewTicker(a.opt.Heartbeat)
 	defer tick.Stop()
+	events := sub.Events()
 	var dropped uint64
 	for {
 		select {
@@ -535,7 +556,7 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			fl.Flush()
-		case e, ok := <-sub.C:
+		case e, ok := <-events:
 			if !ok {
 				return
 			}
@@ -543,7 +564,7 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			// Flush when the burst is over, not per event.
-			if len(sub.C) == 0 {
+			if len(events) == 0 {
 				fl.Flush()
 			}
 		}

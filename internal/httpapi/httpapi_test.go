@@ -38,11 +38,31 @@ type recordingService struct {
 	method  string
 	args    json.RawMessage
 	timeout time.Duration
-	sub     stream.Filter
+	sub     outpost.StreamFilter
 	afterID uint64
 }
 
-var _ httpapi.Service = (*recordingService)(nil)
+var (
+	_ httpapi.Devices     = (*recordingService)(nil)
+	_ httpapi.Caller      = (*recordingService)(nil)
+	_ httpapi.Readings    = (*recordingService)(nil)
+	_ httpapi.EventSource = (*recordingService)(nil)
+	_ httpapi.Health      = (*recordingService)(nil)
+)
+
+// newAPI returns the API over a test service: v serves every required
+// part, and the optional ones it implements.
+func newAPI(v any, o httpapi.Options) http.Handler {
+	p := httpapi.Parts{Devices: v.(httpapi.Devices), RPC: v.(httpapi.Caller), Readings: v.(httpapi.Readings),
+		Events: v.(httpapi.EventSource), Health: v.(httpapi.Health)}
+	if m, ok := v.(httpapi.ModelService); ok {
+		p.Model = m
+	}
+	if c, ok := v.(httpapi.CallService); ok {
+		p.Calls = c
+	}
+	return httpapi.New(p, o)
+}
 
 var created = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
@@ -107,9 +127,35 @@ func (s *recordingService) Feeds(ctx context.Context, id string) ([]string, erro
 	return []string{"temp", "env.humidity"}, nil
 }
 
-func (s *recordingService) Subscribe(f stream.Filter, afterID uint64) (*stream.Subscription, uint64) {
+func (s *recordingService) Follow(f outpost.StreamFilter, afterID uint64) (outpost.Subscription, uint64) {
 	s.record(func() { s.sub, s.afterID = f, afterID })
 	return s.hub.Subscribe(f, 16, afterID)
+}
+
+func (s *recordingService) CreateDevices(ctx context.Context, names []string) ([]*outpost.Device, []string, error) {
+	if err := s.record(func() {}); err != nil {
+		return nil, nil, err
+	}
+	ds := make([]*outpost.Device, len(names))
+	secrets := make([]string, len(names))
+	for i, n := range names {
+		ds[i], secrets[i] = &outpost.Device{ID: fmt.Sprintf("d-%d", i), Name: n, CreatedAt: created}, "s3cret"
+	}
+	return ds, secrets, nil
+}
+
+// EachReading hands out the readings Readings returns.
+func (s *recordingService) EachReading(ctx context.Context, f outpost.ReadingFilter, fn func(outpost.Reading) error) error {
+	rs, err := s.Readings(ctx, f)
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *recordingService) Health(ctx context.Context) error {
@@ -132,7 +178,7 @@ func MustAPI(tb testing.TB, svc *recordingService) http.Handler {
 	if svc.hub == nil {
 		svc.hub = stream.NewHub(16)
 	}
-	return httpapi.New(svc, httpapi.Options{
+	return newAPI(svc, httpapi.Options{
 		Token:        token,
 		MQTTHostPort: func() string { return "mqtt.example:1883" },
 	})
@@ -256,7 +302,7 @@ func TestAuth(t *testing.T) {
 }
 
 func TestNoTokenConfiguredRefusesAll(t *testing.T) {
-	h := httpapi.New(&recordingService{}, httpapi.Options{})
+	h := newAPI(&recordingService{}, httpapi.Options{})
 	for _, header := range []string{"", "Bearer ", "Bearer"} {
 		req := httptest.NewRequest("GET", "/api/v1/devices", nil)
 		req.Header.Set("Authorization", header)

@@ -10,8 +10,8 @@ import (
 	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
-// ModelService is what the device-model endpoints need. The API serves
-// them when its Service also implements ModelService.
+// ModelService is what the device-model endpoints need (Parts.Model);
+// the routes exist only when it is set.
 type ModelService interface {
 	// FeedDefs returns a device's registered feeds (ENOTFOUND).
 	FeedDefs(ctx context.Context, id string) ([]outpost.Feed, error)
@@ -34,11 +34,10 @@ type ModelService interface {
 const maxEventsLimit = 10_000
 
 func (a *api) registerModel(mux *http.ServeMux) {
-	ms, ok := a.svc.(ModelService)
-	if !ok {
+	if a.p.Model == nil {
 		return
 	}
-	m := &modelAPI{svc: ms}
+	m := &modelAPI{svc: a.p.Model}
 	mux.HandleFunc("GET /api/v1/devices/{id}/model", a.auth(m.model))
 	mux.HandleFunc("GET /api/v1/devices/{id}/feeds/{ref}", a.auth(m.feed))
 	mux.HandleFunc("POST /api/v1/devices/{id}/feeds/{ref}/value", a.auth(m.setFeedValue))

@@ -332,7 +332,7 @@ func (o *otaAPI) purgeFiles(w http.ResponseWriter, r *http.Request) {
 
 func (o *otaAPI) deviceTransfers(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if _, err := o.a.svc.Device(r.Context(), id); err != nil {
+	if _, err := o.a.p.Devices.Device(r.Context(), id); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -410,7 +410,7 @@ func (o *otaAPI) firmware(w http.ResponseWriter, r *http.Request) {
 
 func (o *otaAPI) deviceJobs(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if _, err := o.a.svc.Device(r.Context(), id); err != nil {
+	if _, err := o.a.p.Devices.Device(r.Context(), id); err != nil {
 		writeError(w, err)
 		return
 	}

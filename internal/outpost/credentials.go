@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base32"
+	"encoding/hex"
 	"strings"
 )
 
@@ -46,4 +47,12 @@ func HashSecret(secret string) []byte {
 func CheckSecret(hash []byte, secret string) bool {
 	h := sha256.Sum256([]byte(secret))
 	return len(hash) == len(h) && subtle.ConstantTimeCompare(hash, h[:]) == 1
+}
+
+// NewMessageID returns a new random id for a message to a device (a
+// queued message, a call, a feed command): 24 hex digits.
+func NewMessageID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

@@ -59,3 +59,11 @@ func ErrorMessage(err error) string {
 	}
 	return "internal error"
 }
+
+// ErrOverloaded is what the home of a device message returns (wrapped)
+// when it cannot take the message now (its queue is full, the device is
+// over its rate): the message is not acknowledged and the device retries
+// later. The broker maps it to MQTT 5 PUBACK 0x97 "quota exceeded" and,
+// for MQTT 3.1.1 devices, to an "overloaded" error reply and a closed
+// connection, so they resend on reconnect.
+var ErrOverloaded = errors.New("overloaded")

@@ -130,3 +130,10 @@ type TelemetryStore interface {
 	// Feeds lists the feed references a device has readings for.
 	Feeds(ctx context.Context, deviceID string) ([]string, error)
 }
+
+// SessionID names one MQTT session of a device: the broker numbers every
+// connection it accepts, never reusing a number while it runs. Presence
+// and delivery compare session ids to tell a device's new session from
+// the one it replaced (a takeover), so a late end of the old session
+// never marks the new one offline.
+type SessionID uint64

@@ -246,3 +246,16 @@ type QueueStore interface {
 	// Calls lists a device's calls, newest first.
 	Calls(ctx context.Context, f CallFilter) ([]*Call, error)
 }
+
+// RPCResult is the outcome of a successful synchronous call.
+type RPCResult struct {
+	ID       string          `json:"id"`
+	Result   json.RawMessage `json:"result"`
+	Duration time.Duration   `json:"-"`
+}
+
+// Bounds of a synchronous call's timeout.
+const (
+	DefaultRPCTimeout = 5 * time.Second
+	MaxRPCTimeout     = 5 * time.Minute
+)

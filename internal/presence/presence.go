@@ -1,8 +1,8 @@
 // Package presence tracks which devices hold a live MQTT session and when
 // each was last seen.
 //
-// The broker reports connections and disconnections with an opaque
-// connection identity. A takeover (the same device logging in again) makes
+// The broker reports connections and disconnections with the session id
+// of the connection (outpost.SessionID). A takeover (the same device logging in again) makes
 // the new connection current before the old one's disconnect arrives, so
 // that late disconnect is recognised and does not mark the device offline.
 //
@@ -68,7 +68,7 @@ type Tracker struct {
 }
 
 type entry struct {
-	conn     any
+	session  outpost.SessionID
 	online   bool
 	lastSeen time.Time
 }
@@ -89,8 +89,8 @@ func NewTracker(store Store, onChange func(Change), log *slog.Logger) *Tracker {
 	return t
 }
 
-// Connected records that conn is now the live session of device id.
-func (t *Tracker) Connected(id string, conn any) {
+// Connected records that session is now the live session of device id.
+func (t *Tracker) Connected(id string, session outpost.SessionID) {
 	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -100,25 +100,25 @@ func (t *Tracker) Connected(id string, conn any) {
 		t.m[id] = e
 	}
 	was := e.online
-	e.conn, e.online, e.lastSeen = conn, true, now
+	e.session, e.online, e.lastSeen = session, true, now
 	t.dirty[id] = struct{}{}
 	if !was {
 		t.onChange(Change{DeviceID: id, Online: true, At: now})
 	}
 }
 
-// Disconnected records the end of conn. It is ignored when conn is no
+// Disconnected records the end of session. It is ignored when session is no
 // longer the device's current session (it was taken over). It reports
 // whether the device went offline.
-func (t *Tracker) Disconnected(id string, conn any, reason string) bool {
+func (t *Tracker) Disconnected(id string, session outpost.SessionID, reason string) bool {
 	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.m[id]
-	if e == nil || e.conn != conn || !e.online {
+	if e == nil || e.session != session || !e.online {
 		return false
 	}
-	e.conn, e.online, e.lastSeen = nil, false, now
+	e.session, e.online, e.lastSeen = 0, false, now
 	t.dirty[id] = struct{}{}
 	t.onChange(Change{DeviceID: id, Online: false, At: now, Reason: reason})
 	return true

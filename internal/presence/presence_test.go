@@ -106,9 +106,6 @@ func flushed() {
 	synctest.Wait()
 }
 
-// Connection identities are opaque to the tracker: any comparable value.
-type conn struct{ n int }
-
 func wantState(tb testing.TB, tr *presence.Tracker, id string, online bool, seen time.Time) {
 	tb.Helper()
 	gotOnline, gotSeen, ok := tr.State(id)
@@ -124,7 +121,7 @@ func TestConnectDisconnect(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		store := &recordingStore{}
 		tr, log := MustTracker(t, store)
-		c1 := &conn{1}
+		c1 := outpost.SessionID(1)
 		t0 := time.Now()
 		tr.Connected("a", c1)
 		wantState(t, tr, "a", true, t0)
@@ -172,9 +169,9 @@ func TestWritesAreBatched(t *testing.T) {
 		const n = 2500
 		t0 := time.Now()
 		for i := range n {
-			tr.Connected(fmt.Sprint("d", i), conn{i})
+			tr.Connected(fmt.Sprint("d", i), outpost.SessionID(i+1))
 		}
-		tr.Disconnected("d0", conn{0}, "disconnected") // a comparable value: the same identity
+		tr.Disconnected("d0", outpost.SessionID(1), "disconnected") // the same session id
 		if got := store.transactions(); got != 0 {
 			t.Fatalf("%d store transactions during the connects, want none before the flush", got)
 		}
@@ -205,7 +202,7 @@ func TestTakeover(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		store := &recordingStore{}
 		tr, log := MustTracker(t, store)
-		old, cur := &conn{1}, &conn{2}
+		old, cur := outpost.SessionID(1), outpost.SessionID(2)
 		t0 := time.Now()
 		tr.Connected("a", old)
 		time.Sleep(time.Second)
@@ -241,12 +238,12 @@ func TestTakeover(t *testing.T) {
 }
 
 func TestIgnoredDisconnects(t *testing.T) {
-	c1, c2 := &conn{1}, &conn{2}
+	c1, c2 := outpost.SessionID(1), outpost.SessionID(2)
 	tests := []struct {
 		name  string
 		setup func(tr *presence.Tracker)
 		id    string
-		conn  any
+		conn  outpost.SessionID
 	}{
 		{"never connected", func(tr *presence.Tracker) {}, "a", c1},
 		{"other connection", func(tr *presence.Tracker) { tr.Connected("a", c1) }, "a", c2},
@@ -289,7 +286,7 @@ func TestSeen(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		store := &recordingStore{}
 		tr, log := MustTracker(t, store)
-		c := &conn{1}
+		c := outpost.SessionID(1)
 		t0 := time.Now()
 		tr.Connected("a", c)
 		time.Sleep(90 * time.Second)
@@ -320,8 +317,8 @@ func TestSeen(t *testing.T) {
 func TestForget(t *testing.T) {
 	store := &recordingStore{}
 	tr, _ := MustTracker(t, store)
-	tr.Connected("a", &conn{1})
-	tr.Connected("b", &conn{2})
+	tr.Connected("a", outpost.SessionID(1))
+	tr.Connected("b", outpost.SessionID(2))
 	tr.Forget("a")
 	if _, _, ok := tr.State("a"); ok || tr.Online("a") {
 		t.Error("a forgotten device still has state")
@@ -343,7 +340,7 @@ func TestStoreErrorRetried(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		store := &recordingStore{fail: 1}
 		tr, log := MustTracker(t, store)
-		c := &conn{1}
+		c := outpost.SessionID(1)
 		t0 := time.Now()
 		tr.Connected("a", c)
 		if !tr.Online("a") {
@@ -370,7 +367,7 @@ func TestStoreErrorRetried(t *testing.T) {
 func TestCloseFlushes(t *testing.T) {
 	store := &recordingStore{}
 	tr := presence.NewTracker(store, nil, nil)
-	tr.Connected("a", &conn{1})
+	tr.Connected("a", outpost.SessionID(1))
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +383,7 @@ func TestNilOnChange(t *testing.T) {
 	tr, _ := MustTracker(t, &recordingStore{})
 	tr2 := presence.NewTracker(&recordingStore{}, nil, nil)
 	defer tr2.Close()
-	c := &conn{1}
+	c := outpost.SessionID(1)
 	for _, tr := range []*presence.Tracker{tr, tr2} {
 		tr.Connected("a", c)
 		if !tr.Disconnected("a", c, "disconnected") {
@@ -407,7 +404,7 @@ func TestReconnectRacingDisconnect(t *testing.T) {
 		release: make(chan struct{}),
 	}
 	tr, log := MustTracker(t, store)
-	old, cur := &conn{1}, &conn{2}
+	old, cur := outpost.SessionID(1), outpost.SessionID(2)
 	tr.Connected("a", old)
 	if err := tr.Flush(context.Background()); err != nil {
 		t.Fatal(err)
@@ -446,14 +443,14 @@ func TestTransitionsDoNotWaitForTheStore(t *testing.T) {
 		release: make(chan struct{}),
 	}
 	tr, log := MustTracker(t, store)
-	a := &conn{1}
+	a := outpost.SessionID(1)
 	tr.Connected("a", a)
 	tr.Disconnected("a", a, "disconnected")
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = tr.Flush(context.Background()) })
 	<-store.held
 
-	tr.Connected("b", &conn{2}) // returns while a's write is held
+	tr.Connected("b", outpost.SessionID(2)) // returns while a's write is held
 	tr.Connected("a", a)
 	if !tr.Online("b") || !tr.Online("a") {
 		t.Error("a or b not online")

@@ -98,11 +98,11 @@ func TestConnectingWithoutPendingCostsNoQuery(t *testing.T) {
 
 	// One worker takes the devices in the order they subscribed: once the
 	// last one's message is out, every other subscription was handled.
-	for _, d := range idle {
-		q.DeviceSubscribed(d.ID, d, false)
+	for i, d := range idle {
+		q.DeviceSubscribed(d.ID, outpost.SessionID(i+1), false)
 	}
-	q.DeviceSubscribed(early, early, false)
-	q.DeviceSubscribed(late, late, false)
+	q.DeviceSubscribed(early, outpost.SessionID(len(idle)+1), false)
+	q.DeviceSubscribed(late, outpost.SessionID(len(idle)+2), false)
 	for _, want := range []string{early, late} {
 		select {
 		case got := <-pub.sent:

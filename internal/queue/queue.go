@@ -26,8 +26,6 @@ package queue
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +34,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/protocol"
@@ -90,6 +90,19 @@ type Options struct {
 	OnMessage func(*outpost.QueuedMessage)
 	OnCall    func(*outpost.Call)
 	Logger    *slog.Logger
+	// Replies sends the error replies of rejected pull and ack messages
+	// (Handle); required for Handle.
+	Replies Rejecter
+	// Devices, when set, makes Calls answer ENOTFOUND for an unknown
+	// device instead of an empty list.
+	Devices Devices
+	// Metrics, when set, receives the queue's counters.
+	Metrics prometheus.Registerer
+	// Elsewhere, when set, is told of a message queued for a device
+	// without a session here: with several replicas, the device's session
+	// may be another replica's, which Notify should then wake. It must
+	// not block.
+	Elsewhere func(deviceID string)
 }
 
 // DefaultMaxPendingAcks is the default of Options.MaxPendingAcks.
@@ -152,7 +165,7 @@ type Queue struct {
 // session is a device's live connection as the queue sees it. Its fields
 // are guarded by Queue.mu.
 type session struct {
-	conn any
+	conn outpost.SessionID
 	pull bool
 	// sent holds the ids published in the current round (the session, or
 	// for a pull the pull), which are not published again in it.
@@ -200,6 +213,9 @@ func New(store outpost.QueueStore, sender Sender, o Options) *Queue {
 		ackWake:  make(chan struct{}, 1),
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
+	if o.Metrics != nil {
+		q.register(o.Metrics)
+	}
 	q.loadPending()
 	q.wg.Add(2 + o.Workers)
 	go q.sweeper()
@@ -278,6 +294,8 @@ func (q *Queue) EnqueueID(ctx context.Context, id, deviceID, kind string, payloa
 		if cur, err := q.store.QueuedMessage(ctx, m.ID); err == nil {
 			m = cur
 		}
+	} else if q.opt.Elsewhere != nil {
+		q.opt.Elsewhere(deviceID)
 	}
 	return m, nil
 }
@@ -326,6 +344,8 @@ func (q *Queue) EnqueueCall(ctx context.Context, deviceID, method string, args j
 		if cur, err := q.store.Call(ctx, id); err == nil {
 			c = cur
 		}
+	} else if q.opt.Elsewhere != nil {
+		q.opt.Elsewhere(deviceID)
 	}
 	return c, nil
 }
@@ -349,6 +369,11 @@ func (q *Queue) Call(ctx context.Context, id string) (*outpost.Call, error) {
 func (q *Queue) Calls(ctx context.Context, f outpost.CallFilter) ([]*outpost.Call, error) {
 	if f.State != "" && !f.State.Valid() {
 		return nil, outpost.Errorf(outpost.EINVALID, "unknown call state %q", f.State)
+	}
+	if q.opt.Devices != nil {
+		if _, err := q.opt.Devices.Device(ctx, f.DeviceID); err != nil {
+			return nil, err
+		}
 	}
 	return q.store.Calls(ctx, f)
 }
@@ -418,7 +443,7 @@ func (q *Queue) Pull(deviceID, reqID string) bool {
 // DeviceSubscribed implements broker.DeliveryHandler. A new connection
 // starts a new round: what was sent before and not acknowledged is sent
 // again.
-func (q *Queue) DeviceSubscribed(deviceID string, conn any, pull bool) {
+func (q *Queue) DeviceSubscribed(deviceID string, conn outpost.SessionID, pull bool) {
 	q.mu.Lock()
 	s := q.sessions[deviceID]
 	if s == nil || s.conn != conn {
@@ -436,12 +461,19 @@ func (q *Queue) DeviceSubscribed(deviceID string, conn any, pull bool) {
 }
 
 // DeviceGone implements broker.DeliveryHandler.
-func (q *Queue) DeviceGone(deviceID string, conn any) {
+func (q *Queue) DeviceGone(deviceID string, conn outpost.SessionID) {
 	q.mu.Lock()
 	if s, ok := q.sessions[deviceID]; ok && s.conn == conn {
 		delete(q.sessions, deviceID)
 	}
 	q.mu.Unlock()
+}
+
+// Notify tells the queue that another replica queued something for
+// deviceID: if the device's session is here, a delivery round starts.
+func (q *Queue) Notify(deviceID string) {
+	q.markPending(deviceID)
+	q.RoomAvailable(deviceID)
 }
 
 // RoomAvailable implements broker.DeliveryHandler: the device's send
@@ -897,8 +929,4 @@ func (q *Queue) clearPending(deviceID string, ver uint64) {
 	}
 }
 
-func newID() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
+func newID() string { return outpost.NewMessageID() }

@@ -147,7 +147,7 @@ func TestFailedMarkDeliveredRetried(t *testing.T) {
 	q := queue.New(st, sender, queue.Options{})
 	defer q.Close()
 	ctx := context.Background()
-	q.DeviceSubscribed(dev, "conn-1", false)
+	q.DeviceSubscribed(dev, 1, false)
 	m, err := q.Enqueue(ctx, dev, "feed", []byte(`{"id":"x"}`), time.Hour)
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/protocol"
 )
@@ -38,14 +40,16 @@ type Presence interface {
 
 // Limits on timeouts callers may ask for.
 const (
-	DefaultTimeout = 5 * time.Second
-	MaxTimeout     = 5 * time.Minute
+	DefaultTimeout = outpost.DefaultRPCTimeout
+	MaxTimeout     = outpost.MaxRPCTimeout
 )
 
 // Relay matches requests with responses. It is safe for concurrent use.
 type Relay struct {
 	pub      Publisher
 	presence Presence
+	devices  Devices // nil: offline ids are not looked up
+	metrics  *metrics
 
 	mu      sync.Mutex
 	pending map[string]*call
@@ -58,15 +62,34 @@ type call struct {
 
 // NewRelay returns a relay that publishes through pub.
 func NewRelay(pub Publisher, presence Presence) *Relay {
-	return &Relay{pub: pub, presence: presence, pending: map[string]*call{}}
+	return New(Options{Publisher: pub, Presence: presence})
+}
+
+// Devices tells whether a device exists; the store implements it.
+type Devices interface {
+	Device(ctx context.Context, id string) (*outpost.Device, error)
+}
+
+// Options connect a Relay.
+type Options struct {
+	Publisher Publisher
+	Presence  Presence
+	// Devices, when set, tells a call to an unknown device (ENOTFOUND)
+	// from one to a device that is offline (EOFFLINE).
+	Devices Devices
+	// Metrics, when set, receives the relay's counters.
+	Metrics prometheus.Registerer
+}
+
+// New returns a relay.
+func New(o Options) *Relay {
+	r := &Relay{pub: o.Publisher, presence: o.Presence, devices: o.Devices, pending: map[string]*call{}}
+	r.metrics = newMetrics(r, o.Metrics)
+	return r
 }
 
 // Result is the outcome of a successful call.
-type Result struct {
-	ID       string          `json:"id"`
-	Result   json.RawMessage `json:"result"`
-	Duration time.Duration   `json:"-"`
-}
+type Result = outpost.RPCResult
 
 // Call invokes method on a device with JSON args and waits up to timeout
 // (DefaultTimeout if 0) for its answer.
@@ -81,6 +104,19 @@ type Result struct {
 // EUNAVAILABLE (the request could not even wait for the device: too many
 // messages already wait for it, or the platform is shutting down).
 func (r *Relay) Call(ctx context.Context, deviceID, method string, args json.RawMessage, timeout time.Duration) (*Result, error) {
+	res, err := r.call(ctx, deviceID, method, args, timeout)
+	r.metrics.observe(res, err)
+	return res, err
+}
+
+func (r *Relay) call(ctx context.Context, deviceID, method string, args json.RawMessage, timeout time.Duration) (*Result, error) {
+	// An online device exists; only an offline id needs the store, to
+	// tell "offline" from "no such device".
+	if r.devices != nil && !r.presence.Online(deviceID) {
+		if _, err := r.devices.Device(ctx, deviceID); err != nil {
+			return nil, err
+		}
+	}
 	if err := protocol.ValidMethod(method); err != nil {
 		return nil, outpost.Errorf(outpost.EINVALID, "%v", err)
 	}

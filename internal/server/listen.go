@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Default listen addresses: loopback only, as Mosquitto 2 does without a
@@ -88,3 +89,12 @@ func reachableFromOutside(a net.Addr) bool {
 	}
 	return !ta.IP.IsLoopback()
 }
+
+// Defaults of the HTTP server's bounds (Config).
+const (
+	defaultHTTPReadHeaderTimeout = 10 * time.Second
+	defaultHTTPReadTimeout       = 15 * time.Second
+	defaultHTTPWriteTimeout      = 60 * time.Second
+	defaultHTTPIdleTimeout       = 60 * time.Second
+	defaultHTTPMaxConns          = 1024
+)

@@ -12,26 +12,23 @@ import (
 	"github.com/outpost-iot/outpost/internal/ota"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/queue"
+	"github.com/outpost-iot/outpost/internal/stream"
 )
 
 var (
 	_ httpapi.ArtifactService = (*artifact.Repository)(nil)
 	_ httpapi.OTAService      = (*ota.Service)(nil)
-	_ ota.Enqueuer            = otaQueue{}
 )
 
 // openOTA opens the artifact repository (content under DATA/blobs, the
 // signing key in DATA or Config.SigningKeyFile) and the file transfer and
-// firmware service.
-//
-// It needs a store that keeps artifacts and transfers (outpost.OTAStore);
-// with one that does not, files and firmware are off: their API routes
-// are absent and devices' messages for them are refused as not supported.
-func (s *Server) openOTA() error {
-	st, ok := s.db.(outpost.OTAStore)
-	if !ok {
+// firmware service on st. With a store that keeps no artifacts and
+// transfers (st nil), files and firmware are off: their API routes are
+// absent and devices' messages for them are refused as not supported.
+func (s *Server) openOTA(st outpost.OTAStore, pub ota.Publisher, hub *stream.Hub) (*artifact.Repository, *ota.Service, error) {
+	if st == nil {
 		s.log.Warn("files and firmware over the air are not available with this database engine yet")
-		return nil
+		return nil, nil, nil
 	}
 	var signer *artifact.Signer
 	var err error
@@ -41,17 +38,17 @@ func (s *Server) openOTA() error {
 		signer, _, err = artifact.LoadOrCreateKey(s.cfg.DataDir)
 	}
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	blobs, err := blob.OpenFS(filepath.Join(s.cfg.DataDir, "blobs"))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	s.artifacts = artifact.New(st, blobs, signer, artifact.Options{Logger: s.log.With("component", "artifacts")})
-	s.ota = ota.New(ota.Options{
+	arts := artifact.New(st, blobs, signer, artifact.Options{Logger: s.log.With("component", "artifacts")})
+	svc := ota.New(ota.Options{
 		Store:     st,
-		Artifacts: s.artifacts,
-		Publisher: s.broker,
+		Artifacts: arts,
+		Publisher: pub,
 		Queue:     otaQueue{s.queue},
 		PublicURL: func() string {
 			if s.cfg.PublicURL != "" {
@@ -59,19 +56,19 @@ func (s *Server) openOTA() error {
 			}
 			return s.HTTPURL()
 		},
-		DeviceModel: s.deviceModel,
+		DeviceModel: func(ctx context.Context, deviceID string) (string, error) { return deviceModel(ctx, s.db, deviceID) },
 		Online:      s.presence.Online,
 		URLTTL:      s.cfg.DownloadTTL,
-		Events:      s.hub.Publish,
+		Events:      hub.Publish,
 		ChunkHook:   s.cfg.ChunkHook,
 		Logger:      s.log.With("component", "ota"),
 	})
-	return nil
+	return arts, svc, nil
 }
 
 // deviceModel returns the device's "model" attribute, "" without one.
-func (s *Server) deviceModel(ctx context.Context, deviceID string) (string, error) {
-	attrs, err := s.db.Attributes(ctx, deviceID)
+func deviceModel(ctx context.Context, db outpost.ModelStore, deviceID string) (string, error) {
+	attrs, err := db.Attributes(ctx, deviceID)
 	if err != nil {
 		return "", err
 	}

@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,16 +24,27 @@ import (
 
 	"github.com/outpost-iot/outpost/internal/artifact"
 	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/extbroker"
 	"github.com/outpost-iot/outpost/internal/gateway"
+	"github.com/outpost-iot/outpost/internal/health"
 	"github.com/outpost-iot/outpost/internal/httpapi"
+	"github.com/outpost-iot/outpost/internal/httplimit"
 	"github.com/outpost-iot/outpost/internal/ingest"
+	"github.com/outpost-iot/outpost/internal/loglimit"
+	"github.com/outpost-iot/outpost/internal/model"
 	"github.com/outpost-iot/outpost/internal/ota"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/presence"
 	"github.com/outpost-iot/outpost/internal/queue"
+	"github.com/outpost-iot/outpost/internal/registry"
+	"github.com/outpost-iot/outpost/internal/reply"
+	"github.com/outpost-iot/outpost/internal/retention"
+	"github.com/outpost-iot/outpost/internal/router"
 	"github.com/outpost-iot/outpost/internal/rpc"
 	"github.com/outpost-iot/outpost/internal/sqlite"
 	"github.com/outpost-iot/outpost/internal/stream"
+	"github.com/outpost-iot/outpost/internal/telemetry"
+	"github.com/outpost-iot/outpost/protocol"
 )
 
 // Config is the platform configuration, filled from flags by cmd/outpost.
@@ -52,6 +64,12 @@ type Config struct {
 	// (the default) for the only platform on its store, which owns every
 	// device; SQLite takes no name.
 	Replica string
+	// Broker, when set, is an external MQTT broker the platform connects
+	// to as a privileged MQTT 5 client instead of running the embedded
+	// one: mqtt://USER:PASSWORD@HOST:PORT, or mqtts://… for TLS. Devices
+	// then connect to that broker, which authenticates them (docs/deploy.md);
+	// the MQTT listen addresses are unused.
+	Broker string
 	// MQTTAddr is the plain MQTT listen address. Empty means the default,
 	// 127.0.0.1:1883, or the next free port above it when 1883 is taken
 	// (Open logs a warning); a given address is used as is. Port 0 picks
@@ -179,35 +197,25 @@ const streamKeepIdle = time.Minute
 
 // Server is a running platform.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	db      outpost.Store
-	broker  *broker.Broker
-	writer  *ingest.Writer
-	limiter *rateLimiter // nil: no per-device rate limit
+	cfg Config
+	log *slog.Logger
+	db  *openedStore
 
-	retentionStop, retentionDone chan struct{}
-	relay                        *rpc.Relay
-	queue                        *queue.Queue
-	presence                     *presence.Tracker
-	creds                        credentials
-	hub                          *stream.Hub
-	metrics                      *metrics
-	svc                          *service
-	model                        *modelState
-	artifacts                    *artifact.Repository
-	ota                          *ota.Service
-	gw                           *gateway.Service
-
+	broker    *broker.Broker  // the embedded broker, or nil
+	link      *extbroker.Link // the external broker's link, or nil
+	writer    *ingest.Writer
+	pruner    *retention.Pruner
+	queue     *queue.Queue
+	presence  *presence.Tracker
+	ota       *ota.Service     // nil: files and firmware are off
+	gw        *gateway.Service // nil: gateways are off
+	metrics   *metrics
 	httpSrv   *http.Server
 	httpLn    net.Listener
 	httpTLS   bool
 	httpDone  chan struct{}
-	httpConns *httpConns
+	httpConns *httplimit.Conns
 	httpErr   atomic.Pointer[error] // why the HTTP server stopped serving
-	// readyErr is the last readiness failure, to log changes only.
-	readyMu  sync.Mutex
-	readyErr string
 	// cancelHTTP ends long-lived requests (event streams) at shutdown.
 	cancelHTTP context.CancelFunc
 
@@ -218,13 +226,17 @@ type Server struct {
 
 	closeOnce sync.Once
 	closeErr  error
-	logs      *logLimiter
+	logs      *loglimit.Handler
 }
 
 // Open starts the platform. Listeners are bound before it returns, so their
 // addresses are final; a given address that is in use fails here with a
 // message naming its flag. Once started, the platform's addresses are in
 // RunningFile in the data directory until Close.
+//
+// Open only wires: it opens each part, connects the parts through the
+// interfaces they declare, registers each message kind's home with the
+// router, and starts the listeners (docs/architecture.md).
 func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.DataDir == "" {
 		cfg.DataDir = "outpost-data"
@@ -234,15 +246,6 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = defaultMaxConnections()
-	}
-	if cfg.BatchRetention <= 0 {
-		cfg.BatchRetention = defaultBatchRetention
-	}
-	if cfg.QueueRetention <= 0 {
-		cfg.QueueRetention = defaultQueueRetention
-	}
-	if cfg.RetentionInterval <= 0 {
-		cfg.RetentionInterval = defaultRetentionInterval
 	}
 	for _, d := range []struct {
 		v   *time.Duration
@@ -266,8 +269,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	}
 	s := &Server{cfg: cfg, httpDone: make(chan struct{})}
-	s.logs = newLogLimiter(cfg.Logger.Handler(), cfg.LogRepeats)
+	s.logs = loglimit.New(cfg.Logger.Handler(), cfg.LogRepeats)
 	s.log = slog.New(s.logs)
+	log := s.log
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -282,9 +286,12 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.token, s.newToken, err = loadToken(cfg.DataDir, cfg.AdminToken); err != nil {
 		return nil, err
 	}
-	if s.db, _, err = openStore(ctx, cfg, s.log); err != nil {
+
+	// The store.
+	if s.db, _, err = openStore(ctx, cfg, log); err != nil {
 		return nil, err
 	}
+	db := s.db
 	// No session of this platform survives its restart: the devices it
 	// recorded online go offline. The store limits that to this replica's
 	// devices (Config.Replica), so in a store several platforms share, one
@@ -294,26 +301,36 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// (the API reads, devices are not acknowledged until space returns),
 	// and say so. The API shows a device offline until it connects,
 	// whatever the stale row.
-	if err := s.db.ResetPresence(ctx); err != nil {
-		s.log.Error("storage is not writable: starting anyway; writes fail until it is (see /readyz)", "data", cfg.DataDir, "error", err)
+	if err := db.ResetPresence(ctx); err != nil {
+		log.Error("storage is not writable: starting anyway; writes fail until it is (see /readyz)", "data", cfg.DataDir, "error", err)
 	}
-
-	if err := s.creds.load(ctx, s.db); err != nil {
+	creds := &registry.Credentials{}
+	if err := creds.Load(ctx, db); err != nil {
 		return nil, err
 	}
 
+	// The parts every home uses: metrics, the live stream, presence.
+	s.metrics = newMetrics()
+	reg := s.metrics.reg
 	// Event ids start at the start time in microseconds: they keep growing
 	// across restarts (the replay ring does not survive one).
-	s.hub = stream.New(stream.Options{RingBytes: cfg.StreamRingBytes, FirstID: uint64(time.Now().UnixMicro()), KeepIdle: streamKeepIdle})
-	s.metrics = newMetrics()
-	s.presence = presence.NewTracker(s.db, s.presenceChanged, s.log)
-	s.limiter = newRateLimiter(cfg.DeviceRate, cfg.DeviceBurst)
-	s.retentionStop, s.retentionDone = make(chan struct{}), make(chan struct{})
-	go s.retention(s.retentionStop, s.retentionDone)
-	io := cfg.Ingest
-	io.QueueLen, io.Observer, io.Logger = cfg.IngestQueue, s, s.log
-	s.writer = ingest.NewWriter(s.db, io)
+	hopt := stream.Options{RingBytes: cfg.StreamRingBytes, FirstID: uint64(time.Now().UnixMicro()), KeepIdle: streamKeepIdle}
+	if cfg.Broker != "" && cfg.Replica != "" {
+		// Replicas mirror their events to one another, so every replica's
+		// stream shows the whole fleet.
+		hopt.Tap = func(kind, deviceID string, data json.RawMessage) {
+			if l := s.link; l != nil {
+				l.Mirror(kind, deviceID, data)
+			}
+		}
+	}
+	hub := stream.New(hopt)
+	s.presence = presence.NewTracker(db, func(c presence.Change) { hub.Publish(stream.KindPresence, c.DeviceID, c) }, log)
 
+	// The broker, which hands every device message to the router: the
+	// embedded one, or the link to an external one.
+	rt := router.New(gatewayPresence{s.presence, s})
+	var side mqttSide
 	var tlsCfg *tls.Config
 	if cfg.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
@@ -322,45 +339,95 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	mqttAddr, movedMQTT, err := pickAddr(cfg.MQTTAddr, defaultMQTTAddr)
-	if err != nil {
-		return nil, listenError("--mqtt", err)
-	}
-	bcfg := broker.Config{Addr: mqttAddr, Logger: s.log.With("component", "mqtt"),
-		KeepAlive: broker.KeepAlive{Min: cfg.KeepAliveMin, Max: cfg.KeepAliveMax, Default: cfg.KeepAliveDefault},
-		Limits: broker.Limits{MaxConnections: cfg.MaxConnections, MaxPending: cfg.MaxPendingConnections, MaxPendingPerAddr: cfg.MaxPendingPerAddress,
-			ConnectTimeout: cfg.MQTTConnectTimeout, WriteTimeout: cfg.MQTTWriteTimeout},
-		MaxSubscriptions: cfg.MaxSubscriptions, AuthFailureDelay: cfg.AuthFailureDelay}
-	movedMQTTS := false
-	if tlsCfg != nil {
-		if bcfg.TLSAddr, movedMQTTS, err = pickAddr(cfg.MQTTTLSAddr, defaultMQTTTLSAddr); err != nil {
-			return nil, listenError("--mqtts", err)
+	var movedMQTT, movedMQTTS bool
+	if cfg.Broker != "" {
+		clientID := "outpost"
+		if cfg.Replica != "" {
+			clientID += "-" + cfg.Replica
 		}
-		bcfg.TLS = tlsCfg
-	}
-	s.broker, err = broker.New(bcfg, s, s)
-	if err != nil {
-		flag := "--mqtt"
-		if strings.Contains(err.Error(), "tls listener") {
-			flag = "--mqtts"
+		if s.link, err = extbroker.New(extbroker.Config{URL: cfg.Broker, ClientID: clientID, Logger: log.With("component", "broker-link")}, rt, gatewayPresence{s.presence, s}); err != nil {
+			return nil, err
 		}
-		return nil, listenError(flag, err)
+		side = s.link
+	} else {
+		if s.broker, movedMQTT, movedMQTTS, err = openBroker(cfg, tlsCfg, log, creds, rt); err != nil {
+			return nil, err
+		}
+		side = s.broker
 	}
-	s.relay = rpc.NewRelay(s.openGateway(), s.presence)
-	s.model = newModelState(s)
-	if err := s.openQueue(); err != nil {
-		return nil, err
+	replies := reply.New(side, reg, log)
+	rt.SetRejecter(replies)
+
+	// The homes of the device message kinds.
+	var elsewhere func(string)
+	if s.link != nil {
+		elsewhere = s.link.Notify
 	}
-	if err := s.openOTA(); err != nil {
+	s.queue = queue.New(db, routedSide{side, s}, queue.Options{
+		Elsewhere: elsewhere,
+		Sweep:     cfg.QueueSweep,
+		Logger:    log.With("component", "queue"),
+		OnCall:    func(c *outpost.Call) { hub.Publish(stream.KindCall, c.DeviceID, c) },
+		OnMessage: func(m *outpost.QueuedMessage) { hub.Publish(stream.KindQueue, m.DeviceID, m) },
+		Replies:   replies,
+		Devices:   db,
+		Metrics:   reg,
+	})
+	if s.link != nil {
+		// With several replicas a device's session may be another's: tell
+		// them when something is queued, and listen to them.
+		s.link.OnNotify(s.queue.Notify)
+		s.link.OnEvent(hub.Inject)
+	}
+	if s.broker != nil {
+		if err := s.broker.SetDeliveryHandler(s.queue); err != nil {
+			return nil, err
+		}
+	} else {
+		_ = s.link.SetDeliveryHandler(s.queue)
+	}
+	mdl := model.New(model.Options{Store: db, Down: s.queue, Publisher: side, Replies: replies, Stream: hub, Logger: log})
+	stats := telemetry.NewStats(hub, reg)
+	io := cfg.Ingest
+	io.QueueLen, io.Observer, io.Logger = cfg.IngestQueue, stats, log
+	s.writer = ingest.NewWriter(db, io)
+	tel := telemetry.New(telemetry.Options{Writer: s.writer, Feeds: mdl, Replies: replies, Stats: stats, Store: db,
+		Rate: cfg.DeviceRate, Burst: cfg.DeviceBurst})
+	relay := rpc.New(rpc.Options{Publisher: routedSide{side, s}, Presence: s.presence, Devices: db, Metrics: reg})
+	var arts *artifact.Repository
+	if arts, s.ota, err = s.openOTA(db.ota, side, hub); err != nil {
 		// The rest of the platform is worth running (a full disk cannot
 		// create the signing key); files and firmware stay off until a
 		// restart that can open them.
-		s.log.Error("files and firmware over the air are off", "error", err)
-		s.artifacts, s.ota = nil, nil
+		log.Error("files and firmware over the air are off", "error", err)
+		arts, s.ota = nil, nil
 	}
-	s.svc = &service{s: s}
-	s.metrics.register(s)
 
+	rt.RouteAsync(protocol.KindTelemetry, tel)
+	rt.Route(protocol.KindRPC, rpc.NewAnswers(relay, s.queue, replies))
+	rt.Route(protocol.KindPull, s.queue)
+	rt.Route(protocol.KindAck, s.queue)
+	rt.RouteMatch(model.Handles, mdl)
+	// The embedded broker sees the sessions itself; the external
+	// broker's link takes the announcements before the router.
+	rt.Route(protocol.KindPresence, router.HandlerFunc(func(context.Context, string, string, []byte) error { return nil }))
+	if s.ota != nil {
+		rt.RouteMatch(ota.Handles, s.ota)
+	} else {
+		rt.RouteMatch(ota.Handles, router.HandlerFunc(func(_ context.Context, deviceID, kind string, _ []byte) error {
+			return replies.Reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeNotSupported, Message: "files and firmware are not available with this platform's database engine"})
+		}))
+	}
+	s.openGateway(db.Store, side, rt, replies, tel, mdl, hub)
+	s.routeGateways(rt, replies)
+
+	devices := registry.New(registry.Options{Store: db, Credentials: creds, Sessions: side, Presence: s.presence,
+		Decorate: s.decorateWithGateway(db.Store, mdl.Decorate), OnDelete: []func(string){mdl.Forget, replies.Forget, s.gatewayDeviceDeleted}, Metrics: reg})
+	s.pruner = retention.Start(db, retention.Options{Batches: cfg.BatchRetention, Queue: cfg.QueueRetention,
+		Readings: cfg.ReadingRetention, Interval: cfg.RetentionInterval, Logger: log})
+	s.metrics.register(s, db.metrics)
+
+	// The HTTP API.
 	var movedHTTP bool
 	var ln net.Listener
 	ln, movedHTTP, err = listen(cfg.HTTPAddr, defaultHTTPAddr)
@@ -368,18 +435,27 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		addr := cmp.Or(cfg.HTTPAddr, defaultHTTPAddr)
 		return nil, listenError("--http", fmt.Errorf("http listener %s: %w", addr, err))
 	}
-	s.httpConns = newHTTPConns(cfg.HTTPMaxConns)
-	s.httpLn = s.httpConns.listener(ln)
+	s.httpConns = httplimit.New(cfg.HTTPMaxConns)
+	s.httpLn = s.httpConns.Listener(ln)
 	s.metrics.registerHTTP(s.httpConns)
-	apiOpts := httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
-		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: s.log}
+	checks := health.New(db, cfg.DataDir, log,
+		func(context.Context) error { return side.Ready() },
+		func(context.Context) error {
+			if p := s.httpErr.Load(); p != nil {
+				return fmt.Errorf("http listener stopped: %w", *p)
+			}
+			return nil
+		})
+	parts := httpapi.Parts{Devices: devices, RPC: relay, Readings: tel, Events: hub, Health: checks,
+		Calls: s.queue, Model: mdl}
 	if s.ota != nil {
-		apiOpts.Artifacts, apiOpts.OTA = s.artifacts, s.ota
+		parts.Artifacts, parts.OTA = arts, s.ota
 	}
 	if s.gw != nil {
-		apiOpts.Gateways = s.gw
+		parts.Gateways = s.gw
 	}
-	api := httpapi.New(s.svc, apiOpts)
+	api := httpapi.New(parts, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
+		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: log})
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	s.cancelHTTP = cancelBase
 	s.httpSrv = &http.Server{
@@ -389,16 +465,20 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		ReadTimeout:       cfg.HTTPReadTimeout,
 		WriteTimeout:      cfg.HTTPWriteTimeout,
 		IdleTimeout:       cfg.HTTPIdleTimeout,
-		ConnState:         s.httpConns.connState,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ConnState:         s.httpConns.ConnState,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	if tlsCfg != nil {
 		s.httpTLS = true
 		s.httpSrv.TLSConfig = tlsCfg.Clone()
 	}
 
-	if err := s.broker.Start(); err != nil {
-		return nil, fmt.Errorf("start mqtt broker: %w", err)
+	if s.broker != nil {
+		if err := s.broker.Start(); err != nil {
+			return nil, fmt.Errorf("start mqtt broker: %w", err)
+		}
+	} else if err := s.link.Start(ctx); err != nil {
+		return nil, err
 	}
 	go func() {
 		defer close(s.httpDone)
@@ -410,16 +490,16 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.httpErr.Store(&err)
-			s.log.Error("http server", "error", err)
+			log.Error("http server", "error", err)
 		}
 	}()
 	if err := s.writeRunning(); err != nil {
 		// The platform runs without it (a full disk must not stop a start);
 		// only the CLI's discovery of this platform is lost.
-		s.log.Warn("the CLI will not find this platform from its data directory; pass --server or set OUTPOST_SERVER", "error", err)
+		log.Warn("the CLI will not find this platform from its data directory; pass --server or set OUTPOST_SERVER", "error", err)
 	}
 	s.warnListeners(movedMQTT, movedMQTTS, movedHTTP)
-	s.log.Info("outpost started", "mqtt", s.MQTTURL(), "http", s.HTTPURL(), "data", cfg.DataDir)
+	log.Info("outpost started", "mqtt", s.MQTTURL(), "http", s.HTTPURL(), "data", cfg.DataDir)
 	return s, nil
 }
 
@@ -438,7 +518,9 @@ func (s *Server) warnListeners(movedMQTT, movedMQTTS, movedHTTP bool) {
 	if movedHTTP {
 		moved("--http", defaultHTTPAddr, s.httpLn.Addr())
 	}
-	if a := s.broker.Addr(); reachableFromOutside(a) {
+	if s.broker == nil {
+		// Devices connect to the external broker.
+	} else if a := s.broker.Addr(); reachableFromOutside(a) {
 		hint := "use --tls-cert and --tls-key, and --mqtt 127.0.0.1:1883 to keep plain MQTT local"
 		if s.httpTLS {
 			hint = "devices on the network should use MQTT over TLS (" + s.MQTTSURL() + "); pass --mqtt 127.0.0.1:1883 to keep plain MQTT local"
@@ -451,13 +533,26 @@ func (s *Server) warnListeners(movedMQTT, movedMQTTS, movedHTTP bool) {
 }
 
 // MQTTURL returns the plain MQTT endpoint as tcp://HOST:PORT.
-func (s *Server) MQTTURL() string { return "tcp://" + hostPort(s.broker.Addr()) }
+func (s *Server) MQTTURL() string {
+	if s.link != nil {
+		return s.link.URL()
+	}
+	return "tcp://" + hostPort(s.broker.Addr())
+}
 
 // MQTTAddr returns the plain MQTT listener's HOST:PORT.
-func (s *Server) MQTTAddr() string { return hostPort(s.broker.Addr()) }
+func (s *Server) MQTTAddr() string {
+	if s.link != nil {
+		return s.link.Addr()
+	}
+	return hostPort(s.broker.Addr())
+}
 
 // MQTTSURL returns the TLS MQTT endpoint, or "" when TLS is off.
 func (s *Server) MQTTSURL() string {
+	if s.broker == nil {
+		return ""
+	}
 	if a := s.broker.TLSAddr(); a != nil {
 		return "ssl://" + hostPort(a)
 	}
@@ -503,6 +598,55 @@ func hostPort(a net.Addr) string {
 	return net.JoinHostPort(host, port)
 }
 
+// openBroker creates the embedded broker on the configured listeners.
+func openBroker(cfg Config, tlsCfg *tls.Config, log *slog.Logger, auth broker.Authenticator, h broker.AsyncHandler) (b *broker.Broker, movedMQTT, movedMQTTS bool, err error) {
+	mqttAddr, movedMQTT, err := pickAddr(cfg.MQTTAddr, defaultMQTTAddr)
+	if err != nil {
+		return nil, false, false, listenError("--mqtt", err)
+	}
+	bcfg := broker.Config{Addr: mqttAddr, Logger: log.With("component", "mqtt"),
+		KeepAlive: broker.KeepAlive{Min: cfg.KeepAliveMin, Max: cfg.KeepAliveMax, Default: cfg.KeepAliveDefault},
+		Limits: broker.Limits{MaxConnections: cfg.MaxConnections, MaxPending: cfg.MaxPendingConnections, MaxPendingPerAddr: cfg.MaxPendingPerAddress,
+			ConnectTimeout: cfg.MQTTConnectTimeout, WriteTimeout: cfg.MQTTWriteTimeout},
+		MaxSubscriptions: cfg.MaxSubscriptions, AuthFailureDelay: cfg.AuthFailureDelay}
+	if tlsCfg != nil {
+		if bcfg.TLSAddr, movedMQTTS, err = pickAddr(cfg.MQTTTLSAddr, defaultMQTTTLSAddr); err != nil {
+			return nil, false, false, listenError("--mqtts", err)
+		}
+		bcfg.TLS = tlsCfg
+	}
+	b, err = broker.New(bcfg, auth, h)
+	if err != nil {
+		flag := "--mqtt"
+		if strings.Contains(err.Error(), "tls listener") {
+			flag = "--mqtts"
+		}
+		return nil, false, false, listenError(flag, err)
+	}
+	return b, movedMQTT, movedMQTTS, nil
+}
+
+// mqttSide is what the parts publish through and ask about devices'
+// connections: the embedded broker or the external broker's link.
+type mqttSide interface {
+	reply.Publisher
+	rpc.Publisher
+	queue.Sender
+	registry.Sessions
+	Ready() error
+}
+
+var (
+	_ mqttSide = (*broker.Broker)(nil)
+	_ mqttSide = (*extbroker.Link)(nil)
+)
+
+// Queue returns the down queue (for tests that read its counters).
+func (s *Server) Queue() *queue.Queue { return s.queue }
+
+// MaxBulkDevices bounds the devices one bulk creation registers.
+const MaxBulkDevices = registry.MaxBulkDevices
+
 // Close stops accepting API requests and device connections, commits
 // everything already received, and closes the database.
 func (s *Server) Close() error {
@@ -520,12 +664,14 @@ func (s *Server) Close() error {
 		} else if s.httpLn != nil {
 			s.httpLn.Close()
 		}
-		if s.retentionStop != nil {
-			close(s.retentionStop)
-			<-s.retentionDone
+		if s.pruner != nil {
+			s.pruner.Close()
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())
+		}
+		if s.link != nil {
+			errs = append(errs, s.link.Close())
 		}
 		if s.presence != nil {
 			// After the broker: the last disconnects are written too. A
@@ -547,7 +693,7 @@ func (s *Server) Close() error {
 		if s.db != nil {
 			errs = append(errs, s.db.Close())
 		}
-		s.logs.flush()
+		s.logs.Flush()
 		if s.unlock != nil {
 			s.unlock()
 		}

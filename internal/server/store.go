@@ -1,6 +1,8 @@
 package server
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
+
 	"context"
 	"errors"
 	"fmt"
@@ -61,8 +63,18 @@ func ParseDB(db, dataDir string) (StoreSpec, error) {
 	}
 }
 
+// openedStore is the engine cfg.DB names, with what only that engine has.
+type openedStore struct {
+	outpost.Store
+	// ota is the store of artifacts and transfers; nil for an engine
+	// that has none yet (files and firmware are then off).
+	ota outpost.OTAStore
+	// metrics are the engine's own collectors.
+	metrics []prometheus.Collector
+}
+
 // openStore opens the engine cfg.DB names.
-func openStore(ctx context.Context, cfg Config, log *slog.Logger) (outpost.Store, StoreSpec, error) {
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*openedStore, StoreSpec, error) {
 	spec, err := ParseDB(cfg.DB, cfg.DataDir)
 	if err != nil {
 		return nil, spec, err
@@ -76,7 +88,7 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (outpost.Store
 		if err != nil {
 			return nil, spec, err
 		}
-		return db, spec, nil
+		return &openedStore{Store: db}, spec, nil
 	default:
 		so := cfg.Store
 		so.Synchronous, so.IntegrityCheck, so.Logger = strings.ToUpper(cfg.Sync), cfg.IntegrityCheck, log
@@ -87,6 +99,6 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (outpost.Store
 			}
 			return nil, spec, err
 		}
-		return db, spec, nil
+		return &openedStore{Store: db, ota: db, metrics: []prometheus.Collector{db.Collector()}}, spec, nil
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
 // Event kinds.
@@ -25,24 +27,10 @@ const (
 )
 
 // Event is one platform event.
-type Event struct {
-	ID       uint64          `json:"-"`
-	Kind     string          `json:"-"`
-	DeviceID string          `json:"-"`
-	Time     time.Time       `json:"-"`
-	Data     json.RawMessage `json:"-"` // JSON object sent to clients
-}
+type Event = outpost.StreamEvent
 
 // Filter selects events; empty fields match everything.
-type Filter struct {
-	DeviceIDs map[string]bool
-	Kinds     map[string]bool
-}
-
-// Match reports whether e passes the filter.
-func (f Filter) Match(e *Event) bool {
-	return (len(f.DeviceIDs) == 0 || f.DeviceIDs[e.DeviceID]) && (len(f.Kinds) == 0 || f.Kinds[e.Kind])
-}
+type Filter = outpost.StreamFilter
 
 // Defaults of Options.
 const (
@@ -71,6 +59,11 @@ type Options struct {
 	// used up, so a late resume is told how many it missed). Zero keeps
 	// every event whether anybody listens or not.
 	KeepIdle time.Duration
+	// Tap, when set, gets every event published here (not those
+	// injected), encoded, whether anybody listens or not: the platform
+	// replicas mirror their events to one another through it. It must
+	// not block.
+	Tap func(kind, deviceID string, data json.RawMessage)
 }
 
 // Hub distributes events. The zero value is not usable; call New (or
@@ -134,6 +127,18 @@ type Subscription struct {
 // slow.
 func (s *Subscription) Dropped() uint64 { return s.dropped.Load() }
 
+// Events returns C.
+func (s *Subscription) Events() <-chan *Event { return s.C }
+
+// FollowBuffer is the buffer of a Follow subscription, in events.
+const FollowBuffer = 4096
+
+// Follow subscribes with a buffer of FollowBuffer events (see Subscribe):
+// the live stream of the HTTP API.
+func (h *Hub) Follow(f Filter, afterID uint64) (outpost.Subscription, uint64) {
+	return h.Subscribe(f, FollowBuffer, afterID)
+}
+
 // Close unsubscribes; C is closed.
 func (s *Subscription) Close() {
 	s.once.Do(func() {
@@ -159,6 +164,26 @@ func (h *Hub) listening(now time.Time) bool {
 // subscriber without blocking. With Options.KeepIdle, an event published
 // while nobody listens is only counted.
 func (h *Hub) Publish(kind, deviceID string, data any) {
+	if h.opt.Tap != nil {
+		var raw json.RawMessage
+		raw, err := json.Marshal(data)
+		if err != nil {
+			return
+		}
+		h.opt.Tap(kind, deviceID, raw)
+		h.publish(kind, deviceID, json.RawMessage(raw))
+		return
+	}
+	h.publish(kind, deviceID, data)
+}
+
+// Inject publishes an event encoded elsewhere (another replica's), without
+// passing it to Tap.
+func (h *Hub) Inject(kind, deviceID string, data json.RawMessage) {
+	h.publish(kind, deviceID, data)
+}
+
+func (h *Hub) publish(kind, deviceID string, data any) {
 	now := time.Now()
 	h.mu.Lock()
 	if !h.listening(now) {
@@ -171,9 +196,12 @@ func (h *Hub) Publish(kind, deviceID string, data any) {
 		return
 	}
 	h.mu.Unlock()
-	raw, err := json.Marshal(data) // outside the lock: batches can be large
-	if err != nil {
-		return
+	raw, ok := data.(json.RawMessage)
+	if !ok {
+		var err error
+		if raw, err = json.Marshal(data); err != nil { // outside the lock: batches can be large
+			return
+		}
 	}
 	e := &Event{Kind: kind, DeviceID: deviceID, Time: now, Data: raw}
 	h.mu.Lock()
@@ -242,7 +270,7 @@ func (h *Hub) RingBytes() int64 {
 
 // MissedUnknown is the missed count Subscribe reports for an id from
 // before the hub started: events were lost, nobody knows how many.
-const MissedUnknown = ^uint64(0)
+const MissedUnknown = outpost.MissedUnknown
 
 // Subscribe registers a subscriber with a buffer of size events. If
 // afterID > 0, events newer than afterID still in the ring are queued first;

@@ -1,4 +1,4 @@
-package server
+package loglimit
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 // rest counted in one summary line per message when the window ends.
 func TestLogLimiter(t *testing.T) {
 	var buf bytes.Buffer
-	l := newLogLimiter(slog.NewTextHandler(&buf, nil), 3)
+	l := New(slog.NewTextHandler(&buf, nil), 3)
 	log := slog.New(l)
 	for i := 0; i < 1000; i++ {
 		log.Error("store presence", "device_id", "d-1", "error", "database or disk is full")
@@ -24,7 +24,7 @@ func TestLogLimiter(t *testing.T) {
 		log.Info("device message refused", "device_id", "d-"+strings.Repeat("x", i%300))
 	}
 	log.Info("outpost started")
-	l.flush()
+	l.Flush()
 	out := buf.String()
 	count := func(s string) int { return strings.Count(out, s) }
 	if n := count(`msg="store presence" device_id=d-1`); n != 3 {

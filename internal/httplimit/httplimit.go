@@ -1,4 +1,5 @@
-package server
+// Package httplimit bounds the open connections of an HTTP server.
+package httplimit
 
 import (
 	"crypto/tls"
@@ -9,33 +10,27 @@ import (
 	"time"
 )
 
-// Defaults of the HTTP server's bounds (Config).
-const (
-	defaultHTTPReadHeaderTimeout = 10 * time.Second
-	defaultHTTPReadTimeout       = 15 * time.Second
-	defaultHTTPWriteTimeout      = 60 * time.Second
-	defaultHTTPIdleTimeout       = 60 * time.Second
-	defaultHTTPMaxConns          = 1024
-)
-
-// httpConns bounds the open HTTP connections. A connection that is not in
+// Conns bounds the open HTTP connections. A connection that is not in
 // the middle of a request (it has sent nothing yet, or waits idle between
 // requests) can be closed at any time without harm to a client that
 // follows HTTP; so when the bound is reached, the oldest such connection
 // makes room for the new one. Only when every connection is busy with a
 // request is the new one closed at once. Thousands of idle or silent
 // connections therefore cannot lock the API out.
-type httpConns struct {
+type Conns struct {
 	max int
 
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
 
-	evicted, refused atomic.Int64
+	// Evicted counts idle connections closed to make room, Refused new
+	// connections closed because every connection was busy.
+	Evicted, Refused atomic.Int64
 }
 
-func newHTTPConns(max int) *httpConns {
-	return &httpConns{max: max, conns: map[*trackedConn]struct{}{}}
+// New returns a bound of max open connections.
+func New(max int) *Conns {
+	return &Conns{max: max, conns: map[*trackedConn]struct{}{}}
 }
 
 // trackedConn is a connection with its HTTP state.
@@ -45,12 +40,12 @@ type trackedConn struct {
 	since time.Time // when it last became idle
 }
 
-// listener wraps l so that every accepted connection is counted.
-func (h *httpConns) listener(l net.Listener) net.Listener { return &limitedListener{l, h} }
+// Listener wraps l so that every accepted connection counts.
+func (h *Conns) Listener(l net.Listener) net.Listener { return &limitedListener{l, h} }
 
 type limitedListener struct {
 	net.Listener
-	h *httpConns
+	h *Conns
 }
 
 func (l *limitedListener) Accept() (net.Conn, error) {
@@ -67,7 +62,7 @@ func (l *limitedListener) Accept() (net.Conn, error) {
 
 // admit tracks c, closing the oldest idle connection when the bound is
 // reached; it closes c and returns nil when every connection is busy.
-func (h *httpConns) admit(c net.Conn) *trackedConn {
+func (h *Conns) admit(c net.Conn) *trackedConn {
 	tc := &trackedConn{Conn: c, since: time.Now()}
 	h.mu.Lock()
 	var victim *trackedConn
@@ -79,12 +74,12 @@ func (h *httpConns) admit(c net.Conn) *trackedConn {
 		}
 		if victim == nil {
 			h.mu.Unlock()
-			h.refused.Add(1)
+			h.Refused.Add(1)
 			c.Close()
 			return nil
 		}
 		delete(h.conns, victim)
-		h.evicted.Add(1)
+		h.Evicted.Add(1)
 	}
 	h.conns[tc] = struct{}{}
 	h.mu.Unlock()
@@ -95,7 +90,9 @@ func (h *httpConns) admit(c net.Conn) *trackedConn {
 }
 
 // connState is the http.Server's ConnState hook.
-func (h *httpConns) connState(c net.Conn, st http.ConnState) {
+// ConnState is the http.Server's ConnState hook: it tells which
+// connections are idle.
+func (h *Conns) ConnState(c net.Conn, st http.ConnState) {
 	if t, ok := c.(*tls.Conn); ok {
 		c = t.NetConn()
 	}
@@ -119,7 +116,8 @@ func (h *httpConns) connState(c net.Conn, st http.ConnState) {
 }
 
 // open returns the number of connections tracked.
-func (h *httpConns) open() int {
+// Open returns the number of open connections.
+func (h *Conns) Open() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.conns)

@@ -1,14 +1,16 @@
-package server
+package sqlite
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/outpost-iot/outpost/internal/sqlite"
 )
 
 // storeCollector exports the store's background work (merging the
 // readings landing table, checkpointing the WAL), read once per scrape.
-type storeCollector struct{ db *sqlite.DB }
+type storeCollector struct{ db *DB }
+
+// Collector returns the Prometheus collector of the store's background
+// work, read once per scrape.
+func (db *DB) Collector() prometheus.Collector { return storeCollector{db} }
 
 var (
 	storeLandingRows = prometheus.NewDesc("outpost_store_landing_readings", "Readings in the landing table, not yet merged into the readings table.", nil, nil)

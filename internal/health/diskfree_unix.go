@@ -1,12 +1,12 @@
 //go:build linux || darwin || freebsd
 
-package server
+package health
 
 import "syscall"
 
-// diskSpace returns the bytes available to the platform and the total size
+// DiskSpace returns the bytes available to the platform and the total size
 // of the file system holding dir.
-func diskSpace(dir string) (free, total uint64, ok bool) {
+func DiskSpace(dir string) (free, total uint64, ok bool) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return 0, 0, false

@@ -1,4 +1,4 @@
-package server
+package registry
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"github.com/outpost-iot/outpost/internal/outpost"
 )
 
-// credentials holds the secret hash of every device in memory, loaded
+// Credentials holds the secret hash of every device in memory, loaded
 // once at start and kept current by every change this platform makes
 // (create, rotate, delete). A login then costs one map lookup and one
 // SHA-256 on the connection's own goroutine: no query, no lock shared with
@@ -22,7 +22,7 @@ import (
 // The cache is authoritative: the platform is the only writer of its
 // store (the data directory is locked), so an id the cache does not know
 // is not a device. About 80 bytes per registered device.
-type credentials struct {
+type Credentials struct {
 	mu sync.RWMutex
 	m  map[string][sha256.Size]byte
 }
@@ -33,8 +33,8 @@ var (
 	errUnknownDevice = errors.New("no such device")
 )
 
-// load reads every device's secret hash from the store.
-func (c *credentials) load(ctx context.Context, store outpost.DeviceStore) error {
+// Load reads every device's secret hash from the store.
+func (c *Credentials) Load(ctx context.Context, store outpost.DeviceStore) error {
 	m := map[string][sha256.Size]byte{}
 	err := store.EachSecretHash(ctx, func(id string, hash []byte) error {
 		if len(hash) != sha256.Size {
@@ -53,7 +53,7 @@ func (c *credentials) load(ctx context.Context, store outpost.DeviceStore) error
 }
 
 // set records a device's new secret hash (after the store has it).
-func (c *credentials) set(id string, hash []byte) {
+func (c *Credentials) set(id string, hash []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil {
@@ -63,15 +63,15 @@ func (c *credentials) set(id string, hash []byte) {
 }
 
 // forget drops a deleted device.
-func (c *credentials) forget(id string) {
+func (c *Credentials) forget(id string) {
 	c.mu.Lock()
 	delete(c.m, id)
 	c.mu.Unlock()
 }
 
-// check returns nil if secret is the device's secret, in constant time for
-// a known device.
-func (c *credentials) check(id, secret string) error {
+// AuthenticateDevice implements the broker's Authenticator: nil if secret
+// is the device's secret, in constant time for a known device.
+func (c *Credentials) AuthenticateDevice(_ context.Context, id, secret string) error {
 	c.mu.RLock()
 	want, ok := c.m[id]
 	c.mu.RUnlock()

@@ -1,4 +1,7 @@
-package server
+// Package loglimit keeps devices from flooding the platform's log: a
+// slog.Handler that passes a few lines per message and device and counts
+// the rest.
+package loglimit
 
 import (
 	"context"
@@ -8,7 +11,7 @@ import (
 	"time"
 )
 
-// logLimiter is the slog.Handler the platform logs through: it keeps
+// Handler is the slog.Handler the platform logs through: it keeps
 // devices from flooding the log. A device reconnecting in a tight loop
 // while the disk is full, or sending bad messages as fast as it can, would
 // otherwise write a line per attempt (82,770 lines in 20 s were seen).
@@ -18,7 +21,7 @@ import (
 // a window, each message perMsg lines whatever the device. The rest are
 // counted, and when the window ends one line per message says how many
 // were left out.
-type logLimiter struct {
+type Handler struct {
 	h     slog.Handler
 	st    *logLimitState
 	attrs []slog.Attr // from WithAttrs, searched for device_id
@@ -52,7 +55,7 @@ const (
 
 // newLogLimiter wraps h. perKey is the number of lines per message and
 // device per window (0: default 5; negative: no limit).
-func newLogLimiter(h slog.Handler, perKey int) *logLimiter {
+func New(h slog.Handler, perKey int) *Handler {
 	st := &logLimitState{perKey: perKey, perMsg: logPerMsg, inner: h}
 	switch {
 	case perKey == 0:
@@ -60,14 +63,14 @@ func newLogLimiter(h slog.Handler, perKey int) *logLimiter {
 	case perKey < 0:
 		st.perKey, st.perMsg = 0, 0
 	}
-	return &logLimiter{h: h, st: st}
+	return &Handler{h: h, st: st}
 }
 
-func (l *logLimiter) Enabled(ctx context.Context, level slog.Level) bool {
+func (l *Handler) Enabled(ctx context.Context, level slog.Level) bool {
 	return l.h.Enabled(ctx, level)
 }
 
-func (l *logLimiter) Handle(ctx context.Context, r slog.Record) error {
+func (l *Handler) Handle(ctx context.Context, r slog.Record) error {
 	if l.st.perKey == 0 {
 		return l.h.Handle(ctx, r)
 	}
@@ -90,12 +93,12 @@ func (l *logLimiter) Handle(ctx context.Context, r slog.Record) error {
 	return l.h.Handle(ctx, r)
 }
 
-func (l *logLimiter) WithAttrs(as []slog.Attr) slog.Handler {
-	return &logLimiter{h: l.h.WithAttrs(as), st: l.st, attrs: append(l.attrs[:len(l.attrs):len(l.attrs)], as...)}
+func (l *Handler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &Handler{h: l.h.WithAttrs(as), st: l.st, attrs: append(l.attrs[:len(l.attrs):len(l.attrs)], as...)}
 }
 
-func (l *logLimiter) WithGroup(g string) slog.Handler {
-	return &logLimiter{h: l.h.WithGroup(g), st: l.st, attrs: l.attrs}
+func (l *Handler) WithGroup(g string) slog.Handler {
+	return &Handler{h: l.h.WithGroup(g), st: l.st, attrs: l.attrs}
 }
 
 // allow counts a record and reports whether it may be written.
@@ -160,7 +163,7 @@ func (s *logLimitState) rollLocked(ctx context.Context, now time.Time) {
 }
 
 // flush reports what the current window left out (at shutdown).
-func (l *logLimiter) flush() {
+func (l *Handler) Flush() {
 	if l == nil {
 		return
 	}

@@ -1,0 +1,169 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outpost-iot/outpost/device"
+	"github.com/outpost-iot/outpost/internal/outposttest"
+	"github.com/outpost-iot/outpost/internal/postgres/pgtest"
+	"github.com/outpost-iot/outpost/internal/server"
+)
+
+// TestReplicasMosquittoPostgres runs two platform replicas between one
+// Mosquitto and one PostgreSQL (--broker, --db, --replica): the devices'
+// traffic is spread over both, an RPC through either replica reaches any
+// device, a call queued through one replica while its device is away is
+// delivered once, by one replica, when it comes back, and the live stream
+// of one replica shows the telemetry the other committed.
+func TestReplicasMosquittoPostgres(t *testing.T) {
+	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
+	addr := startMosquitto(t)
+	replica := func(name string) *outposttest.Platform {
+		return outposttest.Start(t, func(c *server.Config) {
+			c.DB, c.Broker, c.Replica = dbURL, "mqtt://outpost:secret@"+addr, name
+			c.QueueSweep = 20 * time.Millisecond
+		})
+	}
+	a, b := replica("a"), replica("b")
+	streamB := openStream(t, b, "?kind=telemetry")
+
+	const n = 6
+	type dev struct {
+		d     outposttest.Device
+		c     *device.Client
+		calls map[string]int // request arguments seen by the handler
+	}
+	var mu sync.Mutex
+	devs := make([]*dev, n)
+	connectDev := func(x *dev) {
+		c, err := device.New(x.d.URL, device.WithLogger(outposttest.Logger(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Handle("echo", func(ctx context.Context, args json.RawMessage) (any, error) {
+			mu.Lock()
+			x.calls[string(args)]++
+			mu.Unlock()
+			return json.RawMessage(args), nil
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := c.Connect(ctx); err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		x.c = c
+	}
+	for i := range devs {
+		devs[i] = &dev{d: a.CreateDevice(t, fmt.Sprint("r-", i)), calls: map[string]int{}}
+		connectDev(devs[i])
+	}
+	defer func() {
+		for _, x := range devs {
+			x.c.Close()
+		}
+	}()
+	isOnline := func(p *outposttest.Platform, id string) bool {
+		var d struct {
+			Online bool `json:"online"`
+		}
+		p.Do(t, "GET", "/api/v1/devices/"+id, nil, &d)
+		return d.Online
+	}
+	for _, x := range devs {
+		outposttest.Eventually(t, 10*time.Second, "online on both replicas", func() bool { return isOnline(a, x.d.ID) && isOnline(b, x.d.ID) })
+	}
+
+	// Telemetry: 200 messages from every device, spread over both.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, x := range devs {
+		for j := range 200 {
+			if err := x.c.AddAt("v", j, time.UnixMilli(int64(1_700_000_000_000+j))); err != nil {
+				t.Fatal(err)
+			}
+			if err := x.c.Publish(ctx); err != nil { // one reading a message
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, x := range devs {
+		outposttest.Eventually(t, 30*time.Second, "200 readings of "+x.d.ID, func() bool {
+			var r readingsResp
+			b.Do(t, "GET", "/api/v1/devices/"+x.d.ID+"/telemetry?feed=v&limit=1000", nil, &r)
+			return len(r.Readings) == 200
+		})
+	}
+	ca, cb := metric(t, a, "outpost_batches_stored_total"), metric(t, b, "outpost_batches_stored_total")
+	t.Logf("batches committed: replica a %v, replica b %v", ca, cb)
+	if ca == 0 || cb == 0 || ca+cb != n*200 {
+		t.Fatalf("batches committed: a %v + b %v, want both > 0 and %d in all", ca, cb, n*200)
+	}
+	// Replica b's stream shows every batch, whichever replica committed it.
+	seen := 0
+	for seen < n*200 {
+		e := next(t, streamB)
+		var ev struct {
+			Readings []json.RawMessage `json:"readings"`
+		}
+		if err := json.Unmarshal(e.data, &ev); err != nil {
+			t.Fatal(err)
+		}
+		seen += len(ev.Readings)
+	}
+
+	// RPC through either replica to every device.
+	for _, x := range devs {
+		for _, p := range []*outposttest.Platform{a, b} {
+			var res struct {
+				Result json.RawMessage `json:"result"`
+			}
+			if st := p.Do(t, "POST", "/api/v1/devices/"+x.d.ID+"/rpc/echo", `{"sync":1}`, &res); st != http.StatusOK {
+				t.Fatalf("rpc to %s: status %d", x.d.ID, st)
+			}
+		}
+	}
+
+	// A call queued through replica a while the device is away is
+	// delivered once when it comes back.
+	x := devs[0]
+	x.c.Close()
+	outposttest.Eventually(t, 10*time.Second, "offline on both", func() bool { return !isOnline(a, x.d.ID) && !isOnline(b, x.d.ID) })
+	sentBefore := metric(t, a, "outpost_queue_sent_total") + metric(t, b, "outpost_queue_sent_total")
+	q := queueCall(t, a, x.d.ID, "echo", `{"queued":1}`, "ttl=1m")
+	connectDev(x)
+	waitState(t, b, q.ID, "succeeded")
+	mu.Lock()
+	runs := x.calls[`{"queued":1}`]
+	mu.Unlock()
+	sent := metric(t, a, "outpost_queue_sent_total") + metric(t, b, "outpost_queue_sent_total") - sentBefore
+	if runs != 1 || sent != 1 {
+		t.Fatalf("queued call: ran %d times, published %v times by the replicas; want once each", runs, sent)
+	}
+
+	// Scale down: replica a stops. It leaves the shared subscription first,
+	// so the broker sends everything to b from then on; nothing waits in
+	// a's session for a replica that does not come back.
+	if err := a.Server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	y := devs[1]
+	for j := range 100 {
+		if err := y.c.AddAt("after", j, time.UnixMilli(int64(1_700_000_000_000+j))); err != nil {
+			t.Fatal(err)
+		}
+		if err := y.c.Publish(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outposttest.Eventually(t, 20*time.Second, "100 readings stored by replica b alone", func() bool {
+		var r readingsResp
+		b.Do(t, "GET", "/api/v1/devices/"+y.d.ID+"/telemetry?feed=after&limit=1000", nil, &r)
+		return len(r.Readings) == 100
+	})
+}
