@@ -148,7 +148,7 @@ var knownKinds = map[string]bool{
 	protocol.KindFileList: true, protocol.KindFileStatus: true, protocol.KindFileRequest: true,
 	protocol.KindFileURL: true, protocol.KindFirmwareVersion: true, protocol.KindFirmwareStatus: true,
 	protocol.KindFirmwareCheck: true,
-	protocol.KindGatewaySinks: true, protocol.KindGatewayChildren: true, protocol.KindGatewayTelemetry: true,
+	protocol.KindGatewaySinks:  true, protocol.KindGatewayChildren: true, protocol.KindGatewayTelemetry: true,
 	protocol.KindGatewayChild: true, protocol.KindGatewayRPC: true, protocol.KindGatewayConfig: true,
 	protocol.KindGatewaySend: true, protocol.KindGatewayData: true, protocol.KindGatewayAck: true,
 }
