@@ -109,6 +109,7 @@ type Store interface {
 	RetentionStore
 	HealthStore
 	BackupStore
+	GatewayStore
 	// Close releases the store; writes in progress must have finished.
 	io.Closer
 }

@@ -19,16 +19,11 @@ import (
 // presence (a gateway's end takes its children offline), the RPC relay
 // and the down queue (a child's messages go through its gateway).
 
-// openGateway starts the gateway service, when the store keeps gateways.
+// openGateway starts the gateway service.
 func (s *Server) openGateway(db outpost.Store, side mqttSide, rt *router.Router, replies *reply.Replier,
 	tel *telemetry.Service, feeds telemetry.Feeds, hub *stream.Hub) {
-	st, ok := db.(outpost.GatewayStore)
-	if !ok {
-		s.log.Warn("gateways are not available with this database engine")
-		return
-	}
 	s.gw = gateway.New(gateway.Options{
-		Store:     st,
+		Store:     db,
 		Sender:    side,
 		Submitter: s.writer,
 		Router:    rt,
@@ -50,12 +45,6 @@ func (s *Server) openGateway(db outpost.Store, side mqttSide, rt *router.Router,
 
 // routeGateways sends the gw/… kinds to the gateway service.
 func (s *Server) routeGateways(rt *router.Router, replies *reply.Replier) {
-	if s.gw == nil {
-		rt.RouteMatch(gateway.Handles, router.HandlerFunc(func(_ context.Context, deviceID, kind string, _ []byte) error {
-			return replies.Reject(deviceID, kind, "", &protocol.Error{Code: protocol.CodeNotSupported, Message: "gateways are not available with this platform's database engine"})
-		}))
-		return
-	}
 	rt.RouteAsync(protocol.KindGatewayTelemetry, s.gw)
 	rt.RouteMatch(gateway.Handles, s.gw)
 }
