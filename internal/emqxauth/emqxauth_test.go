@@ -184,13 +184,13 @@ func TestAuthorize(t *testing.T) {
 		{devA, pub, own + "/up/telemetry", emqxauth.Allow},
 		{devA, pub, own + "/up/raw/sensors/a", emqxauth.Allow},
 		{devA, pub, own + "/up/files/status", emqxauth.Allow},
-		{devA, pub, other + "/up/telemetry", emqxauth.Deny},  // foreign topic
-		{devA, pub, own + "/down/rpc", emqxauth.Deny},        // its own down/
-		{devA, pub, other + "/down/rpc", emqxauth.Deny},      // forging the platform
-		{devA, pub, own + "/up", emqxauth.Deny},              // no kind
-		{devA, pub, own + "/up//x", emqxauth.Deny},           // empty level
-		{devA, pub, own + "/up/x/", emqxauth.Deny},           // trailing empty level
-		{devA, pub, own + "/up/+", emqxauth.Deny},            // wildcard in a topic name
+		{devA, pub, other + "/up/telemetry", emqxauth.Deny}, // foreign topic
+		{devA, pub, own + "/down/rpc", emqxauth.Deny},       // its own down/
+		{devA, pub, other + "/down/rpc", emqxauth.Deny},     // forging the platform
+		{devA, pub, own + "/up", emqxauth.Deny},             // no kind
+		{devA, pub, own + "/up//x", emqxauth.Deny},          // empty level
+		{devA, pub, own + "/up/x/", emqxauth.Deny},          // trailing empty level
+		{devA, pub, own + "/up/+", emqxauth.Deny},           // wildcard in a topic name
 		{devA, pub, "outpost/v1/+/up/telemetry", emqxauth.Deny},
 		{devA, pub, "elsewhere", emqxauth.Deny},
 		{devA, pub, "$SYS/x", emqxauth.Deny},
@@ -245,14 +245,14 @@ func TestMalformed(t *testing.T) {
 	h := newHandler(t)
 	valid := authnBody(devA, secretA, devA)
 	for name, body := range map[string]string{
-		"not json":        "username=" + devA,
-		"truncated":       valid[:len(valid)-5],
-		"array":           "[" + valid + "]",
-		"two values":      valid + valid,
-		"null":            "null",
-		"empty":           "",
-		"string":          `"hello"`,
-		"over 64 KiB":     `{"username":"` + devA + `","password":"` + secretA + `","clientid":"` + devA + `","pad":"` + strings.Repeat("x", 70000) + `"}`,
+		"not json":    "username=" + devA,
+		"truncated":   valid[:len(valid)-5],
+		"array":       "[" + valid + "]",
+		"two values":  valid + valid,
+		"null":        "null",
+		"empty":       "",
+		"string":      `"hello"`,
+		"over 64 KiB": `{"username":"` + devA + `","password":"` + secretA + `","clientid":"` + devA + `","pad":"` + strings.Repeat("x", 70000) + `"}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			if got := post(t, h.Authenticate(), body); got["result"] != emqxauth.Deny {
