@@ -3,10 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,49 +11,17 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/device"
+	"github.com/outpost-iot/outpost/internal/mosquittotest"
 	"github.com/outpost-iot/outpost/internal/outposttest"
 	"github.com/outpost-iot/outpost/internal/postgres/pgtest"
 )
 
-// mosquitto starts a Mosquitto of its own on a free loopback port (anonymous,
-// sessions kept in memory for as long as it runs, no bound on the messages
-// it queues for an absent platform replica) and stops it when the test
-// ends; it skips the test without the binary.
+// mosquitto starts a Mosquitto of its own (anonymous, sessions kept in
+// memory while it runs, no bound on what it queues for an absent replica)
+// or skips the test without the binary.
 func mosquitto(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/mosquitto"); serr != nil {
-			t.Skip("needs the mosquitto binary (Debian: apt install mosquitto)")
-		}
-		bin = "/usr/sbin/mosquitto"
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	_, port, _ := net.SplitHostPort(addr)
-	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	if err := os.WriteFile(conf, []byte("listener "+port+" 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-c", conf)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-	outposttest.Eventually(t, 10*time.Second, "mosquitto listening", func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return addr
+	return mosquittotest.Start(t, mosquittotest.Plain(), mosquittotest.ConfigLines("max_queued_messages 0", "max_inflight_messages 0")).Addr
 }
 
 // TestReplicaKilledMidIngest: two `outpost serve` replicas between one

@@ -130,7 +130,7 @@ func DeviceACLs(deviceID string) []ACL {
 
 // PlatformACLs returns the ACL of the platform's role: publish to every
 // device's down/ topics, subscribe to (and share) every device's up/
-// topics, and read $SYS.
+// topics, read $SYS, and the replicas' own topics under InternalRoot.
 func PlatformACLs() []ACL {
 	return []ACL{
 		{Type: "publishClientSend", Topic: protocol.Root + "/+/" + protocol.Down + "/#", Allow: true},
@@ -139,8 +139,16 @@ func PlatformACLs() []ACL {
 		{Type: "subscribePattern", Topic: "$SYS/#", Allow: true},
 		{Type: "publishClientReceive", Topic: protocol.Root + "/#", Allow: true},
 		{Type: "publishClientReceive", Topic: "$SYS/#", Allow: true},
+		// The replicas' notices to one another (internal/extbroker).
+		{Type: "publishClientSend", Topic: InternalRoot + "/#", Allow: true},
+		{Type: "subscribePattern", Topic: InternalRoot + "/#", Allow: true},
+		{Type: "publishClientReceive", Topic: InternalRoot + "/#", Allow: true},
 	}
 }
+
+// InternalRoot is the root of the topics platform replicas use among
+// themselves (extbroker.InternalRoot); only the platform's role has it.
+const InternalRoot = "outpost-internal/v1"
 
 // Device is a device as the plugin holds it.
 type Device struct {

@@ -22,9 +22,17 @@ import (
 // The cache is authoritative: the platform is the only writer of its
 // store (the data directory is locked), so an id the cache does not know
 // is not a device. About 80 bytes per registered device.
+//
+// With several replicas on one store (Shared), another replica may create,
+// rotate or delete a device: every check then reads the store.
 type Credentials struct {
-	mu sync.RWMutex
-	m  map[string][sha256.Size]byte
+	// Shared makes every check read the device's hash from the store
+	// given to Load instead of the cache.
+	Shared bool
+
+	mu    sync.RWMutex
+	m     map[string][sha256.Size]byte
+	store outpost.DeviceStore
 }
 
 // errWrongSecret and errUnknownDevice are why a login is refused.
@@ -35,6 +43,12 @@ var (
 
 // Load reads every device's secret hash from the store.
 func (c *Credentials) Load(ctx context.Context, store outpost.DeviceStore) error {
+	c.mu.Lock()
+	c.store = store
+	c.mu.Unlock()
+	if c.Shared {
+		return nil
+	}
 	m := map[string][sha256.Size]byte{}
 	err := store.EachSecretHash(ctx, func(id string, hash []byte) error {
 		if len(hash) != sha256.Size {
@@ -71,10 +85,23 @@ func (c *Credentials) forget(id string) {
 
 // AuthenticateDevice implements the broker's Authenticator: nil if secret
 // is the device's secret, in constant time for a known device.
-func (c *Credentials) AuthenticateDevice(_ context.Context, id, secret string) error {
+func (c *Credentials) AuthenticateDevice(ctx context.Context, id, secret string) error {
 	c.mu.RLock()
 	want, ok := c.m[id]
+	store := c.store
 	c.mu.RUnlock()
+	if c.Shared && store != nil {
+		h, err := store.SecretHash(ctx, id)
+		if outpost.ErrorCode(err) == outpost.ENOTFOUND {
+			return errUnknownDevice
+		} else if err != nil {
+			return fmt.Errorf("read device credentials: %w", err)
+		}
+		if len(h) != sha256.Size {
+			return errUnknownDevice
+		}
+		want, ok = [sha256.Size]byte(h), true
+	}
 	if !ok {
 		return errUnknownDevice
 	}

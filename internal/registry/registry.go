@@ -38,6 +38,15 @@ type Presence interface {
 	Forget(deviceID string)
 }
 
+// Accounts keeps the devices' logins at an external broker (Mosquitto's
+// dynamic security: internal/dynsec), when the broker authenticates
+// devices itself.
+type Accounts interface {
+	CreateDevice(ctx context.Context, deviceID, password string) error
+	SetPassword(ctx context.Context, deviceID, password string) error
+	DeleteDevice(ctx context.Context, deviceID string) error
+}
+
 // Options connect the registry.
 type Options struct {
 	Store       Store
@@ -52,6 +61,10 @@ type Options struct {
 	OnDelete []func(deviceID string)
 	// Metrics, when set, receives the registry's counters.
 	Metrics prometheus.Registerer
+	// Accounts, when set, gets every created, rotated and deleted device:
+	// a device exists for the platform only once its broker login does.
+	// Its DeleteDevice returns nil for a login that is already gone.
+	Accounts Accounts
 }
 
 // Registry is the device registry. It is safe for concurrent use.
@@ -105,6 +118,9 @@ func (r *Registry) CreateDevice(ctx context.Context, name string) (*outpost.Devi
 	if err := r.o.Store.CreateDevice(ctx, d, hash); err != nil {
 		return nil, "", err
 	}
+	if err := r.account(ctx, []*outpost.Device{d}, []string{secret}); err != nil {
+		return nil, "", err
+	}
 	r.o.Credentials.set(d.ID, hash)
 	r.created.Inc()
 	return d, secret, nil
@@ -137,6 +153,9 @@ func (r *Registry) CreateDevices(ctx context.Context, names []string) ([]*outpos
 		ds[i] = &outpost.Device{ID: outpost.NewDeviceID(), Name: name, CreatedAt: now}
 	}
 	if err := r.o.Store.CreateDevices(ctx, ds, hashes); err != nil {
+		return nil, nil, err
+	}
+	if err := r.account(ctx, ds, secrets); err != nil {
 		return nil, nil, err
 	}
 	for i, d := range ds {
@@ -204,6 +223,12 @@ func (r *Registry) DeleteDevice(ctx context.Context, id string) error {
 	if err := r.o.Store.DeleteDevice(ctx, id); err != nil {
 		return err
 	}
+	if a := r.o.Accounts; a != nil {
+		// The broker ends the device's sessions with its login.
+		if err := a.DeleteDevice(ctx, id); err != nil {
+			return outpost.Errorf(outpost.EUNAVAILABLE, "device %s is deleted, but the broker still has its login: %v; delete it again to retry", id, err)
+		}
+	}
 	// The credentials go before the sessions are revoked: a login racing
 	// the deletion either fails its check or is ended by the revocation
 	// (broker/sessions.go).
@@ -224,7 +249,34 @@ func (r *Registry) RotateSecret(ctx context.Context, id string) (string, error) 
 	if err := r.o.Store.SetSecretHash(ctx, id, hash); err != nil {
 		return "", err
 	}
+	if a := r.o.Accounts; a != nil {
+		if err := a.SetPassword(ctx, id, secret); err != nil {
+			return "", outpost.Errorf(outpost.EUNAVAILABLE, "the broker did not take device %s's new secret (%v): the old one still works there; rotate again", id, err)
+		}
+	}
 	r.o.Credentials.set(id, hash)
 	r.o.Sessions.DisconnectDevice(id)
 	return secret, nil
+}
+
+// account creates the broker logins of new devices; when the broker
+// refuses one, the devices are removed again and the creation fails.
+func (r *Registry) account(ctx context.Context, ds []*outpost.Device, secrets []string) error {
+	a := r.o.Accounts
+	if a == nil {
+		return nil
+	}
+	for i, d := range ds {
+		if err := a.CreateDevice(ctx, d.ID, secrets[i]); err != nil {
+			cctx := context.WithoutCancel(ctx)
+			for _, x := range ds[:i] {
+				_ = a.DeleteDevice(cctx, x.ID)
+			}
+			for _, x := range ds {
+				_ = r.o.Store.DeleteDevice(cctx, x.ID)
+			}
+			return outpost.Errorf(outpost.EUNAVAILABLE, "the broker did not create the login of device %s: %v", d.Name, err)
+		}
+	}
+	return nil
 }

@@ -6,73 +6,26 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/outpost-iot/outpost/device"
+	"github.com/outpost-iot/outpost/internal/mosquittotest"
 	"github.com/outpost-iot/outpost/internal/outposttest"
 	"github.com/outpost-iot/outpost/internal/server"
 )
 
 // startMosquitto starts a Mosquitto of its own on a free loopback port,
 // anonymous (the broker's own device authentication is tested with its
-// dynamic security plugin elsewhere), and stops it when the test ends.
-// It skips the test when the machine has no mosquitto binary.
+// dynamic security plugin in TestExternalBrokerDynsec), with no bound on
+// what it queues for an absent platform replica; it skips the test
+// without the mosquitto binary.
 func startMosquitto(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/mosquitto"); serr != nil {
-			t.Skip("needs the mosquitto binary (Debian: apt install mosquitto) to test the external broker mode")
-		}
-		bin = "/usr/sbin/mosquitto"
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	_, port, _ := net.SplitHostPort(addr)
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(conf, []byte("listener "+port+" 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-c", conf)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start mosquitto: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return addr
-		}
-		select {
-		case <-exited:
-			t.Fatalf("mosquitto exited: %s", out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("mosquitto does not listen on %s: %v\n%s", addr, err, out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return mosquittotest.Start(t, mosquittotest.Plain(), mosquittotest.ConfigLines("max_queued_messages 0", "max_inflight_messages 0")).Addr
 }
 
 // TestExternalBrokerMosquitto runs the platform against a real Mosquitto

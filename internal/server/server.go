@@ -24,6 +24,7 @@ import (
 
 	"github.com/outpost-iot/outpost/internal/artifact"
 	"github.com/outpost-iot/outpost/internal/broker"
+	"github.com/outpost-iot/outpost/internal/dynsec"
 	"github.com/outpost-iot/outpost/internal/extbroker"
 	"github.com/outpost-iot/outpost/internal/gateway"
 	"github.com/outpost-iot/outpost/internal/health"
@@ -70,6 +71,18 @@ type Config struct {
 	// then connect to that broker, which authenticates them (docs/deploy.md);
 	// the MQTT listen addresses are unused.
 	Broker string
+	// BrokerAdmin, with Broker, is the admin login of Mosquitto's dynamic
+	// security plugin (mqtt://ADMIN:PASSWORD@HOST:PORT): the platform then
+	// keeps every device's login and ACL at the broker (created, rotated,
+	// deleted with the device) and the platform's own login (Broker's user
+	// and password), created at start.
+	BrokerAdmin string
+	// EMQXAuth serves EMQX 5's HTTP authentication and authorization
+	// endpoints on the HTTP listener (/emqx/authn, /emqx/authz), checking
+	// devices against the platform's credentials; EMQXAuthSecret, when
+	// set, must arrive as "Authorization: Bearer SECRET" (docs/deploy.md).
+	EMQXAuth       bool
+	EMQXAuthSecret string
 	// MQTTAddr is the plain MQTT listen address. Empty means the default,
 	// 127.0.0.1:1883, or the next free port above it when 1883 is taken
 	// (Open logs a warning); a given address is used as is. Port 0 picks
@@ -203,6 +216,7 @@ type Server struct {
 
 	broker    *broker.Broker  // the embedded broker, or nil
 	link      *extbroker.Link // the external broker's link, or nil
+	dynsec    *dynsec.Client  // Mosquitto's dynamic security, or nil
 	writer    *ingest.Writer
 	pruner    *retention.Pruner
 	queue     *queue.Queue
@@ -304,7 +318,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := db.ResetPresence(ctx); err != nil {
 		log.Error("storage is not writable: starting anyway; writes fail until it is (see /readyz)", "data", cfg.DataDir, "error", err)
 	}
-	creds := &registry.Credentials{}
+	// Replicas share the store: each login reads it, since another
+	// replica may have changed the device.
+	creds := &registry.Credentials{Shared: cfg.Replica != ""}
 	if err := creds.Load(ctx, db); err != nil {
 		return nil, err
 	}
@@ -340,6 +356,16 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	var movedMQTT, movedMQTTS bool
+	var accounts registry.Accounts
+	if cfg.BrokerAdmin != "" {
+		if cfg.Broker == "" {
+			return nil, errors.New("--broker-admin is for an external broker: give --broker too")
+		}
+		if s.dynsec, err = openDynsec(ctx, cfg, log); err != nil {
+			return nil, err
+		}
+		accounts = dynsecAccounts{s.dynsec}
+	}
 	if cfg.Broker != "" {
 		clientID := "outpost"
 		if cfg.Replica != "" {
@@ -422,7 +448,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.routeGateways(rt, replies)
 
 	devices := registry.New(registry.Options{Store: db, Credentials: creds, Sessions: side, Presence: s.presence,
-		Decorate: s.decorateWithGateway(db.Store, mdl.Decorate), OnDelete: []func(string){mdl.Forget, replies.Forget, s.gatewayDeviceDeleted}, Metrics: reg})
+		Decorate: s.decorateWithGateway(db.Store, mdl.Decorate), OnDelete: []func(string){mdl.Forget, replies.Forget, s.gatewayDeviceDeleted}, Metrics: reg,
+		Accounts: accounts})
 	s.pruner = retention.Start(db, retention.Options{Batches: cfg.BatchRetention, Queue: cfg.QueueRetention,
 		Readings: cfg.ReadingRetention, Interval: cfg.RetentionInterval, Logger: log})
 	s.metrics.register(s, db.metrics)
@@ -454,8 +481,13 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.gw != nil {
 		parts.Gateways = s.gw
 	}
-	api := httpapi.New(parts, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
+	var api http.Handler = httpapi.New(parts, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
 		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: log})
+	if cfg.EMQXAuth {
+		if api, err = withEMQXAuth(api, cfg, creds, log); err != nil {
+			return nil, err
+		}
+	}
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	s.cancelHTTP = cancelBase
 	s.httpSrv = &http.Server{
@@ -672,6 +704,9 @@ func (s *Server) Close() error {
 		}
 		if s.link != nil {
 			errs = append(errs, s.link.Close())
+		}
+		if s.dynsec != nil {
+			errs = append(errs, s.dynsec.Close())
 		}
 		if s.presence != nil {
 			// After the broker: the last disconnects are written too. A
