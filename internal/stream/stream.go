@@ -165,7 +165,6 @@ func (h *Hub) listening(now time.Time) bool {
 // while nobody listens is only counted.
 func (h *Hub) Publish(kind, deviceID string, data any) {
 	if h.opt.Tap != nil {
-		var raw json.RawMessage
 		raw, err := json.Marshal(data)
 		if err != nil {
 			return

@@ -35,8 +35,8 @@ type Feeds interface {
 
 // Replier sends error replies (internal/reply implements it).
 type Replier interface {
-	Send(deviceID string, e protocol.ErrorReply)
 	Reject(deviceID, kind, id string, err error) error
+	Partial(deviceID, kind, id string, bad, good int, first *protocol.Error) error
 }
 
 // Stream publishes live events (internal/stream implements it).
@@ -221,9 +221,8 @@ func (s *Service) batch(ctx context.Context, deviceID string, payload []byte) (*
 	}
 	if bad > 0 {
 		s.stats.readingsRejected.Add(float64(bad))
-		s.reply.Send(deviceID, protocol.ErrorReply{Kind: protocol.KindTelemetry, ID: t.ID, Code: firstErr.Code, Message: firstErr.Message, Rejected: bad})
-		if len(b.Readings) == 0 {
-			return nil, firstErr
+		if err := s.reply.Partial(deviceID, protocol.KindTelemetry, t.ID, bad, len(b.Readings), firstErr); err != nil {
+			return nil, err
 		}
 	}
 	if len(b.Readings) == 0 {
