@@ -22,12 +22,16 @@ type Design struct {
 	MaxDelay time.Duration `json:"max_delay_ns"`
 	// MergeChunk is sqlite.Options.MergeChunk (0: its default).
 	MergeChunk int `json:"merge_chunk,omitempty"`
+	// Writers is ingest.Options.Writers: group commits running at once
+	// (0: the engine's default, 1 on SQLite, 3 on PostgreSQL).
+	Writers int `json:"writers,omitempty"`
 }
 
 func (d *Design) flags(fs *flag.FlagSet) {
 	fs.StringVar(&d.Landing, "landing", "auto", "where commits go: auto (landing table for small commits), always, off (clustered table only)")
 	fs.DurationVar(&d.MaxDelay, "max-delay", 0, "how long the ingest writer lets a small group wait for more batches (0: default 4ms; negative: never)")
 	fs.IntVar(&d.MergeChunk, "merge-chunk", 0, "readings per merge transaction (0: default)")
+	fs.IntVar(&d.Writers, "writers", 0, "group commits running at once (0: the engine's default: 1 on SQLite, 3 on PostgreSQL)")
 }
 
 func (d *Design) validate() error {
@@ -43,6 +47,9 @@ func (d *Design) validate() error {
 	}
 	if d.MergeChunk < 0 || d.MergeChunk > 1_000_000 {
 		return fmt.Errorf("--merge-chunk must be between 0 and 1000000")
+	}
+	if d.Writers < 0 || d.Writers > 64 {
+		return fmt.Errorf("--writers must be between 0 and 64")
 	}
 	return nil
 }
@@ -67,7 +74,7 @@ func (d Design) store(syncMode string) sqlite.Options {
 
 // ingest returns the ingest writer options of the design.
 func (d Design) ingest() ingest.Options {
-	return ingest.Options{MaxDelay: d.MaxDelay}
+	return ingest.Options{MaxDelay: d.MaxDelay, Writers: d.Writers}
 }
 
 func (d Design) String() string {
@@ -77,6 +84,9 @@ func (d Design) String() string {
 	}
 	if d.MergeChunk != 0 {
 		s += fmt.Sprintf(", merge chunk %d", d.MergeChunk)
+	}
+	if d.Writers != 0 {
+		s += fmt.Sprintf(", %d writers", d.Writers)
 	}
 	return s
 }

@@ -32,6 +32,7 @@ type ExternalResult struct {
 	Benchmark string  `json:"benchmark"`
 	Machine   Machine `json:"machine"`
 	Broker    string  `json:"broker"`
+	Design    Design  `json:"design"`
 	Replicas  int     `json:"replicas"`
 	Devices   int     `json:"devices"`
 	Readings  int     `json:"readings"`
@@ -51,6 +52,10 @@ type ExternalResult struct {
 	Ratio        float64 `json:"ratio"`
 	TotalSeconds float64 `json:"total_seconds"`
 }
+
+// externalStall is how long the external benchmark waits for the next
+// committed reading before it concludes the broker dropped messages.
+const externalStall = 15 * time.Second
 
 // RunIngestExternal runs the ingest benchmark on an external broker and
 // PostgreSQL (db: a postgres:// URL; the run works in a schema of its
@@ -73,7 +78,7 @@ func RunIngestExternal(ctx context.Context, cfg IngestConfig, broker, db string,
 	defer cancel()
 	began := time.Now()
 	pr := progress{log}
-	res := &ExternalResult{Benchmark: "ingest-external", Machine: machine(), Broker: bu.Host, Replicas: replicas,
+	res := &ExternalResult{Benchmark: "ingest-external", Machine: machine(), Broker: bu.Host, Design: cfg.Design, Replicas: replicas,
 		Devices: cfg.Devices, Readings: cfg.Readings, Batch: cfg.Batch}
 
 	schema := fmt.Sprintf("outpost_bench_%d", time.Now().UnixNano())
@@ -108,7 +113,7 @@ func RunIngestExternal(ctx context.Context, cfg IngestConfig, broker, db string,
 		if err != nil {
 			return nil, err
 		}
-		srv, err := server.Open(ctx, server.Config{DataDir: dir, HTTPAddr: "127.0.0.1:0", Broker: broker, DB: schemaURL, Replica: fmt.Sprint("bench", i+1)})
+		srv, err := server.Open(ctx, server.Config{DataDir: dir, HTTPAddr: "127.0.0.1:0", Broker: broker, DB: schemaURL, Replica: fmt.Sprint("bench", i+1), Ingest: cfg.Design.ingest()})
 		if err != nil {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("bench: start replica %d: %w", i+1, err)
@@ -176,6 +181,10 @@ func RunIngestExternal(ctx context.Context, cfg IngestConfig, broker, db string,
 		return nil, err
 	}
 	// The broker acknowledged the devices; the platform commits after.
+	// A broker that drops what it acknowledged (its queue for the
+	// platform's session full) shows as a stall: nothing more arrives.
+	var last float64
+	lastAt := time.Now()
 	for {
 		n, per, err := stored()
 		if err != nil {
@@ -184,6 +193,11 @@ func RunIngestExternal(ctx context.Context, cfg IngestConfig, broker, db string,
 		if int(n) >= cfg.Readings {
 			res.PerReplica = per
 			break
+		}
+		if n != last {
+			last, lastAt = n, time.Now()
+		} else if time.Since(lastAt) > externalStall {
+			return nil, fmt.Errorf("bench ingest: %v of %d readings committed and none for %s: the broker acknowledged the devices' messages but did not deliver the rest; a broker that caps the messages it queues for a session drops them (Mosquitto logs \"Outgoing messages are being dropped\": set max_queued_messages 0, docs/deploy.md)", n, cfg.Readings, externalStall)
 		}
 		select {
 		case <-ctx.Done():

@@ -129,12 +129,15 @@ type Link struct {
 	notify atomic.Pointer[func(deviceID string)]
 	events atomic.Pointer[func(kind, deviceID string, data json.RawMessage)]
 
+	interest interest
+
 	up          atomic.Bool
 	subscribed  chan struct{} // closed once the first subscriptions are made
 	subOnce     sync.Once
 	received    atomic.Int64
 	inflight    atomic.Int64 // device messages taken and not yet acknowledged
 	retried     atomic.Int64
+	mirrored    atomic.Int64
 	unsupported atomic.Bool // the broker ignores subscription identifiers
 }
 
@@ -176,6 +179,7 @@ func New(cfg Config, h Handler, presence Presence) (*Link, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	l := &Link{cfg: cfg, url: u, log: cfg.Logger, h: h, presence: presence, retries: make(chan retry, 4096), subscribed: make(chan struct{})}
+	l.interest.wake = make(chan struct{}, 1)
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	return l, nil
 }
@@ -479,6 +483,8 @@ func (l *Link) internal(pk *paho.Publish) {
 		if f := l.notify.Load(); f != nil && arg != "" {
 			(*f)(arg)
 		}
+	case "interest":
+		l.gotInterest(pk.Payload)
 	case "event":
 		var e mirrored
 		if f := l.events.Load(); f != nil && json.Unmarshal(pk.Payload, &e) == nil && e.Origin != l.cfg.ClientID {
@@ -511,8 +517,13 @@ func (l *Link) Notify(deviceID string) {
 	l.publishInternal(InternalRoot+"/notify/"+deviceID, nil)
 }
 
-// Mirror sends a stream event to the other replicas (stream.Options.Tap).
+// Mirror sends a stream event to the other replicas (stream.Options.Tap),
+// while one of them wants it (Wanted).
 func (l *Link) Mirror(kind, deviceID string, data json.RawMessage) {
+	if !l.Wanted() {
+		return
+	}
+	l.mirrored.Add(1)
 	b, _ := json.Marshal(mirrored{Origin: l.cfg.ClientID, Kind: kind, DeviceID: deviceID, Data: data})
 	l.publishInternal(InternalRoot+"/event", b)
 }

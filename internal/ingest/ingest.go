@@ -27,7 +27,8 @@ type Appender interface {
 }
 
 // Observer receives what the writer committed; used for metrics and the
-// live stream. Calls come from the writer goroutine and must not block.
+// live stream. Calls come from the writer goroutines (concurrently when
+// Options.Writers > 1) and must not block.
 type Observer interface {
 	Committed(batches []*outpost.Batch, results []outpost.AppendResult, took time.Duration)
 }
@@ -49,6 +50,14 @@ type Options struct {
 	// When it is full, Submit fails with ErrQueueFull (or waits, if its
 	// context allows): the back-pressure that keeps memory bounded.
 	QueueLen int
+	// Writers is how many transactions may commit at once (default 1).
+	// A store that commits concurrent transactions in parallel
+	// (PostgreSQL) overlaps one group's commit with the next group's
+	// work; each device's batches always go to the same writer
+	// (by a hash of its id), so they still commit, and their callbacks
+	// run, in the order they were submitted. SQLite has one writer at a
+	// time: keep 1 there. The queue is split evenly between writers.
+	Writers  int
 	Observer Observer
 	Logger   *slog.Logger
 }
@@ -69,12 +78,17 @@ type Done func(outpost.AppendResult, error)
 type Writer struct {
 	store    Appender
 	opt      Options
-	in       chan *job
-	mu       sync.RWMutex // guards closed against sends on in
+	shards   []*shard
+	mu       sync.RWMutex // guards closed against sends on the shards' queues
 	closed   bool
 	stop     chan struct{} // closed first by Close: Submit stops waiting
 	stopOnce sync.Once
-	done     chan struct{}
+}
+
+// shard is one committing goroutine and its queue.
+type shard struct {
+	in   chan *job
+	done chan struct{}
 }
 
 type job struct {
@@ -100,9 +114,30 @@ func NewWriter(store Appender, o Options) *Writer {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	w := &Writer{store: store, opt: o, in: make(chan *job, o.QueueLen), stop: make(chan struct{}), done: make(chan struct{})}
-	go w.run()
+	if o.Writers <= 0 {
+		o.Writers = 1
+	}
+	w := &Writer{store: store, opt: o, stop: make(chan struct{})}
+	per := max(1, (o.QueueLen+o.Writers-1)/o.Writers)
+	for range o.Writers {
+		sh := &shard{in: make(chan *job, per), done: make(chan struct{})}
+		w.shards = append(w.shards, sh)
+		go w.run(sh)
+	}
 	return w
+}
+
+// shardOf returns the writer that commits a device's batches.
+func (w *Writer) shardOf(deviceID string) *shard {
+	if len(w.shards) == 1 {
+		return w.shards[0]
+	}
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(deviceID); i++ {
+		h ^= uint32(deviceID[i])
+		h *= 16777619
+	}
+	return w.shards[h%uint32(len(w.shards))]
 }
 
 // Write queues a batch and waits until it is committed (or found to be a
@@ -130,7 +165,7 @@ func (w *Writer) Write(ctx context.Context, b *outpost.Batch) (outpost.AppendRes
 // from the writer goroutine, when the batch's group has committed (or with
 // the store's error if the commit failed). Batches commit and their done
 // calls run in the order they were queued, so one caller's batches stay in
-// order. done must not block: it holds up every later commit.
+// order (with several Writers, the order holds per device). done must not block: it holds up every later commit.
 //
 // If the queue is full, Submit waits for room until ctx is done and then
 // returns ErrQueueFull without calling done; with a ctx that is already
@@ -142,13 +177,14 @@ func (w *Writer) Submit(ctx context.Context, b *outpost.Batch, done Done) error 
 		return ErrClosed
 	}
 	j := &job{b: b, done: done, at: time.Now()}
+	in := w.shardOf(b.DeviceID).in
 	select {
-	case w.in <- j:
+	case in <- j:
 		return nil
 	default:
 	}
 	select {
-	case w.in <- j:
+	case in <- j:
 		return nil
 	case <-ctx.Done():
 		return ErrQueueFull
@@ -158,7 +194,13 @@ func (w *Writer) Submit(ctx context.Context, b *outpost.Batch, done Done) error 
 }
 
 // Queued returns the number of batches waiting for the writer.
-func (w *Writer) Queued() int { return len(w.in) }
+func (w *Writer) Queued() int {
+	n := 0
+	for _, sh := range w.shards {
+		n += len(sh.in)
+	}
+	return n
+}
 
 // Close stops accepting batches, commits everything queued and returns.
 func (w *Writer) Close() error {
@@ -166,10 +208,14 @@ func (w *Writer) Close() error {
 	w.mu.Lock()
 	if !w.closed {
 		w.closed = true
-		close(w.in)
+		for _, sh := range w.shards {
+			close(sh.in)
+		}
 	}
 	w.mu.Unlock()
-	<-w.done
+	for _, sh := range w.shards {
+		<-sh.done
+	}
 	return nil
 }
 
@@ -234,8 +280,8 @@ func (l *linger) result(caught bool) {
 	l.skip = min(1<<l.misses, lingerMaxSkip)
 }
 
-func (w *Writer) run() {
-	defer close(w.done)
+func (w *Writer) run(sh *shard) {
+	defer close(sh.done)
 	var group []*job
 	var batches []*outpost.Batch
 	timer := time.NewTimer(time.Hour)
@@ -243,7 +289,7 @@ func (w *Writer) run() {
 	// The gap starts as if the platform were idle.
 	l := linger{gap: max(w.opt.MaxDelay, 0)}
 	for {
-		j, ok := <-w.in
+		j, ok := <-sh.in
 		if !ok {
 			return
 		}
@@ -254,7 +300,7 @@ func (w *Writer) run() {
 	fill:
 		for n < w.opt.MaxReadings {
 			select {
-			case j, ok := <-w.in:
+			case j, ok := <-sh.in:
 				if !ok {
 					break fill
 				}
@@ -273,7 +319,7 @@ func (w *Writer) run() {
 			}
 			timer.Reset(wait)
 			select {
-			case j, ok := <-w.in:
+			case j, ok := <-sh.in:
 				timer.Stop()
 				l.result(true)
 				if !ok {

@@ -535,3 +535,65 @@ func ids(bs []*outpost.Batch) []string {
 	}
 	return out
 }
+
+// TestWritersCommitInParallelPerDeviceOrder: with several Writers, groups
+// of different devices commit at the same time (a store like PostgreSQL
+// overlaps them), and each device's batches still commit, and are
+// answered, in the order they were submitted.
+func TestWritersCommitInParallelPerDeviceOrder(t *testing.T) {
+	store := newGatedStore()
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) }) // after the writer's Close
+	w := MustNewWriter(t, store, ingest.Options{Writers: 4, MaxDelay: -1})
+	const devices, each = 16, 20
+	var mu sync.Mutex
+	got := map[string][]string{}
+	var wg sync.WaitGroup
+	submit := func(d, i int) {
+		b := batch(fmt.Sprintf("b-%d-%d", d, i), 1)
+		b.DeviceID = fmt.Sprintf("d-%d", d)
+		wg.Add(1)
+		err := w.Submit(context.Background(), b, func(_ outpost.AppendResult, err error) {
+			defer wg.Done()
+			if err != nil {
+				t.Errorf("%s: %v", b.ID, err)
+			}
+			mu.Lock()
+			got[b.DeviceID] = append(got[b.DeviceID], b.ID)
+			mu.Unlock()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One batch of every device while the store holds every commit: two
+	// commits must be in the store at once.
+	for d := range devices {
+		submit(d, 0)
+	}
+	for n := range 2 {
+		select {
+		case <-store.entered:
+		case <-time.After(10 * time.Second):
+			go serve(store, stop)
+			t.Fatalf("%d commit(s) entered the store; want 2 at once with 4 writers", n)
+		}
+	}
+	go serve(store, stop)
+	for i := 1; i < each; i++ {
+		for d := range devices {
+			submit(d, i)
+		}
+	}
+	wg.Wait()
+	for d := range devices {
+		id := fmt.Sprintf("d-%d", d)
+		var want []string
+		for i := range each {
+			want = append(want, fmt.Sprintf("b-%d-%d", d, i))
+		}
+		if !slices.Equal(got[id], want) {
+			t.Errorf("device %s committed in the order %v, want %v", id, got[id], want)
+		}
+	}
+}

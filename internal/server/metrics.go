@@ -29,6 +29,14 @@ func newMetrics() *metrics {
 func (m *metrics) register(s *Server, store []prometheus.Collector) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_devices_online", Help: "Devices holding a live session."},
 		func() float64 { return float64(s.presence.Count()) }))
+	if s.link != nil && s.cfg.Replica != "" {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_replica_stream_peers",
+			Help: "Other replicas with live-stream listeners, to which this replica mirrors its events."},
+			func() float64 { return float64(s.link.PeersListening()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_replica_events_mirrored_total",
+				Help: "Live-stream events sent to other replicas (only while one has a listener)."},
+				func() float64 { return float64(s.link.Mirrored()) }))
+	}
 	if _, _, ok := health.DiskSpace(s.cfg.DataDir); ok {
 		m.reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_data_dir_free_bytes",

@@ -32,6 +32,7 @@ func TestReplicasMosquittoPostgres(t *testing.T) {
 	}
 	a, b := replica("a"), replica("b")
 	streamB := openStream(t, b, "?kind=telemetry")
+	waitPeers(t, a, 1) // a mirrors its events to b from now on
 
 	const n = 6
 	type dev struct {

@@ -332,11 +332,18 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// across restarts (the replay ring does not survive one).
 	hopt := stream.Options{RingBytes: cfg.StreamRingBytes, FirstID: uint64(time.Now().UnixMicro()), KeepIdle: streamKeepIdle}
 	if cfg.Broker != "" && cfg.Replica != "" {
-		// Replicas mirror their events to one another, so every replica's
-		// stream shows the whole fleet.
+		// Replicas mirror their events to one another while another
+		// replica has a listener, so every replica's stream shows the
+		// whole fleet.
 		hopt.Tap = func(kind, deviceID string, data json.RawMessage) {
 			if l := s.link; l != nil {
 				l.Mirror(kind, deviceID, data)
+			}
+		}
+		hopt.TapWanted = func() bool { l := s.link; return l != nil && l.Wanted() }
+		hopt.OnListen = func() {
+			if l := s.link; l != nil {
+				l.Listened()
 			}
 		}
 	}
@@ -404,6 +411,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		// them when something is queued, and listen to them.
 		s.link.OnNotify(s.queue.Notify)
 		s.link.OnEvent(hub.Inject)
+		if cfg.Replica != "" {
+			s.link.WatchInterest(hub.Listening)
+		}
 	}
 	if s.broker != nil {
 		if err := s.broker.SetDeliveryHandler(s.queue); err != nil {
@@ -416,6 +426,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	stats := telemetry.NewStats(hub, reg)
 	io := cfg.Ingest
 	io.QueueLen, io.Observer, io.Logger = cfg.IngestQueue, stats, log
+	if io.Writers == 0 {
+		io.Writers = db.writers
+	}
 	s.writer = ingest.NewWriter(db, io)
 	tel := telemetry.New(telemetry.Options{Writer: s.writer, Feeds: mdl, Replies: replies, Stats: stats, Store: db,
 		Rate: cfg.DeviceRate, Burst: cfg.DeviceBurst})

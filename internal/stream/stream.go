@@ -60,10 +60,16 @@ type Options struct {
 	// every event whether anybody listens or not.
 	KeepIdle time.Duration
 	// Tap, when set, gets every event published here (not those
-	// injected), encoded, whether anybody listens or not: the platform
-	// replicas mirror their events to one another through it. It must
-	// not block.
-	Tap func(kind, deviceID string, data json.RawMessage)
+	// injected), encoded, whether anybody listens here or not, while
+	// TapWanted reports true (nil: always): the platform replicas mirror
+	// their events to one another through it, only while another replica
+	// has a listener. Neither may block.
+	Tap       func(kind, deviceID string, data json.RawMessage)
+	TapWanted func() bool
+	// OnListen, when set, is called (outside the hub's lock, and must not
+	// block) each time a subscriber arrives: a replica tells the others at
+	// once that it wants their events.
+	OnListen func()
 }
 
 // Hub distributes events. The zero value is not usable; call New (or
@@ -152,6 +158,15 @@ func (s *Subscription) Close() {
 	})
 }
 
+// Listening reports whether the hub has a subscriber, or had one within
+// Options.KeepIdle (so that a client reconnecting soon resumes without a
+// gap): whether this replica wants the other replicas' events.
+func (h *Hub) Listening() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.listening(time.Now())
+}
+
 // listening reports whether events must be encoded now; h.mu is held.
 func (h *Hub) listening(now time.Time) bool {
 	if h.opt.KeepIdle <= 0 || len(h.subs) > 0 {
@@ -164,7 +179,7 @@ func (h *Hub) listening(now time.Time) bool {
 // subscriber without blocking. With Options.KeepIdle, an event published
 // while nobody listens is only counted.
 func (h *Hub) Publish(kind, deviceID string, data any) {
-	if h.opt.Tap != nil {
+	if h.opt.Tap != nil && (h.opt.TapWanted == nil || h.opt.TapWanted()) {
 		raw, err := json.Marshal(data)
 		if err != nil {
 			return
@@ -278,6 +293,9 @@ const MissedUnknown = outpost.MissedUnknown
 func (h *Hub) Subscribe(f Filter, size int, afterID uint64) (s *Subscription, missed uint64) {
 	if size <= 0 {
 		size = 1024
+	}
+	if h.opt.OnListen != nil {
+		defer h.opt.OnListen() // after the unlock below
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -1,0 +1,100 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/outpost-iot/outpost/device"
+	"github.com/outpost-iot/outpost/internal/outposttest"
+	"github.com/outpost-iot/outpost/internal/postgres/pgtest"
+	"github.com/outpost-iot/outpost/internal/server"
+)
+
+// waitPeers waits until replica p mirrors its events to n other replicas
+// (they told it they have live-stream listeners).
+func waitPeers(t *testing.T, p *outposttest.Platform, n float64) {
+	t.Helper()
+	outposttest.Eventually(t, 10*time.Second, "replica sees the other's stream listener", func() bool {
+		return metric(t, p, "outpost_replica_stream_peers") >= n
+	})
+}
+
+// TestReplicasMirrorOnlyWhileListened: replicas send one another their
+// live-stream events only while one of them has a listener. Without one,
+// nothing is mirrored (before, every committed batch went through the
+// broker once more to every replica); with one on replica b, b's stream
+// shows what replica a committed, and a (which has no listener) gets
+// nothing from b.
+func TestReplicasMirrorOnlyWhileListened(t *testing.T) {
+	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
+	addr := startMosquitto(t)
+	replica := func(name string) *outposttest.Platform {
+		return outposttest.Start(t, func(c *server.Config) {
+			c.DB, c.Broker, c.Replica = dbURL, "mqtt://outpost:secret@"+addr, name
+		})
+	}
+	a, b := replica("a"), replica("b")
+	d := a.CreateDevice(t, "m-1")
+	c, err := device.New(d.URL, device.WithLogger(outposttest.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stored := func() float64 {
+		return metric(t, a, "outpost_batches_stored_total") + metric(t, b, "outpost_batches_stored_total")
+	}
+	send := func(from, n int) {
+		t.Helper()
+		for j := from; j < from+n; j++ {
+			if err := c.AddAt("v", j, time.UnixMilli(int64(1_700_000_000_000+j))); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Publish(ctx); err != nil { // one reading a message
+				t.Fatal(err)
+			}
+		}
+		outposttest.Eventually(t, 30*time.Second, "batches committed", func() bool { return stored() == float64(from+n) })
+	}
+
+	send(0, 40)
+	ma, mb := metric(t, a, "outpost_replica_events_mirrored_total"), metric(t, b, "outpost_replica_events_mirrored_total")
+	if ma != 0 || mb != 0 {
+		t.Fatalf("events mirrored with no listener anywhere: a %v, b %v; want none", ma, mb)
+	}
+
+	streamB := openStream(t, b, "?kind=telemetry")
+	waitPeers(t, a, 1)
+	before := metric(t, a, "outpost_batches_stored_total")
+	send(40, 40)
+	byA := metric(t, a, "outpost_batches_stored_total") - before
+	if byA == 0 || byA == 40 {
+		t.Logf("replica a committed %v of 40 batches (the broker chose)", byA)
+	}
+	seen := 0
+	for seen < 40 {
+		e := next(t, streamB)
+		var ev struct {
+			Readings []json.RawMessage `json:"readings"`
+		}
+		if err := json.Unmarshal(e.data, &ev); err != nil {
+			t.Fatal(err)
+		}
+		seen += len(ev.Readings)
+	}
+	if seen != 40 {
+		t.Fatalf("replica b's stream showed %d readings, want 40", seen)
+	}
+	if ma := metric(t, a, "outpost_replica_events_mirrored_total"); ma < byA {
+		t.Errorf("replica a mirrored %v events, want at least the %v batches it committed", ma, byA)
+	}
+	if mb := metric(t, b, "outpost_replica_events_mirrored_total"); mb != 0 {
+		t.Errorf("replica b mirrored %v events to a, which has no listener", mb)
+	}
+}
