@@ -40,6 +40,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&cfg.BrokerAdmin, "broker-admin", "", "with --broker: Mosquitto dynamic security admin `URL` mqtt://ADMIN:PASSWORD@HOST:PORT; the platform keeps every device's login and ACL there")
 	fs.BoolVar(&cfg.EMQXAuth, "emqx-auth", false, "serve EMQX's HTTP authentication and authorization at /emqx/authn and /emqx/authz (docs/deploy.md)")
 	fs.StringVar(&cfg.EMQXAuthSecret, "emqx-auth-secret", "", "with --emqx-auth: the `SECRET` EMQX sends as Authorization: Bearer SECRET (recommended)")
+	fs.StringVar(&cfg.BrokerEvents, "broker-events", "", "with --broker: also take presence from the broker's own client events: emqx ($SYS/brokers/+/clients/+/connected, disconnected, subscribed; docs/deploy.md), or none")
 	fs.StringVar(&cfg.Replica, "replica", "", "this platform's `NAME` among several sharing one PostgreSQL store (and external broker)")
 	fs.StringVar(&cfg.DB, "db", "", "database: `URL` postgres://USER@HOST:PORT/DB (add ?search_path=SCHEMA for a schema of its own), or sqlite:PATH or a file path (default: the SQLite file in the data directory)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -68,6 +69,13 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if _, err := extbroker.ParseURL(cfg.Broker); err != nil {
 			return err
 		}
+	}
+	var err error
+	if cfg.BrokerEvents, err = extbroker.ParseEvents(cfg.BrokerEvents); err != nil {
+		return err
+	}
+	if cfg.BrokerEvents != "" && cfg.Broker == "" {
+		return fmt.Errorf("--broker-events is for an external broker: give --broker too")
 	}
 	if _, err := server.ParseDB(cfg.DB, cfg.DataDir); err != nil {
 		return err

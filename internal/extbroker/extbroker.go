@@ -9,6 +9,9 @@
 // and RPC answers also arrive on a plain subscription, at every replica:
 // each replica keeps presence and waits for the answers to its own calls.
 // Down traffic is published to the devices' down/ topics with QoS 1.
+// With Config.Events, the broker's own client events (EMQX's $SYS
+// connected/disconnected/subscribed) also give presence, to devices that
+// do not announce themselves (events.go).
 //
 // What the device's PUBACK then means: the broker has the message. The
 // chain is durable when the broker keeps it until the platform
@@ -86,7 +89,17 @@ type Config struct {
 	// ConnectTimeout bounds Open's wait for the first connection (default
 	// 30s).
 	ConnectTimeout time.Duration
-	Logger         *slog.Logger
+	// Events names the broker whose own client events also give presence
+	// (EventsEMQX: EMQX's $SYS/brokers/+/clients/+/connected,
+	// disconnected and subscribed; see events.go), for devices that do
+	// not announce themselves. Default EventsNone: announcements only.
+	Events string
+	// Known reports whether id is a registered device; with Events, the
+	// events of other clients (the platform's own, tools) are ignored.
+	// nil: every client whose username or client id is a valid device id
+	// counts.
+	Known  func(ctx context.Context, id string) bool
+	Logger *slog.Logger
 }
 
 // Subscription identifiers tell the shared subscription's deliveries
@@ -95,6 +108,12 @@ const (
 	subShared   = 1
 	subFanout   = 2
 	subInternal = 3
+	// subEvents and subEventsShared take the broker's client events
+	// (Config.Events). The shared one is the highest: a broker that merges
+	// both copies into one PUBLISH lists both identifiers, and paho keeps
+	// the last.
+	subEvents       = 4
+	subEventsShared = 5
 )
 
 // InternalRoot is the root of the topics the replicas use among
@@ -139,6 +158,12 @@ type Link struct {
 	retried     atomic.Int64
 	mirrored    atomic.Int64
 	unsupported atomic.Bool // the broker ignores subscription identifiers
+
+	// The broker's client events (Config.Events, events.go).
+	eventq     chan eventMsg
+	evMu       sync.Mutex
+	ev         map[string]*evConn // device id → its latest connection in the events
+	announcing map[string]bool    // devices that announce themselves
 }
 
 type deliveryBox struct{ h DeliveryHandler }
@@ -178,7 +203,11 @@ func New(cfg Config, h Handler, presence Presence) (*Link, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Link{cfg: cfg, url: u, log: cfg.Logger, h: h, presence: presence, retries: make(chan retry, 4096), subscribed: make(chan struct{})}
+	if _, err := ParseEvents(cfg.Events); err != nil {
+		return nil, err
+	}
+	l := &Link{cfg: cfg, url: u, log: cfg.Logger, h: h, presence: presence, retries: make(chan retry, 4096), subscribed: make(chan struct{}),
+		eventq: make(chan eventMsg, 4096), ev: map[string]*evConn{}, announcing: map[string]bool{}}
 	l.interest.wake = make(chan struct{}, 1)
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	return l, nil
@@ -237,8 +266,9 @@ func (l *Link) Start(ctx context.Context) error {
 		return fmt.Errorf("external broker: %w", err)
 	}
 	l.cm = cm
-	l.wg.Add(1)
+	l.wg.Add(2)
 	go l.retrier()
+	go l.eventLoop()
 	wctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
 	if err := cm.AwaitConnection(wctx); err != nil {
@@ -309,10 +339,16 @@ func (l *Link) onUp(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 		internal := subInternal
 		subs = append(subs, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: InternalRoot + "/#", QoS: 0, NoLocal: true}},
 			Properties: &paho.SubscribeProperties{SubscriptionIdentifier: &internal}})
+		subs = append(subs, l.eventSubscriptions()...)
 		for _, s := range subs {
 			sa, err := cm.Subscribe(ctx, s)
-			if err == nil && sa != nil && len(sa.Reasons) > 0 && sa.Reasons[0] >= 0x80 {
-				err = fmt.Errorf("refused with reason code 0x%02x", sa.Reasons[0])
+			if err == nil && sa != nil {
+				for _, r := range sa.Reasons {
+					if r >= 0x80 {
+						err = fmt.Errorf("refused with reason code 0x%02x", r)
+						break
+					}
+				}
 			}
 			if err != nil {
 				l.log.Error("external broker: subscribe failed; reconnecting", "filter", s.Subscriptions[0].Topic, "error", err)
@@ -332,6 +368,11 @@ func (l *Link) onPublish(pr paho.PublishReceived) (bool, error) {
 	pk := pr.Packet
 	if strings.HasPrefix(pk.Topic, InternalRoot+"/") {
 		l.internal(pk)
+		l.ack(pr.Client, pk)
+		return true, nil
+	}
+	if l.cfg.Events != EventsNone && strings.HasPrefix(pk.Topic, "$SYS/") {
+		l.eventMessage(pk)
 		l.ack(pr.Client, pk)
 		return true, nil
 	}
@@ -456,12 +497,23 @@ func (l *Link) presenceMessage(deviceID string, pk *paho.Publish) {
 	if pk.Properties != nil && pk.Properties.SubscriptionIdentifier != nil {
 		owner = *pk.Properties.SubscriptionIdentifier == subShared
 	}
+	b := l.dh.Load()
+	if l.cfg.Events != EventsNone {
+		// Serialised with the events, which no longer count for this
+		// device (events.go, mixed sources).
+		l.evMu.Lock()
+		defer l.evMu.Unlock()
+		var dh DeliveryHandler
+		if b != nil {
+			dh = b.h
+		}
+		l.announcedLocked(deviceID, dh)
+	}
 	if a.Online {
 		l.presence.Connected(deviceID, s)
 	} else {
 		l.presence.Disconnected(deviceID, s, "disconnected")
 	}
-	b := l.dh.Load()
 	switch {
 	case b == nil:
 	case a.Online && owner:
@@ -601,9 +653,16 @@ func (l *Link) Room(deviceID string, want int) int {
 	return 0
 }
 
-// Subscribed reports whether the device announced itself online: a
-// device announces only once subscribed to its down/ topics.
-func (l *Link) Subscribed(deviceID, kind string) bool { return l.presence.Online(deviceID) }
+// Subscribed reports whether the device announced itself online (a
+// device announces only once subscribed to its down/ topics), or, for a
+// device followed by the broker's client events, whether its connection
+// subscribed to a filter covering the kind's down/ topic.
+func (l *Link) Subscribed(deviceID, kind string) bool {
+	if sub, ok := l.eventSubscribed(deviceID, kind); ok {
+		return sub
+	}
+	return l.presence.Online(deviceID)
+}
 
 // DisconnectDevice cannot end a session on an external broker; revoking
 // a device's credentials at the broker (dynamic security, HTTP auth)

@@ -83,6 +83,21 @@ func (c *Credentials) forget(id string) {
 	c.mu.Unlock()
 }
 
+// Known reports whether id is a registered device: the same answer a
+// login would get about the id (from the store when Shared). A store
+// error counts as unknown.
+func (c *Credentials) Known(ctx context.Context, id string) bool {
+	c.mu.RLock()
+	_, ok := c.m[id]
+	store := c.store
+	c.mu.RUnlock()
+	if c.Shared && store != nil {
+		h, err := store.SecretHash(ctx, id)
+		return err == nil && len(h) == sha256.Size
+	}
+	return ok
+}
+
 // AuthenticateDevice implements the broker's Authenticator: nil if secret
 // is the device's secret, in constant time for a known device.
 func (c *Credentials) AuthenticateDevice(ctx context.Context, id, secret string) error {

@@ -83,6 +83,13 @@ type Config struct {
 	// set, must arrive as "Authorization: Bearer SECRET" (docs/deploy.md).
 	EMQXAuth       bool
 	EMQXAuthSecret string
+	// BrokerEvents, with Broker, names the broker whose own client events
+	// also give devices presence: "emqx" subscribes to EMQX's
+	// $SYS/brokers/+/clients/+/connected, disconnected and subscribed, so
+	// that devices that do not announce themselves (third-party, plain
+	// MQTT) show online and get their queued messages (docs/deploy.md).
+	// Empty: presence from the devices' announcements only.
+	BrokerEvents string
 	// MQTTAddr is the plain MQTT listen address. Empty means the default,
 	// 127.0.0.1:1883, or the next free port above it when 1883 is taken
 	// (Open logs a warning); a given address is used as is. Port 0 picks
@@ -373,12 +380,17 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		accounts = dynsecAccounts{s.dynsec}
 	}
+	if cfg.BrokerEvents != "" && cfg.Broker == "" {
+		return nil, errors.New("--broker-events is for an external broker: give --broker too")
+	}
 	if cfg.Broker != "" {
 		clientID := "outpost"
 		if cfg.Replica != "" {
 			clientID += "-" + cfg.Replica
 		}
-		if s.link, err = extbroker.New(extbroker.Config{URL: cfg.Broker, ClientID: clientID, Logger: log.With("component", "broker-link")}, rt, gatewayPresence{s.presence, s}); err != nil {
+		lcfg := extbroker.Config{URL: cfg.Broker, ClientID: clientID, Events: cfg.BrokerEvents, Known: creds.Known,
+			Logger: log.With("component", "broker-link")}
+		if s.link, err = extbroker.New(lcfg, rt, gatewayPresence{s.presence, s}); err != nil {
 			return nil, err
 		}
 		side = s.link
