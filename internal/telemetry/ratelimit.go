@@ -37,7 +37,7 @@ const DefaultExchangeInterval = 200 * time.Millisecond
 //     peerTTLIntervals.
 const (
 	keepPendingIntervals = 5
-	heartbeatIntervals   = 25
+	heartbeatIntervals   = 5
 	peerTTLIntervals     = 3 * heartbeatIntervals
 	pendingFraction      = 4
 )
