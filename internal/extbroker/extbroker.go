@@ -117,7 +117,8 @@ const (
 )
 
 // InternalRoot is the root of the topics the replicas use among
-// themselves: wake-ups of the down queue and mirrored stream events.
+// themselves: wake-ups of the down queue (notify/{id}), mirrored stream
+// events (event) and rate-limit usage (usage).
 // Devices must not be allowed to publish or subscribe under it (the
 // device ACLs of docs/deploy.md allow only their own outpost/v1/{id}/
 // topics).
@@ -139,14 +140,18 @@ type Link struct {
 	h        Handler
 	presence Presence
 	cm       *autopaho.ConnectionManager
-	ctx      context.Context
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	retries  chan retry
+	// started is cm once Start set it, for publishers that may run
+	// before (the rate limit's usage reports start with the platform).
+	started atomic.Pointer[autopaho.ConnectionManager]
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	retries chan retry
 
 	dh     atomic.Pointer[deliveryBox]
 	notify atomic.Pointer[func(deviceID string)]
 	events atomic.Pointer[func(kind, deviceID string, data json.RawMessage)]
+	usage  atomic.Pointer[func(origin string, usage map[string]int)]
 
 	interest interest
 
@@ -266,6 +271,7 @@ func (l *Link) Start(ctx context.Context) error {
 		return fmt.Errorf("external broker: %w", err)
 	}
 	l.cm = cm
+	l.started.Store(cm)
 	l.wg.Add(2)
 	go l.retrier()
 	go l.eventLoop()
@@ -542,6 +548,10 @@ func (l *Link) internal(pk *paho.Publish) {
 		if f := l.events.Load(); f != nil && json.Unmarshal(pk.Payload, &e) == nil && e.Origin != l.cfg.ClientID {
 			(*f)(e.Kind, e.DeviceID, e.Data)
 		}
+	case "usage":
+		if arg == "" {
+			l.usageReport(pk.Payload)
+		}
 	}
 }
 
@@ -581,14 +591,15 @@ func (l *Link) Mirror(kind, deviceID string, data json.RawMessage) {
 }
 
 func (l *Link) publishInternal(topic string, payload []byte) {
-	if l.cm == nil || !l.up.Load() {
+	cm := l.started.Load()
+	if cm == nil || !l.up.Load() {
 		return
 	}
 	// autopaho's queue would hold them across reconnects; these are worth
 	// nothing late. A QoS 0 publish does not wait for the broker.
 	ctx, cancel := context.WithTimeout(l.ctx, time.Second)
 	defer cancel()
-	if _, err := l.cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 0, Payload: payload}); err != nil {
+	if _, err := cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 0, Payload: payload}); err != nil {
 		l.log.Debug("external broker: replica notice not sent", "topic", topic, "error", err)
 	}
 }

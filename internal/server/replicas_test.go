@@ -13,6 +13,7 @@ import (
 	"github.com/outpost-iot/outpost/internal/outposttest"
 	"github.com/outpost-iot/outpost/internal/postgres/pgtest"
 	"github.com/outpost-iot/outpost/internal/server"
+	"github.com/outpost-iot/outpost/internal/telemetry"
 )
 
 // TestReplicasMosquittoPostgres runs two platform replicas between one
@@ -167,4 +168,91 @@ func TestReplicasMosquittoPostgres(t *testing.T) {
 		b.Do(t, "GET", "/api/v1/devices/"+y.d.ID+"/telemetry?feed=after&limit=1000", nil, &r)
 		return len(r.Readings) == 100
 	})
+}
+
+// TestReplicasRateLimit: a device whose messages the shared subscription
+// spreads over two replicas gets its rate limit (--device-rate) across
+// both, within the bound of docs/deploy.md ("What each part
+// guarantees"), not twice it: the replicas exchange what they admit.
+// The device sends far more than its limit at once; the readings stored
+// by both replicas together are checked against the bound at every
+// sample, computed from the elapsed time measured after the sample.
+// Nothing is dropped: every reading is stored in the end.
+func TestReplicasRateLimit(t *testing.T) {
+	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
+	addr := startMosquitto(t)
+	const (
+		rate, burst = 20, 5 // readings per second; one reading a message
+		interval    = telemetry.DefaultExchangeInterval
+		// transit bounds a report's way from one replica to the other,
+		// generously: the machine may be busy.
+		transit = time.Second
+		sent    = 160
+		checked = 120 // stored readings up to which the bound is checked
+	)
+	replica := func(name string) *outposttest.Platform {
+		return outposttest.Start(t, func(c *server.Config) {
+			c.DB, c.Broker, c.Replica = dbURL, "mqtt://outpost:secret@"+addr, name
+			c.DeviceRate, c.DeviceBurst = rate, burst
+		})
+	}
+	a, b := replica("a"), replica("b")
+	d := a.CreateDevice(t, "limited")
+	c, err := device.New(d.URL, device.WithLogger(outposttest.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stored := func() float64 {
+		return metric(t, a, "outpost_readings_stored_total") + metric(t, b, "outpost_readings_stored_total")
+	}
+	// The documented bound for two replicas over a window of length el:
+	// one burst and the rate (with ε), plus for the other replica one
+	// burst, one interval and the transit's worth, twice the reporting
+	// threshold, and each replica's last message in debt.
+	const replicas, n = 2, 1
+	eps := float64(replicas-1) / (20 * replicas)
+	threshold := rate * interval.Seconds() / (4 * replicas)
+	bound := func(el time.Duration) float64 {
+		return burst + n + rate*el.Seconds()*(1+eps) + (replicas-1)*(burst+n+rate*(interval+transit).Seconds()+2*threshold)
+	}
+
+	start := time.Now()
+	for j := range sent {
+		if err := c.AddAt("v", j, time.UnixMilli(int64(1_700_000_000_000+j))); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Publish(ctx); err != nil { // acknowledged by Mosquitto at once
+			t.Fatal(err)
+		}
+	}
+	var got float64
+	var el time.Duration
+	samples := 0
+	for got < checked {
+		if ctx.Err() != nil {
+			t.Fatalf("only %v of %d readings stored", got, sent)
+		}
+		got = stored()
+		el = time.Since(start) // after the sample: the bound only widens
+		samples++
+		if got > bound(el) {
+			t.Fatalf("%v readings stored after %s: over the bound %.1f (limit %d/s, burst %d, two replicas)", got, el.Round(time.Millisecond), bound(el), rate, burst)
+		}
+		time.Sleep(20 * time.Millisecond) // poll: the next sample
+	}
+	t.Logf("%v readings stored in %s (%d samples): bound %.1f, limit alone %.1f, without the exchange up to %.1f",
+		got, el.Round(time.Millisecond), samples, bound(el), burst+rate*el.Seconds(), 2*(burst+rate*el.Seconds()))
+	ba, bb := metric(t, a, "outpost_batches_stored_total"), metric(t, b, "outpost_batches_stored_total")
+	if ba == 0 || bb == 0 {
+		t.Fatalf("batches stored: replica a %v, replica b %v; want the device's messages spread over both", ba, bb)
+	}
+	t.Logf("batches stored so far: replica a %v, replica b %v; refused for the rate: a %v, b %v", ba, bb,
+		metric(t, a, "outpost_telemetry_rate_limited_total"), metric(t, b, "outpost_telemetry_rate_limited_total"))
+	outposttest.Eventually(t, 60*time.Second, fmt.Sprint("all ", sent, " readings stored"), func() bool { return stored() == sent })
 }

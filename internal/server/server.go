@@ -156,6 +156,11 @@ type Config struct {
 	// PUBACK 0x97 "quota exceeded" (MQTT 3.1.1: an "overloaded" error reply
 	// and the connection closed) and resends later; nothing is dropped.
 	DeviceRate, DeviceBurst int
+	// RateExchangeInterval is how often replicas on an external broker
+	// tell one another what they admitted under DeviceRate, so that a
+	// device's limit holds across them (default 200ms; docs/deploy.md
+	// gives the bound it leads to).
+	RateExchangeInterval time.Duration
 	// ReadingRetention is how long readings are kept, by their timestamp
 	// (default 0: for ever). PostgreSQL drops them a day's partition at a
 	// time, so it keeps up to a day more.
@@ -225,6 +230,7 @@ type Server struct {
 	link      *extbroker.Link // the external broker's link, or nil
 	dynsec    *dynsec.Client  // Mosquitto's dynamic security, or nil
 	writer    *ingest.Writer
+	tel       *telemetry.Service
 	pruner    *retention.Pruner
 	queue     *queue.Queue
 	presence  *presence.Tracker
@@ -442,8 +448,16 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		io.Writers = db.writers
 	}
 	s.writer = ingest.NewWriter(db, io)
-	tel := telemetry.New(telemetry.Options{Writer: s.writer, Feeds: mdl, Replies: replies, Stats: stats, Store: db,
-		Rate: cfg.DeviceRate, Burst: cfg.DeviceBurst})
+	topt := telemetry.Options{Writer: s.writer, Feeds: mdl, Replies: replies, Stats: stats, Store: db,
+		Rate: cfg.DeviceRate, Burst: cfg.DeviceBurst}
+	if s.link != nil {
+		// The shared subscription spreads a device's messages over the
+		// replicas: they share what they admit, so its limit holds
+		// across them. The embedded broker's single node needs none.
+		topt.Exchange, topt.ExchangeInterval = s.link, cfg.RateExchangeInterval
+	}
+	tel := telemetry.New(topt)
+	s.tel = tel
 	relay := rpc.New(rpc.Options{Publisher: routedSide{side, s}, Presence: s.presence, Devices: db, Metrics: reg})
 	var arts *artifact.Repository
 	if arts, s.ota, err = s.openOTA(db.ota, side, hub); err != nil {
@@ -726,6 +740,10 @@ func (s *Server) Close() error {
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())
+		}
+		if s.tel != nil {
+			// Its usage reports go out through the link.
+			errs = append(errs, s.tel.Close())
 		}
 		if s.link != nil {
 			errs = append(errs, s.link.Close())

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -125,6 +126,13 @@ type Options struct {
 	// limit), with bursts of up to Burst readings (default one second's
 	// worth).
 	Rate, Burst int
+	// Exchange, when set with Rate, shares the rate limit's usage with
+	// the other replicas that take the same devices' traffic, every
+	// ExchangeInterval (default DefaultExchangeInterval), so a device's
+	// limit holds across them (docs/deploy.md gives the bound). Close
+	// stops the reports.
+	Exchange         Exchange
+	ExchangeInterval time.Duration
 }
 
 // Service is the telemetry home. It is safe for concurrent use.
@@ -135,11 +143,55 @@ type Service struct {
 	stats   *Stats
 	db      Store
 	limiter *rateLimiter // nil: no limit
+
+	stop      chan struct{} // closed by Close
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 }
 
-// New returns the telemetry service.
+// New returns the telemetry service. With Options.Exchange and a rate
+// limit it starts reporting usage to the other replicas; Close stops it.
 func New(o Options) *Service {
-	return &Service{w: o.Writer, feeds: o.Feeds, reply: o.Replies, stats: o.Stats, db: o.Store, limiter: newRateLimiter(o.Rate, o.Burst)}
+	s := &Service{w: o.Writer, feeds: o.Feeds, reply: o.Replies, stats: o.Stats, db: o.Store, limiter: newRateLimiter(o.Rate, o.Burst),
+		stop: make(chan struct{})}
+	if s.limiter != nil && o.Exchange != nil {
+		every := o.ExchangeInterval
+		if every <= 0 {
+			every = DefaultExchangeInterval
+		}
+		s.limiter.withExchange(every)
+		l := s.limiter
+		o.Exchange.OnUsage(func(origin string, used map[string]int) { l.receive(origin, used, time.Now()) })
+		s.wg.Add(1)
+		go s.exchange(o.Exchange, every)
+	}
+	return s
+}
+
+// exchange reports this replica's usage every interval until Close.
+func (s *Service) exchange(ex Exchange, every time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if used, send := s.limiter.report(time.Now()); send {
+			ex.PublishUsage(used)
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Close stops the usage reports to other replicas (if any). The service
+// still handles messages afterwards, limited by this replica's own
+// accounting.
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() { close(s.stop) })
+	s.wg.Wait()
+	return nil
 }
 
 // Start begins handling a telemetry message: the batch goes to the ingest
