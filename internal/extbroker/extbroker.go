@@ -153,7 +153,8 @@ type Link struct {
 	events atomic.Pointer[func(kind, deviceID string, data json.RawMessage)]
 	usage  atomic.Pointer[func(origin string, usage map[string]int)]
 
-	interest interest
+	interest     interest
+	feedsChanged atomic.Pointer[func(deviceID string)]
 
 	up          atomic.Bool
 	subscribed  chan struct{} // closed once the first subscriptions are made
@@ -543,6 +544,10 @@ func (l *Link) internal(pk *paho.Publish) {
 		}
 	case "interest":
 		l.gotInterest(pk.Payload)
+	case "feeds":
+		if f := l.feedsChanged.Load(); f != nil && arg != "" {
+			(*f)(arg)
+		}
 	case "event":
 		var e mirrored
 		if f := l.events.Load(); f != nil && json.Unmarshal(pk.Payload, &e) == nil && e.Origin != l.cfg.ClientID {
@@ -561,6 +566,18 @@ type mirrored struct {
 	Kind     string          `json:"kind"`
 	DeviceID string          `json:"device_id"`
 	Data     json.RawMessage `json:"data"`
+}
+
+// OnFeedsChanged sets what a replica does when another one changed a
+// device's feed definitions (the model's Forget).
+func (l *Link) OnFeedsChanged(f func(deviceID string)) { l.feedsChanged.Store(&f) }
+
+// FeedsChanged tells the other replicas that this one changed a device's
+// feed definitions (model.Options.Changed). QoS 0: a lost notice leaves a
+// stale cache that the telemetry home re-reads before it rejects a
+// reading by it (telemetry.Options.SharedModel).
+func (l *Link) FeedsChanged(deviceID string) {
+	l.publishInternal(InternalRoot+"/feeds/"+deviceID, nil)
 }
 
 // OnNotify sets what a replica does when another one queued something

@@ -65,6 +65,10 @@ type Options struct {
 	Replies   Replier
 	Stream    Stream
 	Logger    *slog.Logger
+	// Changed, when set, is told each time this process changed a
+	// device's feed definitions: replicas tell one another, so that
+	// their caches follow (Forget).
+	Changed func(deviceID string)
 }
 
 // Service is the device model. It is safe for concurrent use.
@@ -79,8 +83,11 @@ type Service struct {
 	// wmu serialises changes to the model so the cache follows the store.
 	wmu sync.Mutex
 
+	changed func(deviceID string)
+
 	mu    sync.Mutex
 	feeds map[string]map[string]outpost.Feed // device → ref → definition
+	fresh map[string]time.Time               // device → last RefreshFeeds
 }
 
 // New returns the model service.
@@ -89,7 +96,7 @@ func New(o Options) *Service {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Service{db: o.Store, down: o.Down, pub: o.Publisher, reply: o.Replies, hub: o.Stream, log: o.Logger,
-		feeds: map[string]map[string]outpost.Feed{}}
+		changed: o.Changed, feeds: map[string]map[string]outpost.Feed{}, fresh: map[string]time.Time{}}
 }
 
 // Default lifetimes of messages to devices.
@@ -98,11 +105,41 @@ const (
 	parametersTTL  = 24 * time.Hour
 )
 
-// Forget drops a deleted device from the cache.
+// Forget drops a device from the cache: it was deleted, or another
+// replica changed its feeds (the next FeedsOf reads the store).
 func (m *Service) Forget(deviceID string) {
 	m.mu.Lock()
 	delete(m.feeds, deviceID)
+	delete(m.fresh, deviceID)
 	m.mu.Unlock()
+}
+
+// refreshEvery bounds how often RefreshFeeds reads one device's feeds.
+const refreshEvery = time.Second
+
+// RefreshFeeds is FeedsOf read again from the store, for a caller about
+// to reject a reading by the cached definitions when another replica may
+// have changed them. It reads the store at most once a second per device
+// (a device that keeps sending a wrong feed costs one read a second) and
+// returns the cache otherwise.
+func (m *Service) RefreshFeeds(ctx context.Context, deviceID string) (map[string]outpost.Feed, error) {
+	now := time.Now()
+	m.mu.Lock()
+	if now.Sub(m.fresh[deviceID]) < refreshEvery {
+		m.mu.Unlock()
+		return m.FeedsOf(ctx, deviceID)
+	}
+	if len(m.fresh) >= 4096 {
+		for id, at := range m.fresh {
+			if now.Sub(at) >= refreshEvery {
+				delete(m.fresh, id)
+			}
+		}
+	}
+	m.fresh[deviceID] = now
+	delete(m.feeds, deviceID)
+	m.mu.Unlock()
+	return m.FeedsOf(ctx, deviceID)
 }
 
 // FeedsOf returns the device's feed definitions by reference, from the
@@ -245,6 +282,9 @@ func (m *Service) handleFeeds(ctx context.Context, deviceID string, payload []by
 			return err
 		}
 		m.setFeeds(deviceID, defs)
+		if m.changed != nil {
+			m.changed(deviceID)
+		}
 	}
 	return m.reply.Partial(deviceID, protocol.KindFeeds, msg.ID, bad, len(reg)+len(rm), first)
 }

@@ -98,3 +98,69 @@ func TestReplicasMirrorOnlyWhileListened(t *testing.T) {
 		t.Errorf("replica b mirrored %v events to a, which has no listener", mb)
 	}
 }
+
+// TestReplicasFeedCacheFollows: replicas cache a device's feed
+// definitions. A feed the device registers through one replica must not
+// be refused by the other's stale cache: every reading of the new feed is
+// stored, whichever replica takes it, and none is rejected.
+func TestReplicasFeedCacheFollows(t *testing.T) {
+	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
+	addr := startMosquitto(t)
+	replica := func(name string) *outposttest.Platform {
+		return outposttest.Start(t, func(c *server.Config) {
+			c.DB, c.Broker, c.Replica = dbURL, "mqtt://outpost:secret@"+addr, name
+		})
+	}
+	a, b := replica("a"), replica("b")
+	d := a.CreateDevice(t, "feeds")
+	c, err := device.New(d.URL, device.WithLogger(outposttest.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	registered := func(ref string) {
+		t.Helper()
+		if err := c.RegisterFeeds(ctx, device.Feed{Ref: ref, Type: device.FeedIn, DataType: device.Number}); err != nil {
+			t.Fatal(err)
+		}
+		outposttest.Eventually(t, 10*time.Second, "feed "+ref+" registered", func() bool {
+			return a.Do(t, "GET", "/api/v1/devices/"+d.ID+"/feeds/"+ref, nil, nil) == 200
+		})
+	}
+	i := 0
+	send := func(feed string) {
+		t.Helper()
+		if err := c.AddAt(feed, i, time.UnixMilli(int64(1_700_000_000_000+i))); err != nil {
+			t.Fatal(err)
+		}
+		i++
+		if err := c.Publish(ctx); err != nil { // one reading a message
+			t.Fatal(err)
+		}
+	}
+	registered("x")
+	// Both replicas cache the definitions ({x}) once each handled a
+	// message of the device.
+	outposttest.Eventually(t, 30*time.Second, "both replicas committed the device's batches", func() bool {
+		send("x")
+		return metric(t, a, "outpost_batches_stored_total") > 0 && metric(t, b, "outpost_batches_stored_total") > 0
+	})
+	registered("y") // through one of them
+	const n = 20
+	for range n {
+		send("y")
+	}
+	outposttest.Eventually(t, 30*time.Second, "every reading of the new feed stored", func() bool {
+		var r readingsResp
+		b.Do(t, "GET", "/api/v1/devices/"+d.ID+"/telemetry?feed=y&limit=1000", nil, &r)
+		return len(r.Readings) == n
+	})
+	if ra, rb := metric(t, a, "outpost_readings_rejected_total"), metric(t, b, "outpost_readings_rejected_total"); ra+rb != 0 {
+		t.Fatalf("readings rejected: a %v, b %v; want none", ra, rb)
+	}
+}

@@ -440,7 +440,16 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	} else {
 		_ = s.link.SetDeliveryHandler(s.queue)
 	}
-	mdl := model.New(model.Options{Store: db, Down: s.queue, Publisher: side, Replies: replies, Stream: hub, Logger: log})
+	mopt := model.Options{Store: db, Down: s.queue, Publisher: side, Replies: replies, Stream: hub, Logger: log}
+	if s.link != nil {
+		// Replicas cache feed definitions: they tell one another of
+		// changes, and re-read before rejecting by a cached one.
+		mopt.Changed = s.link.FeedsChanged
+	}
+	mdl := model.New(mopt)
+	if s.link != nil {
+		s.link.OnFeedsChanged(mdl.Forget)
+	}
 	stats := telemetry.NewStats(hub, reg)
 	io := cfg.Ingest
 	io.QueueLen, io.Observer, io.Logger = cfg.IngestQueue, stats, log
@@ -455,6 +464,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		// replicas: they share what they admit, so its limit holds
 		// across them. The embedded broker's single node needs none.
 		topt.Exchange, topt.ExchangeInterval = s.link, cfg.RateExchangeInterval
+		topt.SharedModel = true
 	}
 	tel := telemetry.New(topt)
 	s.tel = tel

@@ -32,6 +32,9 @@ type Writer interface {
 // keeps them); an empty map means the device registered none.
 type Feeds interface {
 	FeedsOf(ctx context.Context, deviceID string) (map[string]outpost.Feed, error)
+	// RefreshFeeds reads them again from the store (used with
+	// Options.SharedModel before rejecting a reading).
+	RefreshFeeds(ctx context.Context, deviceID string) (map[string]outpost.Feed, error)
 }
 
 // Replier sends error replies (internal/reply implements it).
@@ -133,10 +136,15 @@ type Options struct {
 	// stops the reports.
 	Exchange         Exchange
 	ExchangeInterval time.Duration
+	// SharedModel says other processes (replicas) change feed
+	// definitions too: before rejecting a reading by the cached
+	// definitions, the service reads them again (Feeds.RefreshFeeds).
+	SharedModel bool
 }
 
 // Service is the telemetry home. It is safe for concurrent use.
 type Service struct {
+	shared  bool // Options.SharedModel
 	w       Writer
 	feeds   Feeds
 	reply   Replier
@@ -153,7 +161,7 @@ type Service struct {
 // limit it starts reporting usage to the other replicas; Close stops it.
 func New(o Options) *Service {
 	s := &Service{w: o.Writer, feeds: o.Feeds, reply: o.Replies, stats: o.Stats, db: o.Store, limiter: newRateLimiter(o.Rate, o.Burst),
-		stop: make(chan struct{})}
+		shared: o.SharedModel, stop: make(chan struct{})}
 	if s.limiter != nil && o.Exchange != nil {
 		every := o.ExchangeInterval
 		if every <= 0 {
@@ -248,6 +256,18 @@ func (s *Service) batch(ctx context.Context, deviceID string, payload []byte) (*
 	feeds, err := s.feeds.FeedsOf(ctx, deviceID)
 	if err != nil {
 		return nil, err // transient: the device resends
+	}
+	if s.shared {
+		// Another replica may have changed the definitions since they
+		// were cached: read them again before rejecting by them.
+		for _, r := range t.Readings {
+			if CheckReading(feeds, r) != nil {
+				if feeds, err = s.feeds.RefreshFeeds(ctx, deviceID); err != nil {
+					return nil, err // transient: the device resends
+				}
+				break
+			}
+		}
 	}
 	now := time.Now().UnixMilli()
 	b := &outpost.Batch{DeviceID: deviceID, ID: t.ID, Readings: make([]outpost.Reading, 0, len(t.Readings))}
