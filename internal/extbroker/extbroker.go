@@ -124,6 +124,9 @@ const (
 // topics).
 const InternalRoot = "outpost-internal/v1"
 
+// DefaultReceiveMaximum is Config.ReceiveMaximum's default.
+const DefaultReceiveMaximum = 1024
+
 // fanoutKinds arrive at every replica (plain subscription); the shared
 // subscription's copies of RPC answers are acknowledged and dropped, those
 // of presence announcements make their replica the session's owner.
@@ -198,7 +201,7 @@ func New(cfg Config, h Handler, presence Presence) (*Link, error) {
 		cfg.Group = "outpost"
 	}
 	if cfg.ReceiveMaximum == 0 {
-		cfg.ReceiveMaximum = 1024
+		cfg.ReceiveMaximum = DefaultReceiveMaximum
 	}
 	if cfg.SessionExpiry <= 0 {
 		cfg.SessionExpiry = time.Hour

@@ -171,13 +171,15 @@ func TestReplicasMosquittoPostgres(t *testing.T) {
 }
 
 // TestReplicasRateLimit: a device whose messages the shared subscription
-// spreads over two replicas gets its rate limit (--device-rate) across
-// both, within the bound of docs/deploy.md ("What each part
-// guarantees"), not twice it: the replicas exchange what they admit.
-// The device sends far more than its limit at once; the readings stored
-// by both replicas together are checked against the bound at every
-// sample, computed from the elapsed time measured after the sample.
-// Nothing is dropped: every reading is stored in the end.
+// spreads over two replicas is measured against its rate limit
+// (--device-rate) across both, within the bound of docs/deploy.md
+// ("Limits across replicas"), not twice it: the replicas exchange what
+// they admit. Behind an external broker the platform stores what is over
+// the limit and counts it (outpost_telemetry_rate_overrun_total; holding
+// a message back would hold up every device, acknowledgements being in
+// order): the readings counted within the limit by both replicas
+// together must stay within the bound while the device sends at twice
+// its limit, and every reading is stored.
 func TestReplicasRateLimit(t *testing.T) {
 	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
 	addr := startMosquitto(t)
@@ -188,7 +190,6 @@ func TestReplicasRateLimit(t *testing.T) {
 		// generously: the machine may be busy.
 		transit = time.Second
 		sent    = 160
-		checked = 120 // stored readings up to which the bound is checked
 	)
 	replica := func(name string) *outposttest.Platform {
 		return outposttest.Start(t, func(c *server.Config) {
@@ -222,6 +223,9 @@ func TestReplicasRateLimit(t *testing.T) {
 		return burst + n + rate*el.Seconds()*(1+eps) + (replicas-1)*(burst+n+rate*(interval+transit).Seconds()+2*threshold)
 	}
 
+	// Twice the limit, paced: a load shape, not a synchronisation.
+	pace := time.NewTicker(time.Second / (2 * rate))
+	defer pace.Stop()
 	start := time.Now()
 	for j := range sent {
 		if err := c.AddAt("v", j, time.UnixMilli(int64(1_700_000_000_000+j))); err != nil {
@@ -230,29 +234,28 @@ func TestReplicasRateLimit(t *testing.T) {
 		if err := c.Publish(ctx); err != nil { // acknowledged by Mosquitto at once
 			t.Fatal(err)
 		}
+		<-pace.C
 	}
-	var got float64
-	var el time.Duration
-	samples := 0
-	for got < checked {
-		if ctx.Err() != nil {
-			t.Fatalf("only %v of %d readings stored", got, sent)
-		}
-		got = stored()
-		el = time.Since(start) // after the sample: the bound only widens
-		samples++
-		if got > bound(el) {
-			t.Fatalf("%v readings stored after %s: over the bound %.1f (limit %d/s, burst %d, two replicas)", got, el.Round(time.Millisecond), bound(el), rate, burst)
-		}
-		time.Sleep(20 * time.Millisecond) // poll: the next sample
+	sending := time.Since(start)
+	outposttest.Eventually(t, 60*time.Second, fmt.Sprint("all ", sent, " readings stored"), func() bool { return stored() == sent })
+	el := time.Since(start) // after the last reading was stored: the bound only widens
+	over := metric(t, a, "outpost_telemetry_rate_overrun_total") + metric(t, b, "outpost_telemetry_rate_overrun_total")
+	within := sent - over // one reading a message
+	t.Logf("%d readings stored in %s, %v within the limit: bound %.1f, limit alone %.1f, without the exchange up to %.1f",
+		sent, el.Round(time.Millisecond), within, bound(el), burst+rate*el.Seconds(), 2*(burst+rate*el.Seconds()))
+	if within > bound(el) {
+		t.Fatalf("%v readings counted within the limit in %s: over the bound %.1f (limit %d/s, burst %d, two replicas)", within, el.Round(time.Millisecond), bound(el), rate, burst)
 	}
-	t.Logf("%v readings stored in %s (%d samples): bound %.1f, limit alone %.1f, without the exchange up to %.1f",
-		got, el.Round(time.Millisecond), samples, bound(el), burst+rate*el.Seconds(), 2*(burst+rate*el.Seconds()))
+	// Nor is what is within the limit counted over it (loosely: the
+	// device may have been slower than its pace).
+	if floor := 0.8 * min(sent, burst+rate*sending.Seconds()); within < floor {
+		t.Fatalf("only %v readings counted within the limit in %s; want at least %.1f", within, sending.Round(time.Millisecond), floor)
+	}
 	ba, bb := metric(t, a, "outpost_batches_stored_total"), metric(t, b, "outpost_batches_stored_total")
 	if ba == 0 || bb == 0 {
 		t.Fatalf("batches stored: replica a %v, replica b %v; want the device's messages spread over both", ba, bb)
 	}
-	t.Logf("batches stored so far: replica a %v, replica b %v; refused for the rate: a %v, b %v", ba, bb,
-		metric(t, a, "outpost_telemetry_rate_limited_total"), metric(t, b, "outpost_telemetry_rate_limited_total"))
-	outposttest.Eventually(t, 60*time.Second, fmt.Sprint("all ", sent, " readings stored"), func() bool { return stored() == sent })
+	if held := metric(t, a, "outpost_telemetry_rate_limited_total") + metric(t, b, "outpost_telemetry_rate_limited_total"); held != 0 {
+		t.Fatalf("%v messages held back behind the broker", held)
+	}
 }

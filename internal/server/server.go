@@ -90,6 +90,10 @@ type Config struct {
 	// MQTT) show online and get their queued messages (docs/deploy.md).
 	// Empty: presence from the devices' announcements only.
 	BrokerEvents string
+	// BrokerReceiveMaximum, with Broker, bounds the messages the broker
+	// may send the platform before it acknowledges them (default 1,024).
+	// Every device's traffic shares it.
+	BrokerReceiveMaximum uint16
 	// MQTTAddr is the plain MQTT listen address. Empty means the default,
 	// 127.0.0.1:1883, or the next free port above it when 1883 is taken
 	// (Open logs a warning); a given address is used as is. Port 0 picks
@@ -155,6 +159,8 @@ type Config struct {
 	// (default one second's worth). A device over its rate gets MQTT 5
 	// PUBACK 0x97 "quota exceeded" (MQTT 3.1.1: an "overloaded" error reply
 	// and the connection closed) and resends later; nothing is dropped.
+	// With an external broker, what is over the limit is stored and
+	// counted (telemetry.Options.AdmitOverLimit): the broker enforces.
 	DeviceRate, DeviceBurst int
 	// RateExchangeInterval is how often replicas on an external broker
 	// tell one another what they admitted under DeviceRate, so that a
@@ -394,7 +400,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if cfg.Replica != "" {
 			clientID += "-" + cfg.Replica
 		}
-		lcfg := extbroker.Config{URL: cfg.Broker, ClientID: clientID, Events: cfg.BrokerEvents, Known: creds.Known,
+		lcfg := extbroker.Config{URL: cfg.Broker, ClientID: clientID, Events: cfg.BrokerEvents, Known: creds.Known, ReceiveMaximum: cfg.BrokerReceiveMaximum,
 			Logger: log.With("component", "broker-link")}
 		if s.link, err = extbroker.New(lcfg, rt, gatewayPresence{s.presence, s}); err != nil {
 			return nil, err
@@ -465,6 +471,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		// across them. The embedded broker's single node needs none.
 		topt.Exchange, topt.ExchangeInterval = s.link, cfg.RateExchangeInterval
 		topt.SharedModel = true
+		// A refused message would stay unacknowledged at the broker and,
+		// acknowledgements going in order, hold up every device.
+		topt.AdmitOverLimit = true
 	}
 	tel := telemetry.New(topt)
 	s.tel = tel

@@ -68,6 +68,7 @@ type Stats struct {
 	batchesDuplicate prometheus.Counter
 	ingestOverloaded prometheus.Counter
 	rateLimited      prometheus.Counter
+	rateOverrun      prometheus.Counter
 	commitSeconds    prometheus.Histogram
 }
 
@@ -82,10 +83,11 @@ func NewStats(stream Stream, reg prometheus.Registerer) *Stats {
 	m.batchesStored = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_batches_stored_total", Help: "Telemetry batches committed."})
 	m.batchesDuplicate = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_batches_duplicate_total", Help: "Redelivered telemetry batches recognised by id and not stored again."})
 	m.rateLimited = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_telemetry_rate_limited_total", Help: "Telemetry messages refused because their device exceeded its rate limit (the device retries)."})
+	m.rateOverrun = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_telemetry_rate_overrun_total", Help: "Telemetry messages stored over their device's rate limit (external broker: the broker acknowledged them, and holding one back would hold up every device)."})
 	m.ingestOverloaded = prometheus.NewCounter(prometheus.CounterOpts{Name: "outpost_ingest_overloaded_total", Help: "Telemetry messages refused because the ingest queue was full (the device retries)."})
 	m.commitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "outpost_ingest_commit_seconds", Help: "Duration of one group commit.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)})
 	if reg != nil {
-		reg.MustRegister(m.readingsStored, m.readingsRejected, m.batchesStored, m.batchesDuplicate, m.ingestOverloaded, m.rateLimited, m.commitSeconds)
+		reg.MustRegister(m.readingsStored, m.readingsRejected, m.batchesStored, m.batchesDuplicate, m.ingestOverloaded, m.rateLimited, m.rateOverrun, m.commitSeconds)
 	}
 	return m
 }
@@ -131,15 +133,27 @@ type Options struct {
 	Rate, Burst int
 	// Exchange, when set with Rate, shares the rate limit's usage with
 	// the other replicas that take the same devices' traffic, every
-	// ExchangeInterval (default DefaultExchangeInterval), so a device's
-	// limit holds across them (docs/deploy.md gives the bound). Close
-	// stops the reports.
+	// ExchangeInterval (default DefaultExchangeInterval), so a device is
+	// measured against its limit across them (docs/deploy.md gives the
+	// bound). Close stops the reports.
 	Exchange         Exchange
 	ExchangeInterval time.Duration
 	// SharedModel says other processes (replicas) change feed
 	// definitions too: before rejecting a reading by the cached
 	// definitions, the service reads them again (Feeds.RefreshFeeds).
 	SharedModel bool
+	// AdmitOverLimit stores a device's messages over its rate limit
+	// instead of refusing them, and counts them in
+	// outpost_telemetry_rate_overrun_total. Behind an external broker a
+	// refused message would stay unacknowledged at the broker, and MQTT
+	// acknowledgements go in the order messages arrived: one held
+	// message holds up every later message of every device once the
+	// broker's window is full. The broker has already acknowledged the
+	// message to the device, so it is not dropped either. There, the
+	// broker enforces per-device limits (docs/deploy.md); the platform
+	// counts. Off: a message over the limit is refused (the embedded
+	// broker answers 0x97 and the device keeps it).
+	AdmitOverLimit bool
 }
 
 // Service is the telemetry home. It is safe for concurrent use.
@@ -151,6 +165,7 @@ type Service struct {
 	stats   *Stats
 	db      Store
 	limiter *rateLimiter // nil: no limit
+	admit   bool         // Options.AdmitOverLimit
 
 	stop      chan struct{} // closed by Close
 	wg        sync.WaitGroup
@@ -162,6 +177,7 @@ type Service struct {
 func New(o Options) *Service {
 	s := &Service{w: o.Writer, feeds: o.Feeds, reply: o.Replies, stats: o.Stats, db: o.Store, limiter: newRateLimiter(o.Rate, o.Burst),
 		shared: o.SharedModel, stop: make(chan struct{})}
+	s.admit = o.AdmitOverLimit
 	if s.limiter != nil && o.Exchange != nil {
 		every := o.ExchangeInterval
 		if every <= 0 {
@@ -249,9 +265,14 @@ func (s *Service) batch(ctx context.Context, deviceID string, payload []byte) (*
 		s.stats.readingsRejected.Inc()
 		return nil, s.reply.Reject(deviceID, protocol.KindTelemetry, "", err)
 	}
-	if !s.limiter.allow(deviceID, len(t.Readings), time.Now()) {
-		s.stats.rateLimited.Inc()
-		return nil, fmt.Errorf("telemetry: device %s over its rate limit: %w", deviceID, outpost.ErrOverloaded)
+	if now := time.Now(); !s.limiter.allow(deviceID, len(t.Readings), now) {
+		if !s.admit {
+			s.stats.rateLimited.Inc()
+			return nil, fmt.Errorf("telemetry: device %s over its rate limit: %w", deviceID, outpost.ErrOverloaded)
+		}
+		// Stored, not taken from the bucket: what is over the limit
+		// is counted, the limit itself goes on measuring the device.
+		s.stats.rateOverrun.Inc()
 	}
 	feeds, err := s.feeds.FeedsOf(ctx, deviceID)
 	if err != nil {
