@@ -156,8 +156,9 @@ type Link struct {
 	events atomic.Pointer[func(kind, deviceID string, data json.RawMessage)]
 	usage  atomic.Pointer[func(origin string, usage map[string]int)]
 
-	interest     interest
-	feedsChanged atomic.Pointer[func(deviceID string)]
+	interest       interest
+	feedsChanged   atomic.Pointer[func(deviceID string)]
+	gatewayChanged atomic.Pointer[func(id string)]
 
 	up          atomic.Bool
 	subscribed  chan struct{} // closed once the first subscriptions are made
@@ -551,6 +552,10 @@ func (l *Link) internal(pk *paho.Publish) {
 		if f := l.feedsChanged.Load(); f != nil && arg != "" {
 			(*f)(arg)
 		}
+	case "gateway":
+		if f := l.gatewayChanged.Load(); f != nil && arg != "" {
+			(*f)(arg)
+		}
 	case "event":
 		var e mirrored
 		if f := l.events.Load(); f != nil && json.Unmarshal(pk.Payload, &e) == nil && e.Origin != l.cfg.ClientID {
@@ -581,6 +586,19 @@ func (l *Link) OnFeedsChanged(f func(deviceID string)) { l.feedsChanged.Store(&f
 // reading by it (telemetry.Options.SharedModel).
 func (l *Link) FeedsChanged(deviceID string) {
 	l.publishInternal(InternalRoot+"/feeds/"+deviceID, nil)
+}
+
+// OnGatewayChanged sets what a replica does when another one changed a
+// gateway, its children or sinks, or deleted a device (the gateway
+// service's Stale).
+func (l *Link) OnGatewayChanged(f func(id string)) { l.gatewayChanged.Store(&f) }
+
+// GatewayChanged tells the other replicas that this one changed a
+// gateway (gateway.Options.Changed). QoS 0: a lost notice leaves a stale
+// copy that the gateway service reads again before it refuses an address
+// (gateway.Options.Shared).
+func (l *Link) GatewayChanged(id string) {
+	l.publishInternal(InternalRoot+"/gateway/"+id, nil)
 }
 
 // OnNotify sets what a replica does when another one queued something

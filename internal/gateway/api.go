@@ -32,6 +32,7 @@ func (s *Service) SetGateway(ctx context.Context, id, policy string) (*outpost.G
 		st.gw.Policy = policy
 		st.mu.Unlock()
 	}
+	s.changed(id)
 	return s.opt.Store.Gateway(ctx, id)
 }
 
@@ -82,6 +83,7 @@ func (s *Service) AddChild(ctx context.Context, gatewayID, address, deviceID str
 		st.byAddr[address] = c.DeviceID
 		st.mu.Unlock()
 	}
+	s.changed(gatewayID)
 	return c, nil
 }
 
@@ -108,6 +110,7 @@ func (s *Service) RemoveChild(ctx context.Context, gatewayID, address string) er
 		}
 		st.mu.Unlock()
 	}
+	s.changed(gatewayID)
 	return nil
 }
 
@@ -202,6 +205,24 @@ func (s *Service) checkSink(ctx context.Context, gatewayID, sink string) error {
 // message for it makes a new child.
 func (s *Service) DeviceDeleted(deviceID string) {
 	s.mu.Lock()
+	var parentID string
+	if r := s.children[deviceID]; r != nil {
+		parentID = r.gatewayID
+	}
+	s.mu.Unlock()
+	s.forget(deviceID)
+	// The other replicas: the device itself, if they hold it as a
+	// gateway or a child (Stale finds its gateway), and its gateway.
+	s.changed(deviceID)
+	if parentID != "" {
+		s.changed(parentID)
+	}
+}
+
+// forget drops a deleted device: as a gateway, or as a child.
+func (s *Service) forget(deviceID string) {
+	s.mu.Lock()
+	delete(s.stale, deviceID)
 	st := s.gws[deviceID]
 	delete(s.gws, deviceID)
 	r := s.children[deviceID]

@@ -20,9 +20,11 @@
 //
 // The service keeps each gateway's children in memory, loaded from the
 // store on first use; the API's changes go through the service and keep
-// it current. Several platform replicas sharing a store would each hold
-// their own copy: a change made through one is seen by another only
-// after its restart.
+// it current. Platform replicas sharing a store each hold their own copy:
+// a replica tells the others of its changes (Options.Changed → Stale, the
+// copy is read again on next use), and with Options.Shared it reads a
+// gateway again before refusing an address or registering a child at it,
+// so a lost notice never refuses a child another replica added.
 package gateway
 
 import (
@@ -147,6 +149,15 @@ type Options struct {
 	// (default and at most protocol.MaxChildrenPerMessage).
 	MaxChildren int
 	Logger      *slog.Logger
+	// Shared says other processes (replicas) change gateways, children
+	// and sinks in the same store: before refusing an unknown address,
+	// or registering a child at it, the service reads the gateway again
+	// (at most once a second, and after a conflict).
+	Shared bool
+	// Changed, when set, is told each time this process changed a
+	// gateway's definition, children or sinks (or deleted a device):
+	// replicas tell one another, and mark their copy Stale.
+	Changed func(gatewayID string)
 }
 
 // NodeDataEvent is a node's message as applications see it on the
@@ -181,6 +192,7 @@ type Service struct {
 	gws      map[string]*gwState // gateway id → state, loaded on first use
 	children map[string]*route   // child device id → its route, for loaded gateways
 	pending  map[string]chan result
+	stale    map[string]bool // loaded gateways another replica changed
 }
 
 // gwState is what the service knows of one gateway.
@@ -191,6 +203,7 @@ type gwState struct {
 	sinks  map[string]json.RawMessage
 	sess   outpost.SessionID   // current session; children online through it
 	online map[string]struct{} // child device ids marked online through sess
+	loaded time.Time           // last read from the store
 }
 
 // newSession numbers a session of a gateway's children with the
@@ -223,7 +236,8 @@ func New(o Options) *Service {
 	if o.MaxChildren <= 0 || o.MaxChildren > protocol.MaxChildrenPerMessage {
 		o.MaxChildren = protocol.MaxChildrenPerMessage
 	}
-	return &Service{opt: o, log: o.Logger, gws: map[string]*gwState{}, children: map[string]*route{}, pending: map[string]chan result{}}
+	return &Service{opt: o, log: o.Logger, gws: map[string]*gwState{}, children: map[string]*route{}, pending: map[string]chan result{},
+		stale: map[string]bool{}}
 }
 
 // Close releases the service. It owns no goroutine; waiting requests end
@@ -238,7 +252,20 @@ func Handles(kind string) bool { return protocol.GatewayKind(kind) }
 func (s *Service) state(ctx context.Context, id string) (*gwState, error) {
 	s.mu.Lock()
 	st := s.gws[id]
+	stale := s.stale[id]
 	s.mu.Unlock()
+	if st != nil && stale {
+		st.mu.Lock()
+		err := s.reloadLocked(ctx, st)
+		st.mu.Unlock()
+		if outpost.ErrorCode(err) == outpost.ENOTFOUND {
+			s.forget(id) // deleted through another replica
+			return nil, err
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 	if st != nil {
 		return st, nil
 	}
@@ -255,7 +282,7 @@ func (s *Service) state(ctx context.Context, id string) (*gwState, error) {
 		return nil, err
 	}
 	st = &gwState{gw: *g, byAddr: make(map[string]string, len(cs)), sinks: map[string]json.RawMessage{},
-		sess: newSession(), online: map[string]struct{}{}}
+		sess: newSession(), online: map[string]struct{}{}, loaded: time.Now()}
 	for _, c := range cs {
 		st.byAddr[c.Address] = c.DeviceID
 	}
@@ -282,6 +309,16 @@ func (s *Service) resolve(ctx context.Context, st *gwState, addr, sink string) (
 	if id, ok := st.byAddr[addr]; ok {
 		return id, nil
 	}
+	if s.opt.Shared && time.Since(st.loaded) >= reloadEvery {
+		// Another replica may have added it: read again before refusing
+		// or registering.
+		if err := s.reloadLocked(ctx, st); err != nil {
+			return "", err
+		}
+		if id, ok := st.byAddr[addr]; ok {
+			return id, nil
+		}
+	}
 	if st.gw.Policy != string(protocol.PolicyAuto) {
 		return "", &protocol.Error{Code: protocol.CodeUnknownChild, Message: fmt.Sprintf("gateway %s has no child at address %s, and registers none itself (policy provisioned)", st.gw.ID, addr)}
 	}
@@ -291,12 +328,22 @@ func (s *Service) resolve(ctx context.Context, st *gwState, addr, sink string) (
 	// A child made here has no credentials of its own: nobody knows the
 	// secret its hash is of (the operator may rotate it to give one).
 	if err := s.opt.Store.CreateChild(ctx, c, d, outpost.HashSecret(outpost.NewToken())); err != nil {
+		if s.opt.Shared && outpost.ErrorCode(err) == outpost.ECONFLICT {
+			// Registered meanwhile through another replica.
+			if rerr := s.reloadLocked(ctx, st); rerr != nil {
+				return "", rerr
+			}
+			if id, ok := st.byAddr[addr]; ok {
+				return id, nil
+			}
+		}
 		return "", fmt.Errorf("register child %s of gateway %s: %w", addr, st.gw.ID, err)
 	}
 	st.byAddr[addr] = d.ID
 	s.mu.Lock()
 	s.children[d.ID] = &route{gatewayID: st.gw.ID, address: addr}
 	s.mu.Unlock()
+	s.changed(st.gw.ID)
 	s.log.Info("child registered", "gateway_id", st.gw.ID, "address", addr, "device_id", d.ID)
 	return d.ID, nil
 }
@@ -309,6 +356,18 @@ func (s *Service) resolve(ctx context.Context, st *gwState, addr, sink string) (
 func (s *Service) register(ctx context.Context, st *gwState, addrs []string, sinks map[string]string) error {
 	if st.gw.Policy != string(protocol.PolicyAuto) || len(addrs) == 0 {
 		return nil
+	}
+	if s.opt.Shared && time.Since(st.loaded) >= reloadEvery {
+		missing := false
+		for _, a := range addrs {
+			_, ok := st.byAddr[a]
+			missing = missing || !ok
+		}
+		if missing {
+			if err := s.reloadLocked(ctx, st); err != nil {
+				return err
+			}
+		}
 	}
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	cs := make([]*outpost.Child, 0, len(addrs))
@@ -337,8 +396,86 @@ func (s *Service) register(ctx context.Context, st *gwState, addrs []string, sin
 		s.children[ds[i].ID] = &route{gatewayID: st.gw.ID, address: c.Address}
 	}
 	s.mu.Unlock()
+	s.changed(st.gw.ID)
 	s.log.Info("children registered", "gateway_id", st.gw.ID, "count", len(cs))
 	return nil
+}
+
+// reloadEvery bounds how often a miss reads a gateway again (Shared).
+const reloadEvery = time.Second
+
+// reloadLocked reads st's gateway, children and sinks again from the
+// store: another replica changed them. A child no longer at its address
+// goes offline through this gateway and loses its route. Called with
+// st.mu held.
+func (s *Service) reloadLocked(ctx context.Context, st *gwState) error {
+	id := st.gw.ID
+	g, err := s.opt.Store.Gateway(ctx, id)
+	if err != nil {
+		return err
+	}
+	cs, err := s.opt.Store.Children(ctx, id)
+	if err != nil {
+		return err
+	}
+	sinks, err := s.opt.Store.Sinks(ctx, id)
+	if err != nil {
+		return err
+	}
+	byAddr := make(map[string]string, len(cs))
+	for _, c := range cs {
+		byAddr[c.Address] = c.DeviceID
+	}
+	var gone []string
+	s.mu.Lock()
+	for addr, dev := range st.byAddr {
+		if byAddr[addr] == dev {
+			continue
+		}
+		gone = append(gone, dev)
+		if r := s.children[dev]; r != nil && r.gatewayID == id {
+			delete(s.children, dev)
+		}
+	}
+	for addr, dev := range byAddr {
+		s.children[dev] = &route{gatewayID: id, address: addr}
+	}
+	delete(s.stale, id)
+	s.mu.Unlock()
+	for _, dev := range gone {
+		if _, on := st.online[dev]; on {
+			s.goOffline(dev, st.sess, ReasonLeft)
+			delete(st.online, dev)
+		}
+	}
+	st.gw, st.byAddr = *g, byAddr
+	st.sinks = make(map[string]json.RawMessage, len(sinks))
+	for _, k := range sinks {
+		st.sinks[k.Name] = k.Config
+	}
+	st.loaded = time.Now()
+	return nil
+}
+
+// Stale marks what the service holds of a gateway (or of the gateway of
+// a child) as changed by another replica: it is read again on next use.
+// It never blocks on the store.
+func (s *Service) Stale(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.gws[id]; ok {
+		s.stale[id] = true
+	}
+	if r := s.children[id]; r != nil {
+		s.stale[r.gatewayID] = true
+	}
+}
+
+// changed tells the other replicas (Options.Changed).
+func (s *Service) changed(gatewayID string) {
+	if s.opt.Changed != nil {
+		s.opt.Changed(gatewayID)
+	}
 }
 
 // markOnline makes a child online through the gateway's current session.
@@ -511,6 +648,7 @@ func (s *Service) handleSinks(ctx context.Context, st *gwState, payload []byte) 
 	if err := s.opt.Store.SetSinks(ctx, st.gw.ID, sinks); err != nil {
 		return err
 	}
+	s.changed(st.gw.ID)
 	st.sinks = make(map[string]json.RawMessage, len(sinks))
 	for _, k := range sinks {
 		st.sinks[k.Name] = k.Config
@@ -538,6 +676,7 @@ func (s *Service) storeSinkConfig(ctx context.Context, st *gwState, name string,
 	if err := s.opt.Store.SetSinks(ctx, st.gw.ID, sinks); err != nil {
 		return err
 	}
+	s.changed(st.gw.ID)
 	st.sinks[name] = cfg
 	return nil
 }

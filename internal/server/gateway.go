@@ -22,6 +22,13 @@ import (
 // openGateway starts the gateway service.
 func (s *Server) openGateway(db outpost.Store, side mqttSide, rt *router.Router, replies *reply.Replier,
 	tel *telemetry.Service, feeds telemetry.Feeds, hub *stream.Hub) {
+	// Replicas share the store: they tell one another of changes to
+	// gateways, and read again before refusing.
+	shared := s.link != nil
+	var changed func(string)
+	if shared {
+		changed = s.link.GatewayChanged
+	}
 	s.gw = gateway.New(gateway.Options{
 		Store:     db,
 		Sender:    side,
@@ -34,13 +41,30 @@ func (s *Server) openGateway(db outpost.Store, side mqttSide, rt *router.Router,
 			if err != nil {
 				return nil, err
 			}
-			return func(r protocol.Reading) *protocol.Error { return telemetry.CheckReading(fs, r) }, nil
+			refreshed := !shared
+			return func(r protocol.Reading) *protocol.Error {
+				e := telemetry.CheckReading(fs, r)
+				if e != nil && !refreshed {
+					// Another replica may have changed the child's
+					// feeds: read them again before rejecting by them.
+					refreshed = true
+					if f, err := feeds.RefreshFeeds(ctx, deviceID); err == nil {
+						fs, e = f, telemetry.CheckReading(f, r)
+					}
+				}
+				return e
+			}, nil
 		},
 		Allow:    tel.Allow,
 		Rejected: replies.Count,
 		Events:   hub.Publish,
 		Logger:   s.log.With("component", "gateway"),
+		Shared:   shared,
+		Changed:  changed,
 	})
+	if s.link != nil {
+		s.link.OnGatewayChanged(s.gw.Stale)
+	}
 }
 
 // routeGateways sends the gw/… kinds to the gateway service.

@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -162,5 +163,66 @@ func TestReplicasFeedCacheFollows(t *testing.T) {
 	})
 	if ra, rb := metric(t, a, "outpost_readings_rejected_total"), metric(t, b, "outpost_readings_rejected_total"); ra+rb != 0 {
 		t.Fatalf("readings rejected: a %v, b %v; want none", ra, rb)
+	}
+}
+
+// TestReplicasGatewayChildren: replicas each keep a copy of a gateway's
+// children. A child added through the API of one replica must not be
+// refused by the other's copy, and a child removed through one must not
+// be stored for by the other: every reading the gateway sends for the
+// new child is stored, none for the removed one. The gateway is a bare
+// MQTT 3.1.1 client (paho.mqtt.golang) with policy provisioned.
+func TestReplicasGatewayChildren(t *testing.T) {
+	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
+	addr := startMosquitto(t)
+	replica := func(name string) *outposttest.Platform {
+		return outposttest.Start(t, func(c *server.Config) {
+			c.DB, c.Broker, c.Replica = dbURL, "mqtt://outpost:secret@"+addr, name
+		})
+	}
+	a, b := replica("a"), replica("b")
+	gwd, gw := startGateway(t, a, "gw-replicas", "provisioned")
+	addChild := func(address string) string {
+		t.Helper()
+		var c gwChild
+		if st := a.Do(t, "PUT", "/api/v1/gateways/"+gwd.ID+"/children/"+address, nil, &c); st != 200 && st != 201 {
+			t.Fatalf("add child %s: status %d", address, st)
+		}
+		return c.DeviceID
+	}
+	n := 0
+	send := func(rs ...gwReading) {
+		t.Helper()
+		n++
+		gw.publish(t, topicOf(gwd.ID, "up", "gw/telemetry"), gwBatch{ID: fmt.Sprint("g-", n), R: rs})
+	}
+	stored := func(p *outposttest.Platform) float64 { return metric(t, p, "outpost_batches_stored_total") }
+	c1 := addChild("1001")
+	// Both replicas load the gateway once each handled one of its
+	// messages.
+	outposttest.Eventually(t, 30*time.Second, "both replicas stored the gateway's batches", func() bool {
+		send(gwReading{C: "1001", F: "v", V: n, T: int64(1_700_000_000_000 + n)})
+		return stored(a) > 0 && stored(b) > 0
+	})
+	c2 := addChild("1002") // through replica a
+	const m = 20
+	for range m {
+		send(gwReading{C: "1002", F: "v", V: n, T: int64(1_700_000_000_000 + n)})
+	}
+	outposttest.Eventually(t, 30*time.Second, "every reading of the added child stored", func() bool {
+		return len(readingsOf(t, b, c2, "v")) == m
+	})
+	if st := a.Do(t, "DELETE", "/api/v1/gateways/"+gwd.ID+"/children/1001", nil, nil); st != 200 && st != 204 {
+		t.Fatalf("remove child: status %d", st)
+	}
+	before := len(readingsOf(t, b, c1, "v"))
+	for range m {
+		send(gwReading{C: "1001", F: "v", V: n, T: int64(1_700_000_000_000 + n)}, gwReading{C: "1002", F: "v", V: n, T: int64(1_700_000_000_000 + n)})
+	}
+	outposttest.Eventually(t, 30*time.Second, "the added child's readings of the mixed batches stored", func() bool {
+		return len(readingsOf(t, b, c2, "v")) == 2*m
+	})
+	if after := len(readingsOf(t, b, c1, "v")); after != before {
+		t.Fatalf("the removed child got %d more readings through a stale copy", after-before)
 	}
 }

@@ -390,6 +390,12 @@ func (s *Service) Allow(deviceID string, n int) bool {
 	if s.limiter.allow(deviceID, n, time.Now()) {
 		return true
 	}
+	if s.admit {
+		if s.stats != nil {
+			s.stats.rateOverrun.Inc()
+		}
+		return true // Options.AdmitOverLimit
+	}
 	if s.stats != nil {
 		s.stats.rateLimited.Inc()
 	}
