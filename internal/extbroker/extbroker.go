@@ -128,9 +128,15 @@ const InternalRoot = "outpost-internal/v1"
 const DefaultReceiveMaximum = 1024
 
 // fanoutKinds arrive at every replica (plain subscription); the shared
-// subscription's copies of RPC answers are acknowledged and dropped, those
+// subscription's copies of answers are acknowledged and dropped, those
 // of presence announcements make their replica the session's owner.
-var fanoutKinds = []string{protocol.KindPresence, protocol.KindRPC}
+// Answers go to every replica because the caller waits on one of them:
+// a device's RPC answers, and a gateway's answers for its children (RPC)
+// and for its sinks (configuration, send), which the gateway home matches
+// to the waiting request on the replica that made it (the others find
+// none; a sink configuration is stored by each, the same row).
+var fanoutKinds = []string{protocol.KindPresence, protocol.KindRPC,
+	protocol.KindGatewayRPC, protocol.KindGatewayConfig, protocol.KindGatewaySend}
 
 // Link is the platform's connection to an external broker. It
 // implements what the platform's parts publish through (the same methods

@@ -170,8 +170,10 @@ func TestReplicasFeedCacheFollows(t *testing.T) {
 // children. A child added through the API of one replica must not be
 // refused by the other's copy, and a child removed through one must not
 // be stored for by the other: every reading the gateway sends for the
-// new child is stored, none for the removed one. The gateway is a bare
-// MQTT 3.1.1 client (paho.mqtt.golang) with policy provisioned.
+// new child is stored, none for the removed one. And the gateway's
+// answers (a child's RPC result, a sink configuration's result) reach the
+// replica whose caller waits. The gateway is a bare MQTT 3.1.1 client
+// (paho.mqtt.golang) with policy provisioned.
 func TestReplicasGatewayChildren(t *testing.T) {
 	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
 	addr := startMosquitto(t)
@@ -224,5 +226,70 @@ func TestReplicasGatewayChildren(t *testing.T) {
 	})
 	if after := len(readingsOf(t, b, c1, "v")); after != before {
 		t.Fatalf("the removed child got %d more readings through a stale copy", after-before)
+	}
+
+	// Answers that the gateway sends back (a child's RPC result, a sink
+	// configuration result) reach the replica whose caller waits,
+	// whichever replica the broker's shared subscription would give them.
+	// Callers on both replicas, in an order that the broker's
+	// round-robin of the answers cannot follow by chance.
+	via := []int{0, 0, 1, 1, 0, 1, 1, 0}
+	for i, r := range via {
+		p := []*outposttest.Platform{a, b}[r]
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			var r struct {
+				C    string          `json:"c"`
+				ID   string          `json:"id"`
+				Args json.RawMessage `json:"args"`
+			}
+			if err := json.Unmarshal(gw.next(t, topicOf(gwd.ID, "down", "gw/rpc")), &r); err != nil {
+				t.Error(err)
+				return
+			}
+			gw.publish(t, topicOf(gwd.ID, "up", "gw/rpc"), fmt.Sprintf(`{"c":%q,"id":%q,"result":%s}`, r.C, r.ID, r.Args))
+		}()
+		var res struct {
+			Result json.RawMessage `json:"result"`
+		}
+		if st := p.Do(t, "POST", "/api/v1/devices/"+c2+"/rpc/echo?timeout=5s", fmt.Sprint(i), &res); st != 200 || string(res.Result) != fmt.Sprint(i) {
+			t.Fatalf("rpc %d to the child through replica %d: status %d, result %s", i, r, st, res.Result)
+		}
+		<-done
+	}
+	// Behind Mosquitto the platform learns that the gateway is online
+	// from its announcement (docs/protocol.md §2.9).
+	gw.publish(t, topicOf(gwd.ID, "up", "presence"), `{"online":true,"session":"gw-1"}`)
+	outposttest.Eventually(t, 10*time.Second, "the gateway online on both replicas", func() bool {
+		return online(t, a, gwd.ID) && online(t, b, gwd.ID)
+	})
+	gw.publish(t, topicOf(gwd.ID, "up", "gw/sinks"), `{"sinks":[{"name":"sink1","config":{"channel":5}}]}`)
+	outposttest.Eventually(t, 10*time.Second, "the sink known", func() bool {
+		return a.Do(t, "GET", "/api/v1/gateways/"+gwd.ID+"/sinks/sink1", nil, nil) == 200
+	})
+	for i, r := range via {
+		p := []*outposttest.Platform{a, b}[r]
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			var r struct {
+				ID     string          `json:"id"`
+				Sink   string          `json:"sink"`
+				Config json.RawMessage `json:"config"`
+			}
+			if err := json.Unmarshal(gw.next(t, topicOf(gwd.ID, "down", "gw/config")), &r); err != nil {
+				t.Error(err)
+				return
+			}
+			gw.publish(t, topicOf(gwd.ID, "up", "gw/config"), fmt.Sprintf(`{"id":%q,"sink":%q,"res":"ok","config":%s}`, r.ID, r.Sink, r.Config))
+		}()
+		var res struct {
+			Result string `json:"result"`
+		}
+		if st := p.Do(t, "POST", "/api/v1/gateways/"+gwd.ID+"/sinks/sink1/config", fmt.Sprintf(`{"config":{"channel":%d},"timeout":"5s"}`, i), &res); st != 200 || res.Result != "ok" {
+			t.Fatalf("sink configuration %d through replica %d: status %d, result %q", i, r, st, res.Result)
+		}
+		<-done
 	}
 }
