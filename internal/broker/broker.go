@@ -262,8 +262,17 @@ func MochiOptions(cfg Config) *mqtt.Options {
 		// Devices may not subscribe to $SYS (ACL): mochi's default of
 		// publishing it every second only costs idle CPU.
 		SysTopicResendInterval: 3600,
+		// Every connection holds its read buffer for life. 512 bytes hold
+		// an idle device's traffic (pings, acks, small telemetry) and
+		// several small packets per read; a larger packet's body is read
+		// straight into its own buffer, past this one (bufio). mochi's
+		// default is 2 KiB (docs/benchmarks.md, "Connections").
+		ClientNetReadBufferSize: clientReadBuffer,
 	}
 }
+
+// clientReadBuffer is the per-connection read buffer (MochiOptions).
+const clientReadBuffer = 512
 
 // Start begins accepting connections.
 func (b *Broker) Start() error {
