@@ -13,6 +13,35 @@ import (
 	"github.com/outpost-iot/outpost/internal/server"
 )
 
+// twoReplicas starts two replicas, "a" and "b", on one Mosquitto of the
+// test's own and one PostgreSQL schema; it skips without them.
+func twoReplicas(t *testing.T) (a, b *outposttest.Platform) {
+	t.Helper()
+	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
+	addr := startMosquitto(t)
+	replica := func(name string) *outposttest.Platform {
+		return outposttest.Start(t, func(c *server.Config) {
+			c.DB, c.Broker, c.Replica = dbURL, "mqtt://outpost:secret@"+addr, name
+		})
+	}
+	return replica("a"), replica("b")
+}
+
+// connectSDK connects device d with the device SDK; it is closed when
+// the test ends.
+func connectSDK(t *testing.T, ctx context.Context, d outposttest.Device) *device.Client {
+	t.Helper()
+	c, err := device.New(d.URL, device.WithLogger(outposttest.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // waitPeers waits until replica p mirrors its events to n other replicas
 // (they told it they have live-stream listeners).
 func waitPeers(t *testing.T, p *outposttest.Platform, n float64) {
@@ -29,25 +58,11 @@ func waitPeers(t *testing.T, p *outposttest.Platform, n float64) {
 // shows what replica a committed, and a (which has no listener) gets
 // nothing from b.
 func TestReplicasMirrorOnlyWhileListened(t *testing.T) {
-	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
-	addr := startMosquitto(t)
-	replica := func(name string) *outposttest.Platform {
-		return outposttest.Start(t, func(c *server.Config) {
-			c.DB, c.Broker, c.Replica = dbURL, "mqtt://outpost:secret@"+addr, name
-		})
-	}
-	a, b := replica("a"), replica("b")
-	d := a.CreateDevice(t, "m-1")
-	c, err := device.New(d.URL, device.WithLogger(outposttest.Logger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	a, b := twoReplicas(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := c.Connect(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d := a.CreateDevice(t, "m-1")
+	c := connectSDK(t, ctx, d)
 	stored := func() float64 {
 		return metric(t, a, "outpost_batches_stored_total") + metric(t, b, "outpost_batches_stored_total")
 	}
@@ -105,25 +120,11 @@ func TestReplicasMirrorOnlyWhileListened(t *testing.T) {
 // be refused by the other's stale cache: every reading of the new feed is
 // stored, whichever replica takes it, and none is rejected.
 func TestReplicasFeedCacheFollows(t *testing.T) {
-	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
-	addr := startMosquitto(t)
-	replica := func(name string) *outposttest.Platform {
-		return outposttest.Start(t, func(c *server.Config) {
-			c.DB, c.Broker, c.Replica = dbURL, "mqtt://outpost:secret@"+addr, name
-		})
-	}
-	a, b := replica("a"), replica("b")
-	d := a.CreateDevice(t, "feeds")
-	c, err := device.New(d.URL, device.WithLogger(outposttest.Logger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	a, b := twoReplicas(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	if err := c.Connect(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d := a.CreateDevice(t, "feeds")
+	c := connectSDK(t, ctx, d)
 	registered := func(ref string) {
 		t.Helper()
 		if err := c.RegisterFeeds(ctx, device.Feed{Ref: ref, Type: device.FeedIn, DataType: device.Number}); err != nil {
@@ -175,14 +176,7 @@ func TestReplicasFeedCacheFollows(t *testing.T) {
 // replica whose caller waits. The gateway is a bare MQTT 3.1.1 client
 // (paho.mqtt.golang) with policy provisioned.
 func TestReplicasGatewayChildren(t *testing.T) {
-	dbURL, _ := pgtest.MustSchema(t) // skips without OUTPOST_TEST_POSTGRES
-	addr := startMosquitto(t)
-	replica := func(name string) *outposttest.Platform {
-		return outposttest.Start(t, func(c *server.Config) {
-			c.DB, c.Broker, c.Replica = dbURL, "mqtt://outpost:secret@"+addr, name
-		})
-	}
-	a, b := replica("a"), replica("b")
+	a, b := twoReplicas(t)
 	gwd, gw := startGateway(t, a, "gw-replicas", "provisioned")
 	addChild := func(address string) string {
 		t.Helper()
@@ -235,24 +229,13 @@ func TestReplicasGatewayChildren(t *testing.T) {
 	// round-robin of the answers cannot follow by chance.
 	via := []int{0, 0, 1, 1, 0, 1, 1, 0}
 	for i, r := range via {
-		p := []*outposttest.Platform{a, b}[r]
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			var r struct {
-				C    string          `json:"c"`
-				ID   string          `json:"id"`
-				Args json.RawMessage `json:"args"`
-			}
-			if err := json.Unmarshal(gw.next(t, topicOf(gwd.ID, "down", "gw/rpc")), &r); err != nil {
-				t.Error(err)
-				return
-			}
-			gw.publish(t, topicOf(gwd.ID, "up", "gw/rpc"), fmt.Sprintf(`{"c":%q,"id":%q,"result":%s}`, r.C, r.ID, r.Args))
-		}()
+		done := answer(t, gw, gwd.ID, "gw/rpc", func(q gwRequest) string {
+			return fmt.Sprintf(`{"c":%q,"id":%q,"result":%s}`, q.C, q.ID, q.Args)
+		})
 		var res struct {
 			Result json.RawMessage `json:"result"`
 		}
+		p := []*outposttest.Platform{a, b}[r]
 		if st := p.Do(t, "POST", "/api/v1/devices/"+c2+"/rpc/echo?timeout=5s", fmt.Sprint(i), &res); st != 200 || string(res.Result) != fmt.Sprint(i) {
 			t.Fatalf("rpc %d to the child through replica %d: status %d, result %s", i, r, st, res.Result)
 		}
@@ -269,27 +252,42 @@ func TestReplicasGatewayChildren(t *testing.T) {
 		return a.Do(t, "GET", "/api/v1/gateways/"+gwd.ID+"/sinks/sink1", nil, nil) == 200
 	})
 	for i, r := range via {
-		p := []*outposttest.Platform{a, b}[r]
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			var r struct {
-				ID     string          `json:"id"`
-				Sink   string          `json:"sink"`
-				Config json.RawMessage `json:"config"`
-			}
-			if err := json.Unmarshal(gw.next(t, topicOf(gwd.ID, "down", "gw/config")), &r); err != nil {
-				t.Error(err)
-				return
-			}
-			gw.publish(t, topicOf(gwd.ID, "up", "gw/config"), fmt.Sprintf(`{"id":%q,"sink":%q,"res":"ok","config":%s}`, r.ID, r.Sink, r.Config))
-		}()
+		done := answer(t, gw, gwd.ID, "gw/config", func(q gwRequest) string {
+			return fmt.Sprintf(`{"id":%q,"sink":%q,"res":"ok","config":%s}`, q.ID, q.Sink, q.Config)
+		})
 		var res struct {
 			Result string `json:"result"`
 		}
+		p := []*outposttest.Platform{a, b}[r]
 		if st := p.Do(t, "POST", "/api/v1/gateways/"+gwd.ID+"/sinks/sink1/config", fmt.Sprintf(`{"config":{"channel":%d},"timeout":"5s"}`, i), &res); st != 200 || res.Result != "ok" {
 			t.Fatalf("sink configuration %d through replica %d: status %d, result %q", i, r, st, res.Result)
 		}
 		<-done
 	}
+}
+
+// gwRequest is a request the platform sends a gateway on down/gw/….
+type gwRequest struct {
+	C      string          `json:"c"`
+	ID     string          `json:"id"`
+	Sink   string          `json:"sink"`
+	Args   json.RawMessage `json:"args"`
+	Config json.RawMessage `json:"config"`
+}
+
+// answer answers, in the background, the gateway's next request on
+// down/{kind} with the up/{kind} message reply makes of it; the channel
+// closes once the answer is published.
+func answer(t *testing.T, gw *bareDevice, id, kind string, reply func(gwRequest) string) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var q gwRequest
+		if err := json.Unmarshal(gw.next(t, topicOf(id, "down", kind)), &q); err != nil {
+			t.Error(err)
+			return
+		}
+		gw.publish(t, topicOf(id, "up", kind), reply(q))
+	}()
+	return done
 }
