@@ -66,7 +66,8 @@ type Readings interface {
 // EventSource is the live event stream.
 type EventSource interface {
 	// Follow subscribes to the events f selects, after afterID when it is
-	// not 0; missed is how many of those the stream no longer holds (or
+	// not 0 (outpost.ForeignEventID: an id the source did not issue);
+	// missed is how many of those the stream no longer holds (or
 	// outpost.MissedUnknown).
 	Follow(f outpost.StreamFilter, afterID uint64) (sub outpost.Subscription, missed uint64)
 }
@@ -126,6 +127,13 @@ type Options struct {
 	// Heartbeat is the interval of keep-alive comments on the event stream
 	// (default 15s).
 	Heartbeat time.Duration
+	// StreamTag, when set, prefixes the event stream's ids ("TAG:N"):
+	// several replicas number the same events each on their own, and a
+	// client that resumes with another replica's id (a load balancer
+	// moved it) must be told it missed an unknown number of events, not
+	// be replayed this replica's events after a number that means
+	// nothing here. The platform sets it to the replica's name.
+	StreamTag string
 	Logger    *slog.Logger
 }
 
@@ -136,9 +144,10 @@ const (
 )
 
 type api struct {
-	p   Parts
-	opt Options
-	log *slog.Logger
+	p        Parts
+	opt      Options
+	log      *slog.Logger
+	idPrefix string // "TAG:" of Options.StreamTag, or empty
 }
 
 // New returns the API handler.
@@ -150,6 +159,9 @@ func New(p Parts, o Options) http.Handler {
 		o.Heartbeat = 15 * time.Second
 	}
 	a := &api{p: p, opt: o, log: o.Logger}
+	if o.StreamTag != "" {
+		a.idPrefix = o.StreamTag + ":"
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", a.health)
 	mux.HandleFunc("GET /readyz", a.ready)
@@ -511,13 +523,11 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	f := outpost.StreamFilter{DeviceIDs: set(q["device"]), Kinds: set(q["kind"])}
-	var after uint64
-	if v := r.Header.Get("Last-Event-ID"); v != "" {
-		after, _ = strconv.ParseUint(v, 10, 64)
-	} else if v := q.Get("last_event_id"); v != "" {
-		after, _ = strconv.ParseUint(v, 10, 64)
+	v := r.Header.Get("Last-Event-ID")
+	if v == "" {
+		v = q.Get("last_event_id")
 	}
-	sub, missed := a.p.Events.Follow(f, after)
+	sub, missed := a.p.Events.Follow(f, a.eventAfter(v))
 	defer sub.Close()
 	// The stream outlives the server's write timeout by design; its
 	// heartbeat finds clients that went away.
@@ -560,7 +570,7 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
-			if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.ID, e.Kind, e.Data); err != nil {
+			if _, err := fmt.Fprintf(w, "id: %s%d\nevent: %s\ndata: %s\n\n", a.idPrefix, e.ID, e.Kind, e.Data); err != nil {
 				return
 			}
 			// Flush when the burst is over, not per event.
@@ -569,6 +579,27 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+}
+
+// eventAfter turns a client's last event id into the hub's id to resume
+// after: 0 for none; outpost.ForeignEventID for an id this platform
+// (this replica, with Options.StreamTag) did not issue or cannot read.
+func (a *api) eventAfter(v string) uint64 {
+	if v == "" {
+		return 0
+	}
+	if a.idPrefix != "" {
+		rest, ok := strings.CutPrefix(v, a.idPrefix)
+		if !ok {
+			return outpost.ForeignEventID // another replica's id, or an untagged one
+		}
+		v = rest
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || n == 0 {
+		return outpost.ForeignEventID
+	}
+	return n
 }
 
 func set(vals []string) map[string]bool {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -688,5 +689,48 @@ func TestStream(t *testing.T) {
 	defer svc.mu.Unlock()
 	if svc.afterID != 1 || len(svc.sub.DeviceIDs) != 2 || !svc.sub.DeviceIDs["b"] || !svc.sub.Kinds[stream.KindTelemetry] {
 		t.Errorf("service got filter %+v after %d", svc.sub, svc.afterID)
+	}
+}
+
+// TestStreamTaggedIDs: with a StreamTag (a replica's name) the stream's
+// ids carry it, a resume with one of them replays what was missed, and a
+// resume with an id of another replica (or an untagged one, or garbage)
+// is told it missed an unknown number of events instead of being
+// replayed this replica's events after a number that means nothing here.
+func TestStreamTaggedIDs(t *testing.T) {
+	hub := stream.NewHub(16)
+	for i := range 4 {
+		hub.Publish(stream.KindTelemetry, "a", map[string]int{"n": i + 1})
+	}
+	svc := &recordingService{hub: hub}
+	srv := httptest.NewServer(newAPI(svc, httpapi.Options{Token: token, StreamTag: "r1"}))
+	defer srv.Close()
+	read := func(last string, n int) []string {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/api/v1/stream?access_token="+token, nil)
+		req.Header.Set("Last-Event-ID", last)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		lines := bufio.NewScanner(resp.Body)
+		var got []string
+		for len(got) < n && lines.Scan() {
+			if l := lines.Text(); l != "" && l != "retry: 1000" {
+				got = append(got, l)
+			}
+		}
+		return got
+	}
+	if got, want := read("r1:2", 6), []string{"id: r1:3", "event: telemetry", `data: {"n":3}`, "id: r1:4", "event: telemetry", `data: {"n":4}`}; !slices.Equal(got, want) {
+		t.Errorf("resume with this replica's id: %q, want %q", got, want)
+	}
+	for _, foreign := range []string{"r0:2", "2", "r1:x", "r10:2"} {
+		if got, want := read(foreign, 2), []string{"event: gap", `data: {"missed":0,"unknown":true}`}; !slices.Equal(got, want) {
+			t.Errorf("resume with %q: %q, want %q", foreign, got, want)
+		}
 	}
 }

@@ -40,3 +40,9 @@ type Subscription interface {
 // that resumes from an event of before the platform's start: how many it
 // missed is not known.
 const MissedUnknown = ^uint64(0)
+
+// ForeignEventID, given as the id to resume after, stands for an id this
+// process did not issue (another replica's, or one it cannot read): the
+// subscriber is told it missed an unknown number of events
+// (MissedUnknown) and gets live events only.
+const ForeignEventID = ^uint64(0)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,8 +95,10 @@ func TestReplicasMirrorOnlyWhileListened(t *testing.T) {
 		t.Logf("replica a committed %v of 40 batches (the broker chose)", byA)
 	}
 	seen := 0
+	var lastB string
 	for seen < 40 {
 		e := next(t, streamB)
+		lastB = e.id
 		var ev struct {
 			Readings []json.RawMessage `json:"readings"`
 		}
@@ -112,6 +115,16 @@ func TestReplicasMirrorOnlyWhileListened(t *testing.T) {
 	}
 	if mb := metric(t, b, "outpost_replica_events_mirrored_total"); mb != 0 {
 		t.Errorf("replica b mirrored %v events to a, which has no listener", mb)
+	}
+
+	// Each replica numbers the events itself: b's ids carry its name, and
+	// a client that resumes on a with one of them (a load balancer moved
+	// it) is told it missed an unknown number of events.
+	if !strings.HasPrefix(lastB, "b:") {
+		t.Fatalf("replica b's event id %q does not name it", lastB)
+	}
+	if e := next(t, openStream(t, a, "?kind=telemetry&last_event_id="+lastB)); e.kind != "gap" || !strings.Contains(string(e.data), `"unknown":true`) {
+		t.Fatalf("resume on a with b's id %s: first event %s %s, want a gap of unknown size", lastB, e.kind, e.data)
 	}
 }
 

@@ -540,7 +540,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		parts.Gateways = s.gw
 	}
 	var api http.Handler = httpapi.New(parts, httpapi.Options{Token: s.token, Metrics: s.metrics.handler(), MetricsAuth: cfg.MetricsAuth,
-		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: log})
+		TLS: tlsCfg != nil, WriteTimeout: cfg.HTTPWriteTimeout, MQTTHostPort: s.MQTTAddr, Logger: log,
+		// Replicas number the same stream events each on their own.
+		StreamTag: cfg.Replica})
 	if cfg.EMQXAuth {
 		if api, err = withEMQXAuth(api, cfg, creds, log); err != nil {
 			return nil, err

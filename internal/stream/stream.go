@@ -300,7 +300,9 @@ func (h *Hub) Subscribe(f Filter, size int, afterID uint64) (s *Subscription, mi
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var replay []*Event
-	if afterID > 0 && afterID < h.nextID-1 {
+	if afterID == outpost.ForeignEventID {
+		missed = MissedUnknown
+	} else if afterID > 0 && afterID < h.nextID-1 {
 		first := afterID + 1
 		if first < h.oldest {
 			missed = h.oldest - first
