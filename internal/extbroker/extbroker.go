@@ -155,7 +155,7 @@ type Link struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
-	retries chan retry
+	retries []chan retry // per retry worker; a device's messages go to one
 
 	dh     atomic.Pointer[deliveryBox]
 	notify atomic.Pointer[func(deviceID string)]
@@ -222,9 +222,16 @@ func New(cfg Config, h Handler, presence Presence) (*Link, error) {
 	if _, err := ParseEvents(cfg.Events); err != nil {
 		return nil, err
 	}
-	l := &Link{cfg: cfg, url: u, log: cfg.Logger, h: h, presence: presence, retries: make(chan retry, 4096), subscribed: make(chan struct{}),
+	l := &Link{cfg: cfg, url: u, log: cfg.Logger, h: h, presence: presence, subscribed: make(chan struct{}),
 		eventq: make(chan eventMsg, 4096), ev: map[string]*evConn{}, announcing: map[string]bool{}}
 	l.interest.wake = make(chan struct{}, 1)
+	for range retryWorkers {
+		// The broker sends at most ReceiveMaximum messages before their
+		// acknowledgements, and a message waiting for a retry is not
+		// acknowledged: a worker's queue never fills, so finish (called
+		// from the ingest writer) never waits on it.
+		l.retries = append(l.retries, make(chan retry, int(cfg.ReceiveMaximum)))
+	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	return l, nil
 }
@@ -283,8 +290,10 @@ func (l *Link) Start(ctx context.Context) error {
 	}
 	l.cm = cm
 	l.started.Store(cm)
-	l.wg.Add(2)
-	go l.retrier()
+	l.wg.Add(1 + len(l.retries))
+	for _, ch := range l.retries {
+		go l.retrier(ch)
+	}
 	go l.eventLoop()
 	wctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
@@ -451,21 +460,35 @@ func (l *Link) finish(cl *paho.Client, pk *paho.Publish, deviceID, kind string, 
 	}
 	l.retried.Add(1)
 	select {
-	case l.retries <- retry{client: cl, pk: pk, deviceID: deviceID, kind: kind}:
+	case l.retries[retryShard(deviceID)] <- retry{client: cl, pk: pk, deviceID: deviceID, kind: kind}:
 	case <-l.ctx.Done():
 	}
+}
+
+// retryWorkers is how many goroutines handle failed messages again. A
+// device's messages all go to the same one (retryShard), in order, so a
+// device's model changes keep their order; other devices' go on beside a
+// message that keeps failing, and after an outage the backlog drains
+// several at a time (a telemetry retry joins the others' group commit).
+const retryWorkers = 8
+
+// retryShard returns the retry worker of a device.
+func retryShard(deviceID string) int {
+	h := fnv.New32a()
+	h.Write([]byte(deviceID))
+	return int(h.Sum32() % retryWorkers)
 }
 
 // retrier handles failed messages again, with back-off, until they
 // succeed or the link closes (then the broker delivers them again to the
 // next session).
-func (l *Link) retrier() {
+func (l *Link) retrier(retries <-chan retry) {
 	defer l.wg.Done()
 	for {
 		select {
 		case <-l.ctx.Done():
 			return
-		case r := <-l.retries:
+		case r := <-retries:
 			pause := 50 * time.Millisecond
 			for {
 				ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)

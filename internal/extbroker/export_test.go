@@ -1,0 +1,4 @@
+package extbroker
+
+// RetryShard exposes retryShard to the tests.
+var RetryShard = retryShard
