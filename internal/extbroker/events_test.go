@@ -13,6 +13,7 @@ import (
 	"github.com/outpost-iot/outpost/internal/emqxtest"
 	"github.com/outpost-iot/outpost/internal/extbroker"
 	"github.com/outpost-iot/outpost/internal/outpost"
+	"github.com/outpost-iot/outpost/internal/outposttest"
 	"github.com/outpost-iot/outpost/internal/presence"
 	"github.com/outpost-iot/outpost/protocol"
 )
@@ -223,17 +224,6 @@ func subscribe(t *testing.T, c paho.Client, filter string) {
 	}
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond) // poll
-	}
-}
-
 // TestEventsOneOwner: two replicas on one broker; for every connection
 // of a device exactly one replica owns the deliveries, both follow its
 // presence, and both end the session when it goes.
@@ -244,10 +234,10 @@ func TestEventsOneOwner(t *testing.T) {
 	b := startReplica(t, br.Addr, "outpost-b", dev)
 	for i := range 6 {
 		c := connectDevice(t, br.Addr, dev, true)
-		eventually(t, "online at both replicas", func() bool { return a.pres.Online(dev) && b.pres.Online(dev) })
-		eventually(t, "an owner", func() bool { return len(a.dh.owns())+len(b.dh.owns()) == i+1 })
+		outposttest.Eventually(t, 10*time.Second, "online at both replicas", func() bool { return a.pres.Online(dev) && b.pres.Online(dev) })
+		outposttest.Eventually(t, 10*time.Second, "an owner", func() bool { return len(a.dh.owns())+len(b.dh.owns()) == i+1 })
 		c.Disconnect(50)
-		eventually(t, "offline at both replicas", func() bool { return !a.pres.Online(dev) && !b.pres.Online(dev) })
+		outposttest.Eventually(t, 10*time.Second, "offline at both replicas", func() bool { return !a.pres.Online(dev) && !b.pres.Online(dev) })
 	}
 	sessions := map[outpost.SessionID]bool{}
 	for _, r := range []*replica{a, b} {
@@ -277,22 +267,22 @@ func TestEventsSubscribed(t *testing.T) {
 	r := startReplica(t, br.Addr, "outpost", "dev-1", "dev-2")
 	c := connectDevice(t, br.Addr, "dev-1", true)
 	defer c.Disconnect(50)
-	eventually(t, "online", func() bool { return r.pres.Online("dev-1") })
+	outposttest.Eventually(t, 10*time.Second, "online", func() bool { return r.pres.Online("dev-1") })
 	if r.link.Subscribed("dev-1", protocol.KindRPC) {
 		t.Fatal("subscribed before any SUBSCRIBE")
 	}
 	subscribe(t, c, "outpost/v1/dev-2/down/#") // not its own
 	subscribe(t, c, protocol.DownTopic("dev-1", "queue"))
-	eventually(t, "down/queue subscribed", func() bool { return r.link.Subscribed("dev-1", "queue") })
+	outposttest.Eventually(t, 10*time.Second, "down/queue subscribed", func() bool { return r.link.Subscribed("dev-1", "queue") })
 	if r.link.Subscribed("dev-1", protocol.KindRPC) {
 		t.Fatal("down/rpc counted as subscribed after a SUBSCRIBE to down/queue and another device's topics")
 	}
 	subscribe(t, c, "outpost/v1/+/down/+")
-	eventually(t, "down/rpc subscribed", func() bool { return r.link.Subscribed("dev-1", protocol.KindRPC) })
+	outposttest.Eventually(t, 10*time.Second, "down/rpc subscribed", func() bool { return r.link.Subscribed("dev-1", protocol.KindRPC) })
 
 	p := connectDevice(t, br.Addr, "dev-2", false)
 	defer p.Disconnect(50)
-	eventually(t, "persistent session online", func() bool { return r.pres.Online("dev-2") })
+	outposttest.Eventually(t, 10*time.Second, "persistent session online", func() bool { return r.pres.Online("dev-2") })
 	if !r.link.Subscribed("dev-2", protocol.KindRPC) {
 		t.Fatal("a persistent session (which may hold its subscriptions) does not count as subscribed")
 	}
@@ -308,7 +298,7 @@ func TestEventsMixedSources(t *testing.T) {
 	const dev = "sdk-1"
 	r := startReplica(t, br.Addr, "outpost", dev, "sdk-2")
 	c := connectDevice(t, br.Addr, dev, true)
-	eventually(t, "online from the events", func() bool { return r.pres.Online(dev) })
+	outposttest.Eventually(t, 10*time.Second, "online from the events", func() bool { return r.pres.Online(dev) })
 	owned := r.dh.owns()
 	if len(owned) != 1 {
 		t.Fatalf("%d sessions owned, want 1", len(owned))
@@ -321,7 +311,7 @@ func TestEventsMixedSources(t *testing.T) {
 		}
 	}
 	announce(true)
-	eventually(t, "the events' session dropped", func() bool { return r.dh.goneCount(owned[0]) == 1 })
+	outposttest.Eventually(t, 10*time.Second, "the events' session dropped", func() bool { return r.dh.goneCount(owned[0]) == 1 })
 	announced := extbroker.SessionOf("tag-1")
 
 	// A second connection of a client without announcements would
@@ -329,7 +319,7 @@ func TestEventsMixedSources(t *testing.T) {
 	// the end of its event connection changes nothing.
 	br.HoldDisconnects()
 	c.Disconnect(50)
-	eventually(t, "the connection's end", func() bool { return br.Held() == 1 })
+	outposttest.Eventually(t, 10*time.Second, "the connection's end", func() bool { return br.Held() == 1 })
 	br.ReleaseDisconnects()
 	// Barrier: another known device's events are handled after it.
 	other := startReplicaDevice(t, br, r, "sdk-2")
@@ -343,7 +333,7 @@ func TestEventsMixedSources(t *testing.T) {
 	if tok := c.Publish(protocol.Topic(dev, protocol.Up, protocol.KindPresence), 1, false, `{"online":false,"session":"tag-1"}`); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
-	eventually(t, "offline from the announcement", func() bool { return !r.pres.Online(dev) })
+	outposttest.Eventually(t, 10*time.Second, "offline from the announcement", func() bool { return !r.pres.Online(dev) })
 	if r.dh.goneCount(announced) != 1 {
 		t.Fatalf("announced session gone %d times", r.dh.goneCount(announced))
 	}
@@ -357,7 +347,7 @@ func startReplicaDevice(t *testing.T, br *emqxtest.Broker, r *replica, id string
 	u := connectDevice(t, br.Addr, "stranger", true)
 	u.Disconnect(50)
 	c := connectDevice(t, br.Addr, id, true)
-	eventually(t, id+" online", func() bool { return r.pres.Online(id) })
+	outposttest.Eventually(t, 10*time.Second, id+" online", func() bool { return r.pres.Online(id) })
 	if _, _, ok := r.pres.State("stranger"); ok {
 		t.Fatal("a client that is no device has presence")
 	}

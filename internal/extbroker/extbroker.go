@@ -117,8 +117,9 @@ const (
 )
 
 // InternalRoot is the root of the topics the replicas use among
-// themselves: wake-ups of the down queue (notify/{id}), mirrored stream
-// events (event) and rate-limit usage (usage).
+// themselves: notices about a device (notify/{id}, feeds/{id},
+// gateway/{id}: Notice), mirrored stream events (event) while another
+// replica listens (interest), and rate-limit usage (usage).
 // Devices must not be allowed to publish or subscribe under it (the
 // device ACLs of docs/deploy.md allow only their own outpost/v1/{id}/
 // topics).
@@ -157,14 +158,15 @@ type Link struct {
 	wg      sync.WaitGroup
 	retries []chan retry // per retry worker; a device's messages go to one
 
-	dh     atomic.Pointer[deliveryBox]
-	notify atomic.Pointer[func(deviceID string)]
-	events atomic.Pointer[func(kind, deviceID string, data json.RawMessage)]
-	usage  atomic.Pointer[func(origin string, usage map[string]int)]
+	dh atomic.Pointer[deliveryBox]
+	// notices are what a replica does with another's notice, by kind
+	// (OnNotice); set while wiring, before Start.
+	noticeMu sync.RWMutex
+	notices  map[string]func(id string)
+	events   atomic.Pointer[func(kind, deviceID string, data json.RawMessage)]
+	usage    atomic.Pointer[func(origin string, usage map[string]int)]
 
-	interest       interest
-	feedsChanged   atomic.Pointer[func(deviceID string)]
-	gatewayChanged atomic.Pointer[func(id string)]
+	interest interest
 
 	up          atomic.Bool
 	subscribed  chan struct{} // closed once the first subscriptions are made
@@ -473,11 +475,7 @@ func (l *Link) finish(cl *paho.Client, pk *paho.Publish, deviceID, kind string, 
 const retryWorkers = 8
 
 // retryShard returns the retry worker of a device.
-func retryShard(deviceID string) int {
-	h := fnv.New32a()
-	h.Write([]byte(deviceID))
-	return int(h.Sum32() % retryWorkers)
-}
+func retryShard(deviceID string) int { return outpost.Shard(deviceID, retryWorkers) }
 
 // retrier handles failed messages again, with back-off, until they
 // succeed or the link closes (then the broker delivers them again to the
@@ -571,20 +569,15 @@ func (l *Link) internal(pk *paho.Publish) {
 	rest := strings.TrimPrefix(pk.Topic, InternalRoot+"/")
 	kind, arg, _ := strings.Cut(rest, "/")
 	switch kind {
-	case "notify":
-		if f := l.notify.Load(); f != nil && arg != "" {
-			(*f)(arg)
+	case NoticeQueued, NoticeFeeds, NoticeGateway:
+		l.noticeMu.RLock()
+		f := l.notices[kind]
+		l.noticeMu.RUnlock()
+		if f != nil && arg != "" {
+			f(arg)
 		}
 	case "interest":
 		l.gotInterest(pk.Payload)
-	case "feeds":
-		if f := l.feedsChanged.Load(); f != nil && arg != "" {
-			(*f)(arg)
-		}
-	case "gateway":
-		if f := l.gatewayChanged.Load(); f != nil && arg != "" {
-			(*f)(arg)
-		}
 	case "event":
 		var e mirrored
 		if f := l.events.Load(); f != nil && json.Unmarshal(pk.Payload, &e) == nil && e.Origin != l.cfg.ClientID {
@@ -605,53 +598,55 @@ type mirrored struct {
 	Data     json.RawMessage `json:"data"`
 }
 
-// OnFeedsChanged sets what a replica does when another one changed a
-// device's feed definitions (the model's Forget).
-func (l *Link) OnFeedsChanged(f func(deviceID string)) { l.feedsChanged.Store(&f) }
+// Notices: what a replica tells the others about one device or gateway,
+// on InternalRoot/{kind}/{id}. QoS 0, in the background: every receiver
+// copes with a lost one.
+const (
+	// NoticeQueued: something was queued for a device whose session is
+	// not here (queue.Options.Elsewhere → the queue's Notify). A lost one
+	// only delays the message to the device's next session.
+	NoticeQueued = "notify"
+	// NoticeFeeds: a device's feed definitions changed
+	// (model.Options.Changed → the model's Forget). A lost one leaves a
+	// stale cache that the telemetry home reads again before it rejects a
+	// reading by it (telemetry.Options.SharedModel).
+	NoticeFeeds = "feeds"
+	// NoticeGateway: a gateway, its children or sinks changed, or a
+	// device was deleted (gateway.Options.Changed → the gateway service's
+	// Stale). A lost one leaves a stale copy that the service reads again
+	// before it refuses an address (gateway.Options.Shared).
+	NoticeGateway = "gateway"
+)
 
-// FeedsChanged tells the other replicas that this one changed a device's
-// feed definitions (model.Options.Changed). QoS 0: a lost notice leaves a
-// stale cache that the telemetry home re-reads before it rejects a
-// reading by it (telemetry.Options.SharedModel).
-func (l *Link) FeedsChanged(deviceID string) {
-	l.publishInternal(InternalRoot+"/feeds/"+deviceID, nil)
+// OnNotice sets what this replica does with the others' notices of a
+// kind. Call it while wiring, before Start.
+func (l *Link) OnNotice(kind string, f func(id string)) {
+	l.noticeMu.Lock()
+	defer l.noticeMu.Unlock()
+	if l.notices == nil {
+		l.notices = map[string]func(string){}
+	}
+	l.notices[kind] = f
 }
 
-// OnGatewayChanged sets what a replica does when another one changed a
-// gateway, its children or sinks, or deleted a device (the gateway
-// service's Stale).
-func (l *Link) OnGatewayChanged(f func(id string)) { l.gatewayChanged.Store(&f) }
-
-// GatewayChanged tells the other replicas that this one changed a
-// gateway (gateway.Options.Changed). QoS 0: a lost notice leaves a stale
-// copy that the gateway service reads again before it refuses an address
-// (gateway.Options.Shared).
-func (l *Link) GatewayChanged(id string) {
-	l.publishInternal(InternalRoot+"/gateway/"+id, nil)
+// Notice tells the other replicas of a change of kind about id.
+func (l *Link) Notice(kind, id string) {
+	l.publishInternal(InternalRoot+"/"+kind+"/"+id, nil)
 }
 
-// OnNotify sets what a replica does when another one queued something
-// for a device (the queue's Notify).
-func (l *Link) OnNotify(f func(deviceID string)) { l.notify.Store(&f) }
+// Notifier returns Notice bound to a kind, for the parts that take a
+// func(id string).
+func (l *Link) Notifier(kind string) func(id string) {
+	return func(id string) { l.Notice(kind, id) }
+}
 
 // OnEvent sets where the other replicas' stream events go (the hub's
 // Inject).
 func (l *Link) OnEvent(f func(kind, deviceID string, data json.RawMessage)) { l.events.Store(&f) }
 
-// Notify tells the other replicas that something was queued for a device
-// whose session is not here (queue.Options.Elsewhere). QoS 0, in the
-// background: a lost notice only delays the message to the device's next
-// session.
-func (l *Link) Notify(deviceID string) {
-	l.publishInternal(InternalRoot+"/notify/"+deviceID, nil)
-}
-
-// Mirror sends a stream event to the other replicas (stream.Options.Tap),
-// while one of them wants it (Wanted).
+// Mirror sends a stream event to the other replicas (stream.Options.Tap;
+// the hub calls it only while Wanted, its TapWanted).
 func (l *Link) Mirror(kind, deviceID string, data json.RawMessage) {
-	if !l.Wanted() {
-		return
-	}
 	l.mirrored.Add(1)
 	b, _ := json.Marshal(mirrored{Origin: l.cfg.ClientID, Kind: kind, DeviceID: deviceID, Data: data})
 	l.publishInternal(InternalRoot+"/event", b)

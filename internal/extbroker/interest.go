@@ -20,10 +20,9 @@ const (
 
 // interest is what a replica knows of the others' listeners.
 type interest struct {
-	mu     sync.Mutex
-	until  map[string]time.Time // origin → its interest holds until
-	wake   chan struct{}        // a listener arrived here: announce now
-	listen func() bool          // whether this replica has listeners
+	mu    sync.Mutex
+	until map[string]time.Time // origin → its interest holds until
+	wake  chan struct{}        // a listener arrived here: announce now
 }
 
 // interestMsg is the payload of InternalRoot/interest.
@@ -36,9 +35,6 @@ type interestMsg struct {
 // reports true, that this replica wants their stream events; Listened
 // says so at once. Call it once, after Start; Close stops it.
 func (l *Link) WatchInterest(listening func() bool) {
-	l.interest.mu.Lock()
-	l.interest.listen = listening
-	l.interest.mu.Unlock()
 	l.wg.Add(1)
 	go l.announceInterest(listening)
 }
@@ -54,28 +50,19 @@ func (l *Link) Listened() {
 
 // Wanted reports whether another replica currently wants this replica's
 // stream events (stream.Options.TapWanted).
-func (l *Link) Wanted() bool {
-	l.interest.mu.Lock()
-	defer l.interest.mu.Unlock()
-	now := time.Now()
-	for o, until := range l.interest.until {
-		if now.Before(until) {
-			return true
-		}
-		delete(l.interest.until, o)
-	}
-	return false
-}
+func (l *Link) Wanted() bool { return l.PeersListening() > 0 }
 
 // PeersListening returns how many other replicas currently want this
-// replica's stream events.
+// replica's stream events, forgetting those whose interest lapsed.
 func (l *Link) PeersListening() int {
 	l.interest.mu.Lock()
 	defer l.interest.mu.Unlock()
 	now, n := time.Now(), 0
-	for _, until := range l.interest.until {
+	for o, until := range l.interest.until {
 		if now.Before(until) {
 			n++
+		} else {
+			delete(l.interest.until, o)
 		}
 	}
 	return n

@@ -132,12 +132,7 @@ func (w *Writer) shardOf(deviceID string) *shard {
 	if len(w.shards) == 1 {
 		return w.shards[0]
 	}
-	h := uint32(2166136261) // FNV-1a
-	for i := 0; i < len(deviceID); i++ {
-		h ^= uint32(deviceID[i])
-		h *= 16777619
-	}
-	return w.shards[h%uint32(len(w.shards))]
+	return w.shards[outpost.Shard(deviceID, len(w.shards))]
 }
 
 // Write queues a batch and waits until it is committed (or found to be a

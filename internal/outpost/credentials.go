@@ -56,3 +56,16 @@ func NewMessageID() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// Shard maps a device id to one of n shards (n > 0), the same one every
+// time: the parts that spread devices over workers or locks keep one
+// device on one of them, so its work stays in order. FNV-1a, without
+// allocating.
+func Shard(deviceID string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(deviceID); i++ {
+		h ^= uint32(deviceID[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}

@@ -29,7 +29,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -538,9 +537,7 @@ func (q *Queue) signal() {
 }
 
 func (q *Queue) lock(deviceID string) *sync.Mutex {
-	h := fnv.New32a()
-	h.Write([]byte(deviceID))
-	return &q.locks[h.Sum32()%uint32(len(q.locks))]
+	return &q.locks[outpost.Shard(deviceID, len(q.locks))]
 }
 
 // deliver runs a delivery round for a device: it publishes, in queue

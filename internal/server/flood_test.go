@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-iot/outpost/internal/mosquittotest"
 	"github.com/outpost-iot/outpost/internal/outposttest"
 	"github.com/outpost-iot/outpost/internal/server"
 )
@@ -25,7 +26,9 @@ func TestExternalBrokerFloodingDeviceDoesNotStall(t *testing.T) {
 	if err != nil {
 		t.Skip("needs mosquitto_pub")
 	}
-	addr := startMosquitto(t)
+	// Mosquitto's own in-flight bound left at its default, so that the
+	// broker honours the window the platform announces.
+	addr := mosquittotest.Start(t, mosquittotest.Plain(), mosquittotest.ConfigLines("max_queued_messages 0")).Addr
 	p := outposttest.Start(t, func(c *server.Config) {
 		c.Broker = "mqtt://outpost:secret@" + addr
 		c.DeviceRate, c.DeviceBurst = 5, 5 // readings per second

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/outpost-iot/outpost/internal/extbroker"
 	"github.com/outpost-iot/outpost/internal/gateway"
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/internal/presence"
@@ -27,43 +28,25 @@ func (s *Server) openGateway(db outpost.Store, side mqttSide, rt *router.Router,
 	shared := s.link != nil
 	var changed func(string)
 	if shared {
-		changed = s.link.GatewayChanged
+		changed = s.link.Notifier(extbroker.NoticeGateway)
 	}
 	s.gw = gateway.New(gateway.Options{
-		Store:     db,
-		Sender:    side,
-		Submitter: s.writer,
-		Router:    rt,
-		Presence:  s.presence,
-		Queue:     s.queue,
-		ReadingRule: func(ctx context.Context, deviceID string) (func(protocol.Reading) *protocol.Error, error) {
-			fs, err := feeds.FeedsOf(ctx, deviceID)
-			if err != nil {
-				return nil, err
-			}
-			refreshed := !shared
-			return func(r protocol.Reading) *protocol.Error {
-				e := telemetry.CheckReading(fs, r)
-				if e != nil && !refreshed {
-					// Another replica may have changed the child's
-					// feeds: read them again before rejecting by them.
-					refreshed = true
-					if f, err := feeds.RefreshFeeds(ctx, deviceID); err == nil {
-						fs, e = f, telemetry.CheckReading(f, r)
-					}
-				}
-				return e
-			}, nil
-		},
-		Allow:    tel.Allow,
-		Rejected: replies.Count,
-		Events:   hub.Publish,
-		Logger:   s.log.With("component", "gateway"),
-		Shared:   shared,
-		Changed:  changed,
+		Store:       db,
+		Sender:      side,
+		Submitter:   s.writer,
+		Router:      rt,
+		Presence:    s.presence,
+		Queue:       s.queue,
+		ReadingRule: tel.ReadingRule,
+		Allow:       tel.Allow,
+		Rejected:    replies.Count,
+		Events:      hub.Publish,
+		Logger:      s.log.With("component", "gateway"),
+		Shared:      shared,
+		Changed:     changed,
 	})
 	if s.link != nil {
-		s.link.OnGatewayChanged(s.gw.Stale)
+		s.link.OnNotice(extbroker.NoticeGateway, s.gw.Stale)
 	}
 }
 

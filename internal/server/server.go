@@ -418,7 +418,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// The homes of the device message kinds.
 	var elsewhere func(string)
 	if s.link != nil {
-		elsewhere = s.link.Notify
+		elsewhere = s.link.Notifier(extbroker.NoticeQueued)
 	}
 	s.queue = queue.New(db, routedSide{side, s}, queue.Options{
 		Elsewhere: elsewhere,
@@ -433,7 +433,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.link != nil {
 		// With several replicas a device's session may be another's: tell
 		// them when something is queued, and listen to them.
-		s.link.OnNotify(s.queue.Notify)
+		s.link.OnNotice(extbroker.NoticeQueued, s.queue.Notify)
 		s.link.OnEvent(hub.Inject)
 		if cfg.Replica != "" {
 			s.link.WatchInterest(hub.Listening)
@@ -450,11 +450,11 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.link != nil {
 		// Replicas cache feed definitions: they tell one another of
 		// changes, and re-read before rejecting by a cached one.
-		mopt.Changed = s.link.FeedsChanged
+		mopt.Changed = s.link.Notifier(extbroker.NoticeFeeds)
 	}
 	mdl := model.New(mopt)
 	if s.link != nil {
-		s.link.OnFeedsChanged(mdl.Forget)
+		s.link.OnNotice(extbroker.NoticeFeeds, mdl.Forget)
 	}
 	stats := telemetry.NewStats(hub, reg)
 	io := cfg.Ingest

@@ -110,15 +110,9 @@ func (l *rateLimiter) allow(device string, n int, now time.Time) bool {
 	if b.tokens <= 0 {
 		return false
 	}
-	l.takeLocked(b, device, n, now)
-	return true
-}
-
-// takeLocked takes n tokens of b and counts them as this replica's
-// usage. The caller holds l.mu.
-func (l *rateLimiter) takeLocked(b *bucket, device string, n int, now time.Time) {
 	b.tokens -= float64(n)
 	if l.pending != nil && n > 0 {
+		// This replica's usage, for its next report.
 		u := l.pending[device]
 		if u == nil {
 			u = &usage{since: now}
@@ -126,6 +120,7 @@ func (l *rateLimiter) takeLocked(b *bucket, device string, n int, now time.Time)
 		}
 		u.n += n
 	}
+	return true
 }
 
 // refill returns device's bucket with the tokens earned since its last

@@ -181,10 +181,11 @@ func TestRateLimitQuietDevicesCostNothing(t *testing.T) {
 }
 
 // pipe is an in-process Exchange between services: what one publishes the
-// others receive, at once.
+// others receive, at once; delivered signals each delivery.
 type pipe struct {
-	mu    sync.Mutex
-	peers map[string]func(origin string, used map[string]int)
+	mu        sync.Mutex
+	peers     map[string]func(origin string, used map[string]int)
+	delivered chan struct{}
 }
 
 type pipeEnd struct {
@@ -198,6 +199,10 @@ func (e pipeEnd) PublishUsage(used map[string]int) {
 	for name, f := range e.p.peers {
 		if name != e.name && f != nil {
 			f(e.name, used)
+			select {
+			case e.p.delivered <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -212,7 +217,7 @@ func (e pipeEnd) OnUsage(f func(origin string, used map[string]int)) {
 // admitted, so another replica refuses a device that spent its burst
 // elsewhere; Close stops the reports (goleak checks the goroutine).
 func TestServiceExchangesUsage(t *testing.T) {
-	p := &pipe{peers: map[string]func(string, map[string]int){}}
+	p := &pipe{peers: map[string]func(string, map[string]int){}, delivered: make(chan struct{}, 1)}
 	opt := func(name string) Options {
 		return Options{Rate: 1, Burst: 10, Exchange: pipeEnd{p, name}, ExchangeInterval: 5 * time.Millisecond}
 	}
@@ -222,12 +227,13 @@ func TestServiceExchangesUsage(t *testing.T) {
 	if !a.Allow("dev", 15) {
 		t.Fatal("refused with a full bucket")
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.After(10 * time.Second)
 	for b.Allow("dev", 0) { // takes nothing, only asks
-		if time.Now().After(deadline) {
+		select {
+		case <-p.delivered: // a report reached b: ask again
+		case <-deadline:
 			t.Fatal("replica b still lets the device through after replica a admitted its whole burst")
 		}
-		time.Sleep(5 * time.Millisecond) // poll: the report arrives from a's goroutine
 	}
 	if err := a.Close(); err != nil {
 		t.Fatal(err)

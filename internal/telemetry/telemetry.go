@@ -274,21 +274,9 @@ func (s *Service) batch(ctx context.Context, deviceID string, payload []byte) (*
 		// is counted, the limit itself goes on measuring the device.
 		s.stats.rateOverrun.Inc()
 	}
-	feeds, err := s.feeds.FeedsOf(ctx, deviceID)
+	rule, err := s.ReadingRule(ctx, deviceID)
 	if err != nil {
 		return nil, err // transient: the device resends
-	}
-	if s.shared {
-		// Another replica may have changed the definitions since they
-		// were cached: read them again before rejecting by them.
-		for _, r := range t.Readings {
-			if CheckReading(feeds, r) != nil {
-				if feeds, err = s.feeds.RefreshFeeds(ctx, deviceID); err != nil {
-					return nil, err // transient: the device resends
-				}
-				break
-			}
-		}
 	}
 	now := time.Now().UnixMilli()
 	b := &outpost.Batch{DeviceID: deviceID, ID: t.ID, Readings: make([]outpost.Reading, 0, len(t.Readings))}
@@ -297,7 +285,7 @@ func (s *Service) batch(ctx context.Context, deviceID string, payload []byte) (*
 	for _, r := range t.Readings {
 		err := protocol.ValidateReading(r)
 		if err == nil {
-			err = CheckReading(feeds, r)
+			err = rule(r)
 		}
 		if err != nil {
 			bad++
@@ -322,6 +310,32 @@ func (s *Service) batch(ctx context.Context, deviceID string, payload []byte) (*
 		return nil, nil
 	}
 	return b, nil
+}
+
+// ReadingRule returns the feed rules of a device's readings (CheckReading
+// over its definitions), for readings that passed
+// protocol.ValidateReading; an error is transient. With
+// Options.SharedModel, the first reading the cached definitions would
+// reject makes the rule read them again (another replica may have changed
+// them) before it decides; if the store cannot be read then, the cached
+// definitions decide (and the next such reading tries again). The gateway
+// home checks its children's readings with it too.
+func (s *Service) ReadingRule(ctx context.Context, deviceID string) (func(protocol.Reading) *protocol.Error, error) {
+	feeds, err := s.feeds.FeedsOf(ctx, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	refreshed := !s.shared
+	return func(r protocol.Reading) *protocol.Error {
+		e := CheckReading(feeds, r)
+		if e != nil && !refreshed {
+			if f, err := s.feeds.RefreshFeeds(ctx, deviceID); err == nil {
+				refreshed = true
+				feeds, e = f, CheckReading(f, r)
+			}
+		}
+		return e
+	}, nil
 }
 
 // CheckReading applies the feed rules to a reading that passed
