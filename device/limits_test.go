@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/packets"
+	mqtt "github.com/outpost-iot/outpost/internal/mochi"
+	"github.com/outpost-iot/outpost/internal/mochi/hooks/auth"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 
 	"github.com/outpost-iot/outpost/device"
 	"github.com/outpost-iot/outpost/internal/broker"

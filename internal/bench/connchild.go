@@ -26,6 +26,9 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	core "github.com/outpost-iot/outpost/internal/mochi"
+	coreauth "github.com/outpost-iot/outpost/internal/mochi/hooks/auth"
+	corelisteners "github.com/outpost-iot/outpost/internal/mochi/listeners"
 
 	"github.com/outpost-iot/outpost/internal/broker"
 	"github.com/outpost-iot/outpost/internal/server"
@@ -215,49 +218,53 @@ func memoryClasses() map[string]int64 {
 	return out
 }
 
-// rawConnBroker is mochi alone: allow-all authentication, no other hook,
-// mochi's own TCP listener.
+// rawConnBroker is a broker alone: allow-all authentication, no other
+// hook, one TCP listener.
 type rawConnBroker struct {
-	srv  *mqtt.Server
-	addr string
+	close func()
+	addr  string
 }
 
-// startRawConnBroker starts mochi with its default options, or with the
-// options the platform gives it (opts "platform").
+// startRawConnBroker starts upstream mochi with its default options
+// (opts "default"), or the platform's broker core (internal/mochi, mochi
+// as the platform changed it) with the options the platform gives it
+// (opts "platform").
 func startRawConnBroker(addr, opts string, log *slog.Logger) (*rawConnBroker, error) {
-	o := &mqtt.Options{Logger: log}
-	switch opts {
-	case "default":
-	case "platform":
-		o = broker.MochiOptions(broker.Config{Logger: log})
-	default:
-		return nil, fmt.Errorf("raw broker: --options %q: want default or platform", opts)
-	}
-	srv := mqtt.New(o)
-	if opts == "platform" {
-		if err := broker.TuneMochi(srv); err != nil {
-			return nil, err
-		}
-	}
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		return nil, err
-	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	bound := l.Addr().String()
 	l.Close()
-	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "raw", Address: bound})); err != nil {
-		return nil, err
+	switch opts {
+	case "default":
+		srv := mqtt.New(&mqtt.Options{Logger: log})
+		if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+			return nil, err
+		}
+		if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "raw", Address: bound})); err != nil {
+			return nil, err
+		}
+		if err := srv.Serve(); err != nil {
+			return nil, err
+		}
+		return &rawConnBroker{close: func() { _ = srv.Close() }, addr: bound}, nil
+	case "platform":
+		srv := core.New(broker.MochiOptions(broker.Config{Logger: log}))
+		if err := srv.AddHook(new(coreauth.AllowHook), nil); err != nil {
+			return nil, err
+		}
+		if err := srv.AddListener(corelisteners.NewTCP(corelisteners.Config{ID: "raw", Address: bound})); err != nil {
+			return nil, err
+		}
+		if err := srv.Serve(); err != nil {
+			return nil, err
+		}
+		return &rawConnBroker{close: func() { _ = srv.Close() }, addr: bound}, nil
+	default:
+		return nil, fmt.Errorf("raw broker: --options %q: want default or platform", opts)
 	}
-	if err := srv.Serve(); err != nil {
-		return nil, err
-	}
-	return &rawConnBroker{srv: srv, addr: bound}, nil
 }
-
-func (b *rawConnBroker) close() { _ = b.srv.Close() }
 
 // child is a broker process started by the benchmark.
 type child struct {

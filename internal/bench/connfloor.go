@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 )
 
 // floorBroker answers what an idle device does, and nothing more: CONNECT

@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 
 	"github.com/outpost-iot/outpost/protocol"
 )

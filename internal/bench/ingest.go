@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
-	mqtt "github.com/mochi-mqtt/server/v2"
+	mqtt "github.com/outpost-iot/outpost/internal/mochi"
 
 	"github.com/outpost-iot/outpost/device"
 	"github.com/outpost-iot/outpost/internal/outpost"

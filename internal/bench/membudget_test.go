@@ -20,6 +20,9 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	coremqtt "github.com/outpost-iot/outpost/internal/mochi"
+	coreauth "github.com/outpost-iot/outpost/internal/mochi/hooks/auth"
 
 	"github.com/outpost-iot/outpost/internal/broker"
 	"github.com/outpost-iot/outpost/internal/server"
@@ -134,35 +137,35 @@ func perDevice(t *testing.T, l *loadProcess, addr, file string, n int) float64 {
 	return per
 }
 
-// rawMochi is mochi alone with an allow-all hook, on the platform's
-// listener type, with opts.
-func rawMochi(t *testing.T, opts *mqtt.Options, tuned bool) (addr string, stop func()) {
+// rawMochi is a broker alone with an allow-all hook: upstream mochi with
+// its default options, or (core) the platform's broker core
+// (internal/mochi) with the platform's options on the platform's listener
+// type.
+func rawMochi(t *testing.T, core bool) (addr string, stop func()) {
 	t.Helper()
-	srv := mqtt.New(opts)
-	if tuned {
-		if err := broker.TuneMochi(srv); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		t.Fatal(err)
-	}
+	quiet := slog.New(slog.DiscardHandler)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := broker.NewListener("raw", l, nil, nil)
-	if err := ln.AddTo(srv); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	return l.Addr().String(), func() {
-		// mochi's Close takes its client map's read lock twice, nested,
-		// and hangs if a client ends in between (see broker.Listener.Close):
-		// let the disconnected devices' sessions end first.
-		devices := func() int {
+	var devices func() int
+	var closeAll func()
+	if core {
+		srv := coremqtt.New(broker.MochiOptions(broker.Config{Logger: quiet}))
+		if err := broker.TuneMochi(srv); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.AddHook(new(coreauth.AllowHook), nil); err != nil {
+			t.Fatal(err)
+		}
+		ln := broker.NewListener("raw", l, nil, nil)
+		if err := ln.AddTo(srv); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Serve(); err != nil {
+			t.Fatal(err)
+		}
+		devices = func() int {
 			n := 0
 			for _, cl := range srv.Clients.GetAll() {
 				if !cl.Net.Inline {
@@ -171,13 +174,38 @@ func rawMochi(t *testing.T, opts *mqtt.Options, tuned bool) (addr string, stop f
 			}
 			return n
 		}
+		closeAll = func() { ln.Stop(); srv.Close(); ln.Shutdown() }
+	} else {
+		srv := mqtt.New(&mqtt.Options{Logger: quiet})
+		if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.AddListener(listeners.NewNet("raw", l)); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Serve(); err != nil {
+			t.Fatal(err)
+		}
+		devices = func() int {
+			n := 0
+			for _, cl := range srv.Clients.GetAll() {
+				if !cl.Net.Inline {
+					n++
+				}
+			}
+			return n
+		}
+		closeAll = func() { srv.Close() }
+	}
+	return l.Addr().String(), func() {
+		// mochi's Close takes its client map's read lock twice, nested,
+		// and hangs if a client ends in between (see broker.Listener.Close):
+		// let the disconnected devices' sessions end first.
 		deadline := time.Now().Add(time.Minute)
 		for devices() > 0 && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		ln.Stop()
-		srv.Close()
-		ln.Shutdown()
+		closeAll()
 	}
 }
 
@@ -242,11 +270,10 @@ func TestMemoryPerDevice(t *testing.T) {
 		}
 	})
 
-	quiet := slog.New(slog.DiscardHandler)
-	addr, stop := rawMochi(t, &mqtt.Options{Logger: quiet}, false)
+	addr, stop := rawMochi(t, false)
 	mochiDefault := perDevice(t, load, addr, file, n)
 	within(t, time.Minute, "closing mochi", stop)
-	addr, stop = rawMochi(t, broker.MochiOptions(broker.Config{Logger: quiet}), true)
+	addr, stop = rawMochi(t, true)
 	mochiTuned := perDevice(t, load, addr, file, n)
 	within(t, time.Minute, "closing mochi", stop)
 

@@ -12,8 +12,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/outpost-iot/outpost/device"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 	"github.com/outpost-iot/outpost/internal/outpost"
 
 	"github.com/outpost-iot/outpost/internal/broker"

@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
+	mqtt "github.com/outpost-iot/outpost/internal/mochi"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
 )

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
+	mqtt "github.com/outpost-iot/outpost/internal/mochi"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
 	"github.com/outpost-iot/outpost/protocol"

@@ -3,8 +3,8 @@ package broker
 import (
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
+	mqtt "github.com/outpost-iot/outpost/internal/mochi"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 )
 
 // KeepAlive bounds the keep-alive interval the platform dictates.

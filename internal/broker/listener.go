@@ -9,8 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
+	mqtt "github.com/outpost-iot/outpost/internal/mochi"
+	"github.com/outpost-iot/outpost/internal/mochi/listeners"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
 )

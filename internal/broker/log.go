@@ -4,7 +4,7 @@ import (
 	"context"
 	"log/slog"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 )
 
 // mochiLog is the handler mochi logs through. mochi puts whole packets into

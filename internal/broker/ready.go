@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/outpost-iot/outpost/internal/mochi/listeners"
 )
 
 // serveTracker is the Listener as mochi sees it: it records when the

@@ -5,8 +5,8 @@ import (
 	"sync"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
+	mqtt "github.com/outpost-iot/outpost/internal/mochi"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 )
 
 // Sessions: at most one live session per device, and none left over from

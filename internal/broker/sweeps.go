@@ -6,9 +6,9 @@ import (
 	"time"
 	"unsafe"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
-	"github.com/mochi-mqtt/server/v2/system"
+	mqtt "github.com/outpost-iot/outpost/internal/mochi"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
+	"github.com/outpost-iot/outpost/internal/mochi/system"
 )
 
 // sweepInterval is how often mochi looks for expired sessions and expired

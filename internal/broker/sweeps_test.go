@@ -6,7 +6,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
+	mqtt "github.com/outpost-iot/outpost/internal/mochi"
 
 	"github.com/outpost-iot/outpost/internal/broker"
 )

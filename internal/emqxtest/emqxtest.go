@@ -20,10 +20,10 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
+	mqtt "github.com/outpost-iot/outpost/internal/mochi"
+	"github.com/outpost-iot/outpost/internal/mochi/hooks/auth"
+	"github.com/outpost-iot/outpost/internal/mochi/listeners"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 )
 
 // Node is the node name in the event topics.

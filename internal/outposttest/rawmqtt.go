@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 )
 
 // Raw is a bare MQTT 3.1.1 or 5 connection for tests that must control

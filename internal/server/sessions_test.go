@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 
 	"github.com/outpost-iot/outpost/internal/outposttest"
 	"github.com/outpost-iot/outpost/internal/server"
