@@ -115,26 +115,27 @@ func within(t *testing.T, d time.Duration, what string, fn func()) {
 // liveBytes is what the Go runtime holds for the program after
 // collections (which also shrink idle goroutine stacks): live heap and
 // goroutine stacks.
-func liveBytes() int64 {
+func liveBytes() (heap, stacks int64) {
 	var ms runtime.MemStats
 	for range 4 {
 		runtime.GC()
 	}
 	runtime.ReadMemStats(&ms)
-	return int64(ms.HeapAlloc + ms.StackInuse)
+	return int64(ms.HeapAlloc), int64(ms.StackInuse)
 }
 
 // perDevice connects every device of file to addr from the load process
 // and returns the memory this process holds per connected device.
 func perDevice(t *testing.T, l *loadProcess, addr, file string, n int) float64 {
 	t.Helper()
-	before := liveBytes()
+	heap0, stacks0 := liveBytes()
 	if got, want := l.do(t, "connect "+addr+" "+file), fmt.Sprintf("connected %d", n); got != want {
 		t.Fatalf("load process: %q, want %q", got, want)
 	}
-	per := float64(liveBytes()-before) / float64(n)
+	heap, stacks := liveBytes()
 	l.do(t, "disconnect")
-	return per
+	t.Logf("%s: heap %.0f, stacks %.0f bytes per device", addr, float64(heap-heap0)/float64(n), float64(stacks-stacks0)/float64(n))
+	return float64(heap+stacks-heap0-stacks0) / float64(n)
 }
 
 // rawMochi is a broker alone with an allow-all hook: upstream mochi with

@@ -143,20 +143,23 @@ type Will struct {
 
 // ClientState tracks the state of the client.
 type ClientState struct {
-	TopicAliases    TopicAliases         // a map of topic aliases
-	stopCause       atomic.Value         // reason for stopping
-	Inflight        *Inflight            // a map of in-flight qos messages
-	Subscriptions   *Subscriptions       // a map of the subscription filters a client maintains
-	disconnected    int64                // the time the client disconnected in unix time, for calculating expiry
-	outbound        chan *packets.Packet // queue for pending outbound packets
-	endOnce         sync.Once            // only end once
-	isTakenOver     atomic.Bool          // used to identify orphaned clients
-	packetID        uint32               // the current highest packetID
-	open            context.Context      // indicate that the client is open for packet exchange
-	cancelOpen      context.CancelFunc   // cancel function for open context
-	outboundQty     int32                // number of messages currently in the outbound queue
-	Keepalive       uint16               // the number of seconds the connection can wait
-	ServerKeepalive bool                 // keepalive was set by the server
+	TopicAliases    TopicAliases       // a map of topic aliases
+	stopCause       atomic.Value       // reason for stopping
+	Inflight        *Inflight          // a map of in-flight qos messages
+	Subscriptions   *Subscriptions     // a map of the subscription filters a client maintains
+	disconnected    int64              // the time the client disconnected in unix time, for calculating expiry
+	outMu           sync.Mutex         // guards outQueue and outWriting
+	outQueue        []*packets.Packet  // pending outbound packets, oldest first; nil when empty
+	outWriting      bool               // a writer goroutine is draining outQueue
+	outMax          int                // most packets outQueue may hold
+	endOnce         sync.Once          // only end once
+	isTakenOver     atomic.Bool        // used to identify orphaned clients
+	packetID        uint32             // the current highest packetID
+	open            context.Context    // indicate that the client is open for packet exchange
+	cancelOpen      context.CancelFunc // cancel function for open context
+	outboundQty     int32              // number of messages currently in the outbound queue
+	Keepalive       uint16             // the number of seconds the connection can wait
+	ServerKeepalive bool               // keepalive was set by the server
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
@@ -171,7 +174,7 @@ func newClient(c net.Conn, o *ops) *Client {
 			open:          ctx,
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
-			outbound:      make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending),
+			outMax:        int(o.options.Capabilities.MaximumClientWritesPending),
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
@@ -190,20 +193,60 @@ func newClient(c net.Conn, o *ops) *Client {
 	return cl
 }
 
-// WriteLoop ranges over pending outbound messages and writes them to the client connection.
-func (cl *Client) WriteLoop() {
+// enqueue queues pk for writing to the client and returns false when the
+// queue already holds the most it may (MaximumClientWritesPending).
+//
+// Changed from mochi v2.7.9, where every client had a writer goroutine for
+// its whole life, parked on a channel of MaximumClientWritesPending
+// pointers: here a writer goroutine runs only while the queue is not empty
+// (drain), so an idle client holds neither a goroutine nor a queue.
+func (cl *Client) enqueue(pk *packets.Packet) bool {
+	cl.State.outMu.Lock()
+	if len(cl.State.outQueue) >= cl.State.outMax {
+		cl.State.outMu.Unlock()
+		return false
+	}
+	cl.State.outQueue = append(cl.State.outQueue, pk)
+	atomic.AddInt32(&cl.State.outboundQty, 1)
+	start := !cl.State.outWriting
+	cl.State.outWriting = true
+	cl.State.outMu.Unlock()
+	if start {
+		go cl.drain()
+	}
+	return true
+}
+
+// drain writes the queued packets in order until the queue is empty or
+// the client is closed (what is left then is discarded, as mochi's writer
+// left it in its channel).
+func (cl *Client) drain() {
 	for {
-		select {
-		case pk := <-cl.State.outbound:
-			if err := cl.WritePacket(*pk); err != nil {
-				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
-			}
-			atomic.AddInt32(&cl.State.outboundQty, -1)
-		case <-cl.State.open.Done():
+		cl.State.outMu.Lock()
+		if len(cl.State.outQueue) == 0 || cl.Closed() {
+			atomic.AddInt32(&cl.State.outboundQty, -int32(len(cl.State.outQueue)))
+			cl.State.outQueue = nil
+			cl.State.outWriting = false
+			cl.State.outMu.Unlock()
 			return
 		}
+		pk := cl.State.outQueue[0]
+		cl.State.outQueue[0] = nil
+		cl.State.outQueue = cl.State.outQueue[1:]
+		cl.State.outMu.Unlock()
+		if err := cl.WritePacket(*pk); err != nil {
+			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+		}
+		atomic.AddInt32(&cl.State.outboundQty, -1)
 	}
+}
+
+// queuedWrites is how many packets wait in the queue, not counting one
+// being written.
+func (cl *Client) queuedWrites() int {
+	cl.State.outMu.Lock()
+	defer cl.State.outMu.Unlock()
+	return len(cl.State.outQueue)
 }
 
 // ParseConnect parses the connect parameters and properties for a client.
@@ -362,31 +405,51 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 
 // Read reads incoming packets from the connected client and transforms them into
 // packets to be handled by the packetHandler.
+//
+// Changed from mochi v2.7.9: the loop waits for the next packet's first
+// byte in awaitPacket, whose frames are small, and reads and handles the
+// packet in readOne, whose frames (a packet by value) exist only while it
+// runs: a connection waiting for its next packet keeps a small stack.
 func (cl *Client) Read(packetHandler ReadFn) error {
-	var err error
-
 	for {
 		if cl.Closed() {
 			return nil
 		}
 
 		cl.refreshDeadline(cl.State.Keepalive)
-		fh := new(packets.FixedHeader)
-		err = cl.ReadFixedHeader(fh)
-		if err != nil {
+		if err := cl.awaitPacket(); err != nil {
 			return err
 		}
-
-		pk, err := cl.ReadPacket(fh)
-		if err != nil {
-			return err
-		}
-
-		err = packetHandler(cl, pk) // Process inbound packet.
-		if err != nil {
+		if err := cl.readOne(packetHandler); err != nil {
 			return err
 		}
 	}
+}
+
+// awaitPacket blocks until the next packet's first byte has arrived.
+//
+//go:noinline
+func (cl *Client) awaitPacket() error {
+	if cl.Net.bconn == nil {
+		return ErrConnectionClosed
+	}
+	_, err := cl.Net.bconn.Peek(1)
+	return err
+}
+
+// readOne reads one packet and hands it to packetHandler.
+//
+//go:noinline
+func (cl *Client) readOne(packetHandler ReadFn) error {
+	var fh packets.FixedHeader
+	if err := cl.ReadFixedHeader(&fh); err != nil {
+		return err
+	}
+	pk, err := cl.ReadPacket(&fh)
+	if err != nil {
+		return err
+	}
+	return packetHandler(cl, pk) // Process inbound packet.
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
@@ -602,7 +665,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	n, err := func() (int64, error) {
 		cl.Lock()
 		defer cl.Unlock()
-		if len(cl.State.outbound) == 0 {
+		if cl.queuedWrites() == 0 {
 			if cl.Net.outbuf == nil {
 				return buf.WriteTo(cl.Net.Conn)
 			}

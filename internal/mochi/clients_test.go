@@ -53,8 +53,7 @@ func newTestClient() (cl *Client, r net.Conn, w net.Conn) {
 	cl.Properties.Props.TopicAliasMaximum = 0
 	cl.Properties.Props.RequestResponseInfo = 0x1
 
-	go cl.WriteLoop()
-
+	testClients.add(cl)
 	return
 }
 
@@ -405,6 +404,7 @@ func TestClientResendInflightMessages(t *testing.T) {
 		err := cl.ResendInflightMessages(true)
 		require.NoError(t, err)
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -789,7 +789,7 @@ func TestClientWritePacketBuffer(t *testing.T) {
 	small := packets.TPacketData[packets.Publish].Get(packets.TPublishNoPayload).Packet
 	large := packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 
-	cl.State.outbound <- small
+	cl.State.outQueue = append(cl.State.outQueue, small) // a packet waits: writes are buffered
 
 	tt := []struct {
 		pks  []*packets.Packet

@@ -645,6 +645,7 @@ func TestEstablishConnectionInheritExisting(t *testing.T) {
 	require.Equal(t, packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectTakeover).RawBytes, <-takeover)
 
 	time.Sleep(time.Microsecond * 100)
+	waitWritten()
 	_ = w.Close()
 	_ = r.Close()
 
@@ -1320,6 +1321,7 @@ func TestInjectPacketPublishAndReceive(t *testing.T) {
 		require.NoError(t, err)
 		_ = w1.Close()
 		time.Sleep(time.Millisecond * 10)
+		waitWritten()
 		_ = w2.Close()
 	}()
 
@@ -1357,6 +1359,7 @@ func TestServerPublishAndReceive(t *testing.T) {
 		require.NoError(t, err)
 		_ = w1.Close()
 		time.Sleep(time.Millisecond * 10)
+		waitWritten()
 		_ = w2.Close()
 	}()
 
@@ -1421,6 +1424,7 @@ func TestServerProcessPacketPublishAndReceive(t *testing.T) {
 		err := s.processPacket(sender, *packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet)
 		require.NoError(t, err)
 		time.Sleep(time.Millisecond * 10)
+		waitWritten()
 		_ = w1.Close()
 		_ = w2.Close()
 	}()
@@ -1850,6 +1854,7 @@ func TestPublishToSubscribersSelfNoLocal(t *testing.T) {
 		pkx.Origin = cl.ID
 		s.publishToSubscribers(pkx)
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -1902,6 +1907,7 @@ func TestPublishToSubscribers(t *testing.T) {
 	go func() {
 		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w1.Close()
 		_ = w2.Close()
 		_ = w3.Close()
@@ -1945,6 +1951,7 @@ func TestPublishToSubscribersMessageExpiryDelta(t *testing.T) {
 		pkx.Created = time.Now().Unix() - 30
 		s.publishToSubscribers(pkx)
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w1.Close()
 	}()
 
@@ -1969,6 +1976,7 @@ func TestPublishToSubscribersIdentifiers(t *testing.T) {
 	go func() {
 		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -1994,6 +2002,7 @@ func TestPublishToSubscribersPkIgnore(t *testing.T) {
 		pk.Ignore = true
 		s.publishToSubscribers(pk)
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -2023,6 +2032,7 @@ func TestPublishToClientServerDowngradeQos(t *testing.T) {
 		pkx.FixedHeader.Qos = 2
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 2}, pkx)
 		time.Sleep(time.Microsecond * 100)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -2052,6 +2062,7 @@ func TestPublishToClientSubscriptionDowngradeQos(t *testing.T) {
 		pkx.FixedHeader.Qos = 2
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 1}, pkx)
 		time.Sleep(time.Microsecond * 100)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -2087,8 +2098,9 @@ func TestPublishToClientExceedClientWritesPending(t *testing.T) {
 	s.Clients.Add(cl)
 
 	for i := int32(0); i < cl.ops.options.Capabilities.MaximumClientWritesPending; i++ {
-		cl.State.outbound <- new(packets.Packet)
+		cl.State.outQueue = append(cl.State.outQueue, new(packets.Packet))
 		atomic.AddInt32(&cl.State.outboundQty, 1)
+		cl.State.outWriting = true // as if a writer were busy: the queue stays full
 	}
 
 	id, _ := cl.NextPacketID()
@@ -2119,6 +2131,7 @@ func TestPublishToClientServerTopicAlias(t *testing.T) {
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -2230,6 +2243,7 @@ func TestProcessPublishWithTopicAlias(t *testing.T) {
 		pkx.Properties.TopicAlias = 1
 		_ = s.processPacket(cl2, pkx)
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w2.Close()
 		_ = w.Close()
 	}()
@@ -2255,6 +2269,7 @@ func TestPublishToSubscribersExhaustedSendQuota(t *testing.T) {
 	pkx.PacketID = 0
 	s.publishToSubscribers(pkx)
 	time.Sleep(time.Millisecond)
+	waitWritten()
 	_ = w.Close()
 }
 
@@ -2276,6 +2291,7 @@ func TestPublishToSubscribersExhaustedPacketIDs(t *testing.T) {
 	pkx.PacketID = 0
 	s.publishToSubscribers(pkx)
 	time.Sleep(time.Millisecond)
+	waitWritten()
 	_ = w.Close()
 }
 
@@ -2291,6 +2307,7 @@ func TestPublishToSubscribersNoConnection(t *testing.T) {
 	_ = r.Close()
 	s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
 	time.Sleep(time.Millisecond)
+	waitWritten()
 	_ = w.Close()
 }
 
@@ -2308,6 +2325,7 @@ func TestPublishRetainedToClient(t *testing.T) {
 	go func() {
 		s.publishRetainedToClient(cl, packets.Subscription{Filter: "a/b/c"}, false)
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -2750,6 +2768,7 @@ func TestServerProcessOutboundQos2Flow(t *testing.T) {
 			}
 
 			time.Sleep(time.Millisecond)
+			waitWritten()
 			_ = w.Close()
 
 			if i != 2 {
@@ -2854,6 +2873,7 @@ func TestServerProcessSubscribeWithRetain(t *testing.T) {
 		require.NoError(t, err)
 
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -2875,6 +2895,7 @@ func TestServerProcessSubscribeDowngradeQos(t *testing.T) {
 		require.NoError(t, err)
 
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -2897,6 +2918,7 @@ func TestServerProcessSubscribeWithRetainHandling1(t *testing.T) {
 		require.NoError(t, err)
 
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -2918,6 +2940,7 @@ func TestServerProcessSubscribeWithRetainHandling2(t *testing.T) {
 		require.NoError(t, err)
 
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -2939,6 +2962,7 @@ func TestServerProcessSubscribeWithNotRetainAsPublished(t *testing.T) {
 		require.NoError(t, err)
 
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -3216,6 +3240,7 @@ func TestServerSendLWT(t *testing.T) {
 	go func() {
 		s.sendLWT(sender)
 		time.Sleep(time.Millisecond * 10)
+		waitWritten()
 		_ = w1.Close()
 		_ = w2.Close()
 	}()
@@ -3256,6 +3281,7 @@ func TestServerSendLWTRetain(t *testing.T) {
 	go func() {
 		s.sendLWT(sender)
 		time.Sleep(time.Millisecond * 10)
+		waitWritten()
 		_ = w1.Close()
 		_ = w2.Close()
 	}()
@@ -3291,6 +3317,7 @@ func TestServerSendLWTDelayed(t *testing.T) {
 		s.sendDelayedLWT(time.Now().Unix())
 		require.Equal(t, 0, s.loop.willDelayed.Len())
 		time.Sleep(time.Millisecond)
+		waitWritten()
 		_ = w.Close()
 	}()
 
