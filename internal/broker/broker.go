@@ -127,6 +127,8 @@ type Stats struct {
 	Retried        atomic.Int64 // messages not acknowledged (transient error)
 	Overloaded     atomic.Int64 // of those, refused because a queue was full
 	MessagesRouted atomic.Int64
+	// Sessions counts sessions established (authenticated connections).
+	Sessions atomic.Int64
 
 	// AcceptErrors counts failed accepts (EMFILE and the like); the
 	// listener backs off and goes on accepting.

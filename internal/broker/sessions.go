@@ -188,6 +188,7 @@ func (h *sessionHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	c.client = cl
+	h.b.stats.Sessions.Add(1)
 	if old, ok := h.b.srv.Clients.Get(cl.ID); ok && old != cl {
 		if oc := connOf(old); oc != nil {
 			oc.end()

@@ -32,6 +32,7 @@ import (
 	"github.com/outpost-iot/outpost/internal/httplimit"
 	"github.com/outpost-iot/outpost/internal/ingest"
 	"github.com/outpost-iot/outpost/internal/loglimit"
+	"github.com/outpost-iot/outpost/internal/memtrim"
 	"github.com/outpost-iot/outpost/internal/model"
 	"github.com/outpost-iot/outpost/internal/ota"
 	"github.com/outpost-iot/outpost/internal/outpost"
@@ -193,6 +194,10 @@ type Config struct {
 	// MaxSubscriptions bounds the subscriptions of one device (default
 	// 32; negative: no bound).
 	MaxSubscriptions int
+	// NoMemoryTrim turns off returning memory to the operating system
+	// after connect storms and when the process holds well above what it
+	// uses (internal/memtrim; on by default with the embedded broker).
+	NoMemoryTrim bool
 	// AuthFailureDelay is how long a refused MQTT login waits for its
 	// answer after the first recent failure of its device id or address;
 	// it doubles with each further failure up to 50 times that (default
@@ -238,6 +243,7 @@ type Server struct {
 	writer    *ingest.Writer
 	tel       *telemetry.Service
 	pruner    *retention.Pruner
+	trimmer   *memtrim.Trimmer
 	queue     *queue.Queue
 	presence  *presence.Tracker
 	ota       *ota.Service     // nil: files and firmware are off
@@ -411,6 +417,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 		side = s.broker
+		if !cfg.NoMemoryTrim {
+			s.trimmer = memtrim.Start(memtrim.Options{Connects: s.broker.Stats().Sessions.Load, Logger: log.With("component", "memtrim")})
+		}
 	}
 	replies := reply.New(side, reg, log)
 	rt.SetRejecter(replies)
@@ -758,6 +767,9 @@ func (s *Server) Close() error {
 		}
 		if s.pruner != nil {
 			s.pruner.Close()
+		}
+		if s.trimmer != nil {
+			s.trimmer.Close()
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Close())
