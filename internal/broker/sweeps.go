@@ -1,10 +1,7 @@
 package broker
 
 import (
-	"errors"
-	"reflect"
 	"time"
-	"unsafe"
 
 	mqtt "github.com/outpost-iot/outpost/internal/mochi"
 	"github.com/outpost-iot/outpost/internal/mochi/packets"
@@ -24,50 +21,11 @@ import (
 // small).
 const sweepInterval = 30 * time.Second
 
-// TuneMochi does to a new mochi server what its options cannot: it slows
-// its expiry sweeps down to every 30 seconds (SlowMochiSweeps) and keeps
+// TuneMochi does to a new mochi server what its options cannot: it keeps
 // its store of retained messages empty (mochi retains its own $SYS
-// values). With MochiOptions, it is how the platform runs mochi. The
-// error is SlowMochiSweeps's (mochi's layout changed); the server is
-// usable all the same, with the sweeps at once a second.
+// values). With MochiOptions, it is how the platform runs mochi.
 func TuneMochi(srv *mqtt.Server) error {
-	if err := srv.AddHook(&noRetainedHook{srv: srv}, nil); err != nil {
-		return err
-	}
-	return SlowMochiSweeps(srv, sweepInterval)
-}
-
-// SlowMochiSweeps makes mochi's expiry sweeps of clients and in-flight
-// messages run every interval instead of every second. mochi has no option
-// for it: the tickers are fields of an unexported struct, reached by
-// reflection. Their names and types are checked first; when they do not
-// match (another mochi version), nothing is changed and an error says so.
-// Call it before the server starts serving.
-func SlowMochiSweeps(srv *mqtt.Server, interval time.Duration) error {
-	if interval <= 0 {
-		return errors.New("mochi sweeps: interval must be positive")
-	}
-	lp := reflect.ValueOf(srv).Elem().FieldByName("loop")
-	if !lp.IsValid() || lp.Kind() != reflect.Pointer || lp.IsNil() || lp.Type().Elem().Kind() != reflect.Struct {
-		return errors.New("mochi sweeps: mqtt.Server has no loop struct (mochi version changed?)")
-	}
-	tickerType := reflect.TypeFor[*time.Ticker]()
-	var tickers []*time.Ticker
-	for _, name := range []string{"clientExpiry", "inflightExpiry"} {
-		f, ok := lp.Type().Elem().FieldByName(name)
-		if !ok || f.Type != tickerType {
-			return errors.New("mochi sweeps: no ticker " + name + " in mochi's loop (mochi version changed?)")
-		}
-		t := *(**time.Ticker)(unsafe.Add(lp.UnsafePointer(), f.Offset))
-		if t == nil {
-			return errors.New("mochi sweeps: ticker " + name + " not set")
-		}
-		tickers = append(tickers, t)
-	}
-	for _, t := range tickers {
-		t.Reset(interval)
-	}
-	return nil
+	return srv.AddHook(&noRetainedHook{srv: srv}, nil)
 }
 
 // noRetainedHook keeps mochi's store of retained messages empty. Nothing

@@ -117,7 +117,7 @@ func (t *Trimmer) run() {
 		lastTrim   time.Time // zero: none yet
 		lastDrift  = time.Now()
 		trimmedAt  int64 // connects at the last trim
-		seen       int64    // connects at the last look
+		seen       int64 // connects at the last look
 		connects   = func() int64 { return 0 }
 		stormSince bool
 	)

@@ -420,6 +420,13 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 		if err := cl.awaitPacket(); err != nil {
 			return err
 		}
+		if cl.ops.options.QuietPing {
+			if ok, err := cl.quietPing(); err != nil {
+				return err
+			} else if ok {
+				continue
+			}
+		}
 		if err := cl.readOne(packetHandler); err != nil {
 			return err
 		}
@@ -435,6 +442,53 @@ func (cl *Client) awaitPacket() error {
 	}
 	_, err := cl.Net.bconn.Peek(1)
 	return err
+}
+
+// pingresp is a PINGRESP packet, encoded.
+var pingresp = [2]byte{packets.Pingresp << 4, 0}
+
+// quietPing answers the next packet if it is a well-formed PINGREQ
+// (Options.QuietPing) and reports whether it did. Anything else, including
+// a malformed PINGREQ, is left for readOne.
+//
+//go:noinline
+func (cl *Client) quietPing() (bool, error) {
+	b, err := cl.Net.bconn.Peek(1)
+	if err != nil || b[0] != packets.Pingreq<<4 {
+		return false, nil
+	}
+	if b, err = cl.Net.bconn.Peek(2); err != nil {
+		return false, err
+	}
+	if b[1] != 0 {
+		return false, nil
+	}
+	_, _ = cl.Net.bconn.Discard(2)
+	atomic.AddInt64(&cl.ops.info.BytesReceived, 2)
+	atomic.AddInt64(&cl.ops.info.PacketsReceived, 1)
+	return true, cl.writeRaw(pingresp[:])
+}
+
+// writeRaw writes an encoded packet behind anything WritePacket buffered.
+func (cl *Client) writeRaw(p []byte) error {
+	if cl.Closed() {
+		return ErrConnectionClosed
+	}
+	cl.Lock()
+	defer cl.Unlock()
+	var err error
+	if cl.Net.outbuf != nil {
+		_, _ = cl.Net.outbuf.Write(p)
+		err = cl.flushOutbuf()
+	} else {
+		_, err = cl.Net.Conn.Write(p)
+	}
+	if err != nil {
+		return err
+	}
+	atomic.AddInt64(&cl.ops.info.BytesSent, int64(len(p)))
+	atomic.AddInt64(&cl.ops.info.PacketsSent, 1)
+	return nil
 }
 
 // readOne reads one packet and hands it to packetHandler.

@@ -126,6 +126,20 @@ type Options struct {
 	// SysTopicResendInterval specifies the interval between $SYS topic updates in seconds.
 	SysTopicResendInterval int64 `yaml:"sys_topic_resend_interval" json:"sys_topic_resend_interval"`
 
+	// QuietPing answers a well-formed PINGREQ straight from the read loop,
+	// in small frames, without the packet hooks (OnPacketRead,
+	// OnPacketProcessed, OnPacketEncode, OnPacketSent do not see PINGREQ
+	// and PINGRESP). Added by the platform's fork: an idle device does
+	// nothing but ping, and the full packet path grew each idle
+	// connection's stack from 4 to 16 KiB at every ping (issue 16).
+	QuietPing bool `yaml:"quiet_ping" json:"quiet_ping"`
+
+	// ExpirySweepInterval is how often expired sessions and expired
+	// in-flight messages are looked for (default a second). Each sweep
+	// copies the whole client map, so its cost grows with the clients.
+	// Added by the platform's fork (mochi had the second built in).
+	ExpirySweepInterval time.Duration `yaml:"expiry_sweep_interval" json:"expiry_sweep_interval"`
+
 	// Enable Inline client to allow direct subscribing and publishing from the parent codebase,
 	// with negligible performance difference (disabled by default to prevent confusion in statistics).
 	InlineClient bool `yaml:"inline_client" json:"inline_client"`
@@ -180,8 +194,8 @@ func New(opts *Options) *Server {
 		Listeners: listeners.New(),
 		loop: &loop{
 			sysTopics:      time.NewTicker(time.Second * time.Duration(opts.SysTopicResendInterval)),
-			clientExpiry:   time.NewTicker(time.Second),
-			inflightExpiry: time.NewTicker(time.Second),
+			clientExpiry:   time.NewTicker(opts.ExpirySweepInterval),
+			inflightExpiry: time.NewTicker(opts.ExpirySweepInterval),
 			retainedExpiry: time.NewTicker(time.Second),
 			willDelaySend:  time.NewTicker(time.Second),
 			willDelayed:    packets.NewPackets(),
@@ -219,6 +233,10 @@ func (o *Options) ensureDefaults() {
 
 	if o.SysTopicResendInterval == 0 {
 		o.SysTopicResendInterval = defaultSysTopicInterval
+	}
+
+	if o.ExpirySweepInterval <= 0 {
+		o.ExpirySweepInterval = time.Second
 	}
 
 	if o.ClientNetWriteBufferSize == 0 {

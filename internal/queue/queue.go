@@ -124,6 +124,9 @@ type Stats struct {
 	LateAnswers atomic.Int64
 	Pulls       atomic.Int64
 	AckRetries  atomic.Int64 // failed attempts to record acknowledgements
+	// Sweeps counts expiry sweeps; SweepVisits the sessions they looked
+	// at to retry a failed delivery (only those that failed).
+	Sweeps, SweepVisits atomic.Int64
 }
 
 // Queue delivers queued messages. Safe for concurrent use; Close stops
@@ -143,6 +146,10 @@ type Queue struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session
+	// retrying holds the devices whose session's last delivery failed
+	// (session.retry), so that the sweep looks at them and not at every
+	// connected device (issue 16: the sweep ran each second over all).
+	retrying map[string]struct{}
 	kicked   map[string]bool // devices waiting for a worker
 	order    []string
 	wake     chan struct{}
@@ -206,6 +213,7 @@ func New(store outpost.QueueStore, sender Sender, o Options) *Queue {
 	q := &Queue{
 		store: store, sender: sender, opt: o, log: o.Logger,
 		sessions: map[string]*session{},
+		retrying: map[string]struct{}{},
 		kicked:   map[string]bool{},
 		wake:     make(chan struct{}, 1),
 		acks:     map[string][]string{},
@@ -428,7 +436,7 @@ func (q *Queue) Pull(deviceID, reqID string) bool {
 	s := q.sessions[deviceID]
 	if s != nil {
 		s.pulling = &pullState{id: reqID}
-		s.sent = map[string]bool{}
+		s.sent = nil
 		q.kickLocked(deviceID)
 	}
 	q.mu.Unlock()
@@ -446,8 +454,9 @@ func (q *Queue) DeviceSubscribed(deviceID string, conn outpost.SessionID, pull b
 	q.mu.Lock()
 	s := q.sessions[deviceID]
 	if s == nil || s.conn != conn {
-		s = &session{conn: conn, pull: pull, sent: map[string]bool{}}
+		s = &session{conn: conn, pull: pull} // sent is made when something is
 		q.sessions[deviceID] = s
+		delete(q.retrying, deviceID)
 	}
 	kick := !s.pull || s.pulling != nil
 	if kick {
@@ -464,6 +473,7 @@ func (q *Queue) DeviceGone(deviceID string, conn outpost.SessionID) {
 	q.mu.Lock()
 	if s, ok := q.sessions[deviceID]; ok && s.conn == conn {
 		delete(q.sessions, deviceID)
+		delete(q.retrying, deviceID)
 	}
 	q.mu.Unlock()
 }
@@ -552,6 +562,11 @@ func (q *Queue) deliver(ctx context.Context, deviceID string) error {
 	q.mu.Lock()
 	if s := q.sessions[deviceID]; s != nil {
 		s.retry = err != nil
+		if s.retry {
+			q.retrying[deviceID] = struct{}{}
+		} else {
+			delete(q.retrying, deviceID)
+		}
 	}
 	q.mu.Unlock()
 	return err
@@ -599,10 +614,13 @@ func (q *Queue) deliverLocked(ctx context.Context, deviceID string) error {
 	q.mu.Lock()
 	// Forget ids that are done (acknowledged, answered, expired): the set
 	// keeps only what is still outstanding.
-	sent := make(map[string]bool, len(s.sent))
+	var sent map[string]bool // nil while nothing is outstanding
 	var todo []*outpost.QueuedMessage
 	for _, m := range msgs {
 		if s.sent[m.ID] {
+			if sent == nil {
+				sent = make(map[string]bool, len(s.sent))
+			}
 			sent[m.ID] = true
 		} else if subscribed[m.Kind] {
 			todo = append(todo, m)
@@ -669,6 +687,9 @@ func (q *Queue) publish(ctx context.Context, s *session, deviceID string, msgs [
 	defer func() {
 		q.mu.Lock()
 		for _, m := range msgs[:total] {
+			if s.sent == nil {
+				s.sent = map[string]bool{}
+			}
 			s.sent[m.ID] = true
 		}
 		if s.pulling != nil {
@@ -757,10 +778,14 @@ func (q *Queue) sweeper() {
 			}
 			q.mu.Lock()
 			retry := false
-			for id, s := range q.sessions {
-				if s.retry {
+			q.stats.Sweeps.Add(1)
+			q.stats.SweepVisits.Add(int64(len(q.retrying)))
+			for id := range q.retrying {
+				if s := q.sessions[id]; s != nil && s.retry {
 					q.kickLocked(id)
 					retry = true
+				} else {
+					delete(q.retrying, id)
 				}
 			}
 			q.mu.Unlock()
