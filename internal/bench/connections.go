@@ -26,10 +26,11 @@ import (
 type ConnectionsConfig struct {
 	// Devices is how many devices connect at once and then stay idle.
 	Devices int
-	// Raw adds the raw brokers: mochi alone (allow-all authentication, no
-	// other hook) with its default options ("mochi") and with the options
-	// the platform gives it ("mochi-tuned"), and the floor of a connection
-	// layer of our own over mochi's codec ("floor", connfloor.go).
+	// Raw adds the raw brokers: upstream mochi alone (allow-all
+	// authentication, no other hook) with its default options ("mochi"),
+	// the platform's broker core (internal/mochi, the fork) alone with the
+	// options the platform gives it ("mochi-tuned"), and the floor of a
+	// connection layer over mochi's codec ("floor", connfloor.go).
 	Raw bool
 	// Brokers, when set, lists exactly the brokers to measure, in order:
 	// platform, mochi, mochi-tuned, floor, mosquitto. The platform always
@@ -211,7 +212,7 @@ func (c *ConnectionsConfig) validate() error {
 var brokerNames = map[string]string{
 	"platform":    "platform",
 	"mochi":       "raw mochi, default options",
-	"mochi-tuned": "raw mochi, platform's options",
+	"mochi-tuned": "broker core alone (fork), platform's options",
 	"floor":       "floor: 1 goroutine/conn over mochi's codec",
 	"mosquitto":   "mosquitto",
 }

@@ -210,13 +210,14 @@ func rawMochi(t *testing.T, core bool) (addr string, stop func()) {
 	}
 }
 
-// Issue 16: memory per idle connected device, checked against mochi alone
-// in the same process so that the figure does not depend on the machine.
-// The platform used 67–78 KB per device, mochi alone 55–64 KB (most of it
-// a 64 KiB write queue per client and the stacks of two goroutines per
-// client). A change that puts more on every connection (a buffer, a map, a
-// deeper stack on the connection's goroutine, mochi's defaults back) fails
-// here.
+// Issue 16: memory per idle connected device, checked against upstream
+// mochi alone in the same process so that the figure does not depend on
+// the machine. The platform used 67–78 KB per device, mochi alone 55–64 KB
+// (most of it a 64 KiB write queue per client and the stacks of two
+// goroutines per client); the platform now holds about 10 KiB (one 4 KiB
+// stack, 6 KiB of heap), a tenth of upstream mochi's 94 KiB here. A change
+// that puts more on every connection (a buffer, a map, a writer goroutine
+// per client, a deeper parked stack, mochi's defaults back) fails here.
 func TestMemoryPerDevice(t *testing.T) {
 	n := 5000
 	if raceEnabled {
@@ -278,16 +279,28 @@ func TestMemoryPerDevice(t *testing.T) {
 	mochiTuned := perDevice(t, load, addr, file, n)
 	within(t, time.Minute, "closing mochi", stop)
 
-	t.Logf("live bytes per connected device, %d devices: platform %.0f, mochi alone %.0f with its defaults, %.0f with the platform's options",
+	t.Logf("live bytes per connected device, %d devices: platform %.0f, upstream mochi alone %.0f with its defaults, the broker core alone %.0f with the platform's options",
 		n, platform, mochiDefault, mochiTuned)
-	// The platform's tuning of mochi (its write queue) is in place: well
-	// under mochi with its defaults.
-	if r := platform / mochiDefault; r > 0.6 {
-		t.Errorf("platform / mochi with its defaults = %.2f, want at most 0.6", r)
+	// The fork's changes and the platform's options are in place: a
+	// tenth of upstream mochi with its defaults (a writer goroutine per
+	// client back, or a connection parked in mochi's frames, is above
+	// 0.15).
+	most := 0.15
+	if raceEnabled {
+		most = 0.18 // the race detector doubles the parked stack (8 KiB): 0.14
+	}
+	if r := platform / mochiDefault; r > most {
+		t.Errorf("platform / upstream mochi with its defaults = %.3f, want at most %.2f", r, most)
 	}
 	// What the platform adds to each connection (session lock, presence,
-	// queue state, connection guard) stays small next to mochi's own.
+	// queue state, connection guard) stays small next to the core's own.
 	if r := platform / mochiTuned; r > 1.3 {
-		t.Errorf("platform / mochi with the platform's options = %.2f, want at most 1.3", r)
+		t.Errorf("platform / the broker core with the platform's options = %.2f, want at most 1.3", r)
+	}
+	// The issue's budget is 16 KiB of resident memory per idle device
+	// (RSS, measured by outpost bench connections); live memory is under it
+	// with room for the collector.
+	if platform > 16<<10 {
+		t.Errorf("platform holds %.0f bytes per idle device, over the 16 KiB budget", platform)
 	}
 }

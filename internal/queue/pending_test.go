@@ -39,9 +39,7 @@ func (s *countingStore) Deliverable(ctx context.Context, id string, now time.Tim
 }
 
 func (s *countingStore) ExpireDue(ctx context.Context, id string, now time.Time) (outpost.Expiry, error) {
-	if id != "" {
-		s.count(id)
-	}
+	s.count(id) // "": the sweep's, for every device
 	return s.DB.ExpireDue(ctx, id, now)
 }
 
@@ -121,4 +119,34 @@ func TestConnectingWithoutPendingCostsNoQuery(t *testing.T) {
 	if store.queried(early) == 0 || store.queried(late) == 0 {
 		t.Errorf("devices with messages were not looked up: %d, %d queries", store.queried(early), store.queried(late))
 	}
+}
+
+// Issue 16: the expiry sweep queried the store every second although
+// nothing was queued anywhere (a third of an idle platform's CPU with the
+// store's own ticker). It skips the query while no device has anything
+// pending, and queries again once something is queued.
+func TestIdleSweepDoesNotQueryTheStore(t *testing.T) {
+	ctx := context.Background()
+	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "q.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	dev := &outpost.Device{ID: "sweep-dev", Name: "sweep", CreatedAt: time.Now()}
+	if err := db.CreateDevice(ctx, dev, outpost.HashSecret("x")); err != nil {
+		t.Fatal(err)
+	}
+	store := &countingStore{DB: db, queries: map[string]int{}}
+	q := queue.New(store, &publisher{sent: make(chan string, 16)}, queue.Options{Workers: 1, Sweep: time.Millisecond})
+	defer q.Close()
+	st := q.Stats()
+	from := st.Sweeps.Load()
+	waitFor(t, "20 sweeps", func() bool { return st.Sweeps.Load() >= from+20 })
+	if n := store.queried(""); n != 0 {
+		t.Fatalf("%d expiry queries with nothing queued, want 0", n)
+	}
+	if _, err := q.Enqueue(ctx, dev.ID, "cmd", []byte(`{}`), time.Hour); err != nil { // offline: waits
+		t.Fatal(err)
+	}
+	waitFor(t, "an expiry query once something is queued", func() bool { return store.queried("") > 0 })
 }

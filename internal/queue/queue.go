@@ -773,8 +773,12 @@ func (q *Queue) sweeper() {
 		case <-q.ctx.Done():
 			return
 		case <-t.C:
-			if err := q.expire(q.ctx, "", time.Now()); err != nil && q.ctx.Err() == nil {
-				q.log.Error("queue expiry sweep", "error", err)
+			// Nothing can expire while no device has anything pending:
+			// an idle platform does not query its store every second.
+			if !q.nothingPending() {
+				if err := q.expire(q.ctx, "", time.Now()); err != nil && q.ctx.Err() == nil {
+					q.log.Error("queue expiry sweep", "error", err)
+				}
 			}
 			q.mu.Lock()
 			retry := false
@@ -927,6 +931,14 @@ func (q *Queue) markPending(deviceID string) {
 		q.pendSeq++
 		q.pending[deviceID] = q.pendSeq
 	}
+}
+
+// nothingPending reports that no device has anything to deliver (the
+// pending set is known and empty).
+func (q *Queue) nothingPending() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.pending != nil && len(q.pending) == 0
 }
 
 // mayHavePending reports whether a device may have something to deliver,

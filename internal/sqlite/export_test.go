@@ -21,3 +21,6 @@ func SetMergeReadHook(tb interface{ Cleanup(func()) }, fn func(*DB)) {
 	mergeReadHook = fn
 	tb.Cleanup(func() { mergeReadHook = nil })
 }
+
+// MaintenanceWakes returns how many times the maintenance goroutine woke.
+func (db *DB) MaintenanceWakes() int64 { return db.maintWakes.Load() }

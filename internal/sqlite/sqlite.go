@@ -100,6 +100,7 @@ type DB struct {
 	maintKick chan struct{}
 	maintStop chan struct{}
 	maintDone chan struct{}
+	maintWakes atomic.Int64 // times the maintenance goroutine woke (tests)
 }
 
 type feedKey struct {

@@ -319,7 +319,9 @@ func (db *DB) AppendBatches(ctx context.Context, batches []*outpost.Batch) ([]ou
 	if landed > 0 {
 		db.landed(landed)
 	} else if n := db.readSeq - seq0; n > 0 {
-		db.written.Add(n)
+		if db.written.Add(n) == n {
+			db.kickMaintenance() // it was idle: the checkpoint clock starts
+		}
 	}
 	return res, nil
 }
