@@ -91,15 +91,15 @@ type DB struct {
 	land  landing     // guarded by wmu
 	app   appendBuf   // AppendBatches' reusable buffers, guarded by wmu
 
-	ck        *sql.DB      // checkpointer connection; nil when read-only
-	written   atomic.Int64 // readings appended since the last checkpoint
-	deletions int64        // devices deleted since Open, guarded by wmu
-	mergeMu   sync.Mutex   // one merge at a time; guards mergeBuf
-	mergeBuf  []landRow
-	maint     maintStats
-	maintKick chan struct{}
-	maintStop chan struct{}
-	maintDone chan struct{}
+	ck         *sql.DB      // checkpointer connection; nil when read-only
+	written    atomic.Int64 // readings appended since the last checkpoint
+	deletions  int64        // devices deleted since Open, guarded by wmu
+	mergeMu    sync.Mutex   // one merge at a time; guards mergeBuf
+	mergeBuf   []landRow
+	maint      maintStats
+	maintKick  chan struct{}
+	maintStop  chan struct{}
+	maintDone  chan struct{}
 	maintWakes atomic.Int64 // times the maintenance goroutine woke (tests)
 }
 
