@@ -106,7 +106,13 @@ func (g *guard) attempt(p []byte, dl time.Time) (int, error) {
 	}
 	_ = g.Conn.SetWriteDeadline(dl)
 	g.mu.Unlock()
-	return g.Conn.Write(p)
+	n, err := g.Conn.Write(p)
+	if err == nil {
+		// A deadline left set fires when it passes, waking the process
+		// for nothing: once per PINGRESP of every idle device (issue 16).
+		_ = g.Conn.SetWriteDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // flush writes the backlog until it is empty, the device stops taking

@@ -161,7 +161,7 @@ func (t *Trimmer) run() {
 		t.mu.Lock()
 		t.trims++
 		t.mu.Unlock()
-		t.o.Logger.Debug("memory trimmed", "reason", reason, "held_before_mib", before>>20, "held_after_mib", after>>20, "took", time.Since(start))
+		t.o.Logger.Info("memory trimmed", "reason", reason, "held_before_mib", before>>20, "held_after_mib", after>>20, "took", time.Since(start))
 	}
 }
 
