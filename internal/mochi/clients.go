@@ -65,6 +65,22 @@ func (cl *Clients) GetAll() map[string]*Client {
 	return m
 }
 
+// Select returns the clients for which keep returns true, called under
+// the map's read lock (keep must not add or delete clients). Added by the
+// platform's fork: the expiry sweeps copied the whole map (GetAll) to find
+// the few clients they act on (issue 16).
+func (cl *Clients) Select(keep func(*Client) bool) []*Client {
+	cl.RLock()
+	defer cl.RUnlock()
+	var out []*Client
+	for _, c := range cl.internal {
+		if keep(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // Get returns the value of a client if it exists.
 func (cl *Clients) Get(id string) (*Client, bool) {
 	cl.RLock()

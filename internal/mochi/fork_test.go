@@ -1,8 +1,10 @@
 package mqtt
 
 import (
+	"strconv"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -35,5 +37,27 @@ func waitWritten() {
 		for atomic.LoadInt32(&cl.State.outboundQty) > 0 && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Microsecond)
 		}
+	}
+}
+
+// The expiry sweeps look only at the clients they may act on (those with
+// messages in flight, those disconnected) instead of copying the whole
+// client map twice per sweep: with 1,000 connected idle clients a sweep
+// allocates nothing (issue 16: at 19,000 devices the copies were a tenth
+// of the platform's idle CPU).
+func TestExpirySweepsDoNotCopyTheClients(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	for i := range 1000 {
+		cl, _, _ := newTestClient()
+		cl.ID = "idle-" + strconv.Itoa(i)
+		s.Clients.Add(cl)
+	}
+	now := time.Now().Unix()
+	if n := testing.AllocsPerRun(10, func() {
+		s.clearExpiredInflights(now)
+		s.clearExpiredClients(now)
+	}); n != 0 {
+		t.Fatalf("a sweep over 1,000 idle clients made %.0f allocations, want 0", n)
 	}
 }

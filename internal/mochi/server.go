@@ -1728,11 +1728,11 @@ func (s *Server) loadRetained(v []storage.Message) {
 // clearExpiredClients deletes all clients which have been disconnected for longer
 // than their given expiry intervals.
 func (s *Server) clearExpiredClients(dt int64) {
-	for id, client := range s.Clients.GetAll() {
+	// Only disconnected clients can expire: the sweep looks at those, not
+	// at a copy of every client (changed by the platform's fork).
+	for _, client := range s.Clients.Select(func(c *Client) bool { return c.StopTime() != 0 }) {
+		id := client.ID
 		disconnected := client.StopTime()
-		if disconnected == 0 {
-			continue
-		}
 
 		expire := s.Options.Capabilities.MaximumSessionExpiryInterval
 		if client.Properties.ProtocolVersion == 5 && client.Properties.Props.SessionExpiryIntervalFlag {
@@ -1765,7 +1765,9 @@ func (s *Server) clearExpiredRetainedMessages(now int64) {
 
 // clearExpiredInflights deletes any inflight messages which have expired.
 func (s *Server) clearExpiredInflights(now int64) {
-	for _, client := range s.Clients.GetAll() {
+	// Only clients with messages in flight (changed by the platform's fork:
+	// the sweep copied every client).
+	for _, client := range s.Clients.Select(func(c *Client) bool { return c.State.Inflight.Len() > 0 }) {
 		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
 			for _, id := range deleted {
 				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})
