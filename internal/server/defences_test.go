@@ -576,3 +576,32 @@ func TestStalledDeviceBlocksNobody(t *testing.T) {
 		calls.Wait()
 	})
 }
+
+// A malformed MQTT 5 SUBSCRIBE (a filter without its options byte) made
+// the packet decoder index past the packet and panic, which ended the
+// whole platform: any device could take every other one down. Found by
+// FuzzDecodeInbound (internal/mochi/packets). The connection is now
+// refused and the platform goes on serving.
+func TestMalformedSubscribeDoesNotCrash(t *testing.T) {
+	p := outposttest.Start(t)
+	d := p.CreateDevice(t, "malformed")
+	c := outposttest.DialRaw(t, p.MQTTAddr(), 5)
+	if err := c.Login(d.ID, d.Password); err != nil {
+		t.Fatal(err)
+	}
+	// SUBSCRIBE, remaining length 10: packet id, no properties, the
+	// filter "outpo" (5 bytes) and then nothing: no options byte.
+	if _, err := c.Conn.Write([]byte{0x82, 10, 0, 1, 0, 0, 5, 'o', 'u', 't', 'p', 'o'}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := c.ReadTimeout(10 * time.Second); err != nil {
+			break // the connection ended, the process did not
+		}
+	}
+	other := p.CreateDevice(t, "after")
+	c2 := outposttest.DialRaw(t, p.MQTTAddr(), 5)
+	if err := c2.Login(other.ID, other.Password); err != nil {
+		t.Fatalf("the platform stopped serving after a malformed SUBSCRIBE: %v", err)
+	}
+}

@@ -956,6 +956,9 @@ func (pk *Packet) SubscribeDecode(buf []byte) error {
 		}
 
 		if pk.ProtocolVersion == 5 {
+			if offset >= len(buf) { // a filter without its options byte (found by FuzzDecodeInbound: mochi indexed past the packet and panicked)
+				return ErrMalformedQos
+			}
 			sub.decode(buf[offset])
 			offset += 1
 		} else {
