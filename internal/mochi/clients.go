@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -507,10 +508,27 @@ func (cl *Client) writeRaw(p []byte) error {
 	return nil
 }
 
+// ErrClientPanicked is what a connection ends with when handling one of its
+// packets panicked (in a decoder or a hook). Added by the platform's fork:
+// the panic ended the whole process, every other client with it.
+var ErrClientPanicked = errors.New("panic while handling the client's packet")
+
+// recoverClient turns a panic on a client's goroutine into an error
+// wrapping ErrClientPanicked; the connection then ends as after any read
+// error (its will, OnDisconnect), and the other clients are not affected.
+// Deferred where a packet is handled (readOne, establishClient), not in
+// the frames an idle connection parks in.
+func recoverClient(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("%w: %v\n%s", ErrClientPanicked, r, debug.Stack())
+	}
+}
+
 // readOne reads one packet and hands it to packetHandler.
 //
 //go:noinline
-func (cl *Client) readOne(packetHandler ReadFn) error {
+func (cl *Client) readOne(packetHandler ReadFn) (err error) {
+	defer recoverClient(&err)
 	var fh packets.FixedHeader
 	if err := cl.ReadFixedHeader(&fh); err != nil {
 		return err

@@ -1,11 +1,16 @@
 package mqtt
 
 import (
+	"errors"
+	"io"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/outpost-iot/outpost/internal/mochi/packets"
 )
 
 // testClients are the clients made by newTestClient, so that a test can
@@ -59,5 +64,56 @@ func TestExpirySweepsDoNotCopyTheClients(t *testing.T) {
 		s.clearExpiredClients(now)
 	}); n != 0 {
 		t.Fatalf("a sweep over 1,000 idle clients made %.0f allocations, want 0", n)
+	}
+}
+
+// panicHook panics on every packet a client sends after its CONNECT.
+type panicHook struct{ HookBase }
+
+func (h *panicHook) ID() string           { return "panic" }
+func (h *panicHook) Provides(b byte) bool { return b == OnPacketRead }
+func (h *panicHook) OnPacketRead(cl *Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Connect {
+		panic("hook bug")
+	}
+	return pk, nil
+}
+
+// A panic while handling a client's packet (a decoder's or a hook's) ends
+// that client's connection with ErrClientPanicked, not the process: with
+// mochi it ended every connection at once. The server then serves the
+// next client and closes cleanly.
+func TestPanicEndsOnlyItsConnection(t *testing.T) {
+	s := newServer()
+	if err := s.AddHook(new(panicHook), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 2 {
+		r, w := net.Pipe()
+		done := make(chan error, 1)
+		go func() { done <- s.EstablishConnection("tcp", r) }()
+		go func() { _, _ = io.Copy(io.Discard, w) }() // CONNACK
+		if _, err := w.Write(packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt311).RawBytes); err != nil {
+			t.Fatalf("client %d: CONNECT: %v", i, err)
+		}
+		if _, err := w.Write(packets.TPacketData[packets.Pingreq].Get(packets.TPingreq).RawBytes); err != nil {
+			t.Fatalf("client %d: PINGREQ: %v", i, err)
+		}
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrClientPanicked) {
+				t.Fatalf("client %d: connection ended with %v, want ErrClientPanicked", i, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("client %d: connection did not end", i)
+		}
+		w.Close()
+	}
+	if n := atomic.LoadInt64(&s.Info.ClientsConnected); n != 0 {
+		t.Errorf("%d clients still counted as connected", n)
 	}
 }

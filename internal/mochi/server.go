@@ -443,6 +443,7 @@ func (s *Server) clientEnded(cl *Client, counted bool) {
 // establishClient reads and answers the CONNECT. counted reports that the
 // client was added to ClientsConnected (the caller takes it off again).
 func (s *Server) establishClient(cl *Client, listener string) (counted bool, err error) {
+	defer recoverClient(&err)
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
 		return false, fmt.Errorf("read connection: %w", err)
@@ -483,6 +484,7 @@ func (s *Server) establishClient(cl *Client, listener string) (counted bool, err
 	}
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
+	counted = true // also if something below panics (recoverClient)
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
