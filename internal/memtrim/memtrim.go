@@ -27,6 +27,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -84,8 +85,7 @@ type Trimmer struct {
 	stop  chan struct{}
 	done  chan struct{}
 	once  sync.Once
-	mu    sync.Mutex
-	trims int64
+	trims atomic.Int64
 }
 
 // Start starts a Trimmer.
@@ -103,29 +103,22 @@ func (t *Trimmer) Close() {
 }
 
 // Trims returns how many trims ran.
-func (t *Trimmer) Trims() int64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.trims
-}
+func (t *Trimmer) Trims() int64 { return t.trims.Load() }
 
 func (t *Trimmer) run() {
 	defer close(t.done)
 	tick := time.NewTicker(t.o.Every)
 	defer tick.Stop()
-	var (
-		lastTrim   time.Time // zero: none yet
-		lastDrift  = time.Now()
-		trimmedAt  int64 // connects at the last trim
-		seen       int64 // connects at the last look
-		connects   = func() int64 { return 0 }
-		stormSince bool
-	)
-	if t.o.Connects != nil {
-		connects = t.o.Connects
+	connects := t.o.Connects
+	if connects == nil {
+		connects = func() int64 { return 0 }
 	}
-	trimmedAt = connects()
-	seen = trimmedAt
+	var (
+		lastTrim  time.Time // zero: none yet
+		lastDrift = time.Now()
+		trimmedAt = connects() // connects at the last trim
+		seen      = trimmedAt  // connects at the last look
+	)
 	for {
 		select {
 		case <-t.stop:
@@ -136,13 +129,13 @@ func (t *Trimmer) run() {
 		c := connects()
 		calm := c-seen < max(1, t.o.Storm/10)
 		seen = c
-		stormSince = c-trimmedAt >= t.o.Storm
+		storm := c-trimmedAt >= t.o.Storm
 		if !lastTrim.IsZero() && now.Sub(lastTrim) < t.o.MinGap {
 			continue
 		}
 		reason := ""
 		switch {
-		case stormSince && calm:
+		case storm && calm:
 			reason = "connect storm"
 		case t.o.Drift > 0 && now.Sub(lastDrift) >= t.o.DriftEvery:
 			lastDrift = now
@@ -158,9 +151,7 @@ func (t *Trimmer) run() {
 		Trim()
 		after := Held()
 		lastTrim, lastDrift, trimmedAt = time.Now(), time.Now(), c
-		t.mu.Lock()
-		t.trims++
-		t.mu.Unlock()
+		t.trims.Add(1)
 		t.o.Logger.Info("memory trimmed", "reason", reason, "held_before_mib", before>>20, "held_after_mib", after>>20, "took", time.Since(start))
 	}
 }

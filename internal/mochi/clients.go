@@ -168,6 +168,7 @@ type ClientState struct {
 	outMu           sync.Mutex         // guards outQueue and outWriting
 	outQueue        []*packets.Packet  // pending outbound packets, oldest first; nil when empty
 	outWriting      bool               // a writer goroutine is draining outQueue
+	outQueued       int32              // len(outQueue), read without outMu by WritePacket
 	outMax          int                // most packets outQueue may hold
 	endOnce         sync.Once          // only end once
 	isTakenOver     atomic.Bool        // used to identify orphaned clients
@@ -224,6 +225,7 @@ func (cl *Client) enqueue(pk *packets.Packet) bool {
 		return false
 	}
 	cl.State.outQueue = append(cl.State.outQueue, pk)
+	atomic.AddInt32(&cl.State.outQueued, 1)
 	atomic.AddInt32(&cl.State.outboundQty, 1)
 	start := !cl.State.outWriting
 	cl.State.outWriting = true
@@ -242,6 +244,7 @@ func (cl *Client) drain() {
 		cl.State.outMu.Lock()
 		if len(cl.State.outQueue) == 0 || cl.Closed() {
 			atomic.AddInt32(&cl.State.outboundQty, -int32(len(cl.State.outQueue)))
+			atomic.AddInt32(&cl.State.outQueued, -int32(len(cl.State.outQueue)))
 			cl.State.outQueue = nil
 			cl.State.outWriting = false
 			cl.State.outMu.Unlock()
@@ -250,6 +253,7 @@ func (cl *Client) drain() {
 		pk := cl.State.outQueue[0]
 		cl.State.outQueue[0] = nil
 		cl.State.outQueue = cl.State.outQueue[1:]
+		atomic.AddInt32(&cl.State.outQueued, -1)
 		cl.State.outMu.Unlock()
 		if err := cl.WritePacket(*pk); err != nil {
 			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
@@ -259,11 +263,9 @@ func (cl *Client) drain() {
 }
 
 // queuedWrites is how many packets wait in the queue, not counting one
-// being written.
+// being written. Every WritePacket asks, so it takes no lock.
 func (cl *Client) queuedWrites() int {
-	cl.State.outMu.Lock()
-	defer cl.State.outMu.Unlock()
-	return len(cl.State.outQueue)
+	return int(atomic.LoadInt32(&cl.State.outQueued))
 }
 
 // ParseConnect parses the connect parameters and properties for a client.

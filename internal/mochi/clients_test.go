@@ -401,10 +401,8 @@ func TestClientResendInflightMessages(t *testing.T) {
 	require.Equal(t, 1, cl.State.Inflight.Len())
 
 	go func() {
-		err := cl.ResendInflightMessages(true)
+		err := cl.ResendInflightMessages(true) // writes directly: done on return
 		require.NoError(t, err)
-		time.Sleep(time.Millisecond)
-		waitWritten()
 		_ = w.Close()
 	}()
 
@@ -734,13 +732,12 @@ func TestClientWritePacket(t *testing.T) {
 		err := cl.WritePacket(*tt.Packet)
 		require.NoError(t, err, pkInfo, tt.Case, tt.Desc)
 
-		time.Sleep(2 * time.Millisecond)
+		// A pipe's Write returns once the reader has taken every byte.
 		_ = cl.Net.Conn.Close()
 
 		require.Equal(t, tt.RawBytes, <-o, pkInfo, tt.Case, tt.Desc)
 
-		cl.Stop(errClientStop)
-		time.Sleep(time.Millisecond * 1)
+		cl.Stop(errClientStop) // synchronous: the cause is set on return
 
 		// The stop cause is either the test error, EOF, or a
 		// closed pipe, depending on which goroutine runs first.
@@ -790,6 +787,7 @@ func TestClientWritePacketBuffer(t *testing.T) {
 	large := packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 
 	cl.State.outQueue = append(cl.State.outQueue, small) // a packet waits: writes are buffered
+	cl.State.outQueued = 1
 
 	tt := []struct {
 		pks  []*packets.Packet
@@ -818,7 +816,8 @@ func TestClientWritePacketBuffer(t *testing.T) {
 				if i == len(tt)-1 {
 					cl.Net.Conn.Close()
 				}
-				time.Sleep(100 * time.Millisecond)
+				// No pause: a pipe's Write returns once the reader has
+				// taken every byte, so each read sees one flush.
 			}
 		}
 	}()

@@ -2100,6 +2100,7 @@ func TestPublishToClientExceedClientWritesPending(t *testing.T) {
 
 	for i := int32(0); i < cl.ops.options.Capabilities.MaximumClientWritesPending; i++ {
 		cl.State.outQueue = append(cl.State.outQueue, new(packets.Packet))
+		atomic.AddInt32(&cl.State.outQueued, 1)
 		atomic.AddInt32(&cl.State.outboundQty, 1)
 		cl.State.outWriting = true // as if a writer were busy: the queue stays full
 	}

@@ -146,8 +146,8 @@ type Queue struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session
-	// retrying holds the devices whose session's last delivery failed
-	// (session.retry), so that the sweep looks at them and not at every
+	// retrying holds the devices whose session's last delivery failed:
+	// the sweep tries them again, and looks at them and not at every
 	// connected device (issue 16: the sweep ran each second over all).
 	retrying map[string]struct{}
 	kicked   map[string]bool // devices waiting for a worker
@@ -178,8 +178,6 @@ type session struct {
 	sent map[string]bool
 	// pulling is the pull request being served, nil if none.
 	pulling *pullState
-	// retry: the last delivery failed; the sweep tries again.
-	retry bool
 }
 
 type pullState struct {
@@ -561,8 +559,7 @@ func (q *Queue) deliver(ctx context.Context, deviceID string) error {
 	err := q.deliverLocked(ctx, deviceID)
 	q.mu.Lock()
 	if s := q.sessions[deviceID]; s != nil {
-		s.retry = err != nil
-		if s.retry {
+		if err != nil {
 			q.retrying[deviceID] = struct{}{}
 		} else {
 			delete(q.retrying, deviceID)
@@ -785,7 +782,7 @@ func (q *Queue) sweeper() {
 			q.stats.Sweeps.Add(1)
 			q.stats.SweepVisits.Add(int64(len(q.retrying)))
 			for id := range q.retrying {
-				if s := q.sessions[id]; s != nil && s.retry {
+				if q.sessions[id] != nil {
 					q.kickLocked(id)
 					retry = true
 				} else {

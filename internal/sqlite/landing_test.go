@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/outpost-iot/outpost/internal/outpost"
@@ -365,27 +366,30 @@ func TestDeleteDeviceDuringMerge(t *testing.T) {
 // an idle platform's CPU. With nothing landed and nothing written it now
 // waits to be told; a write starts its clock again.
 func TestIdleStoreMaintenanceSleeps(t *testing.T) {
-	db := mustOpenWith(t, filepath.Join(t.TempDir(), "idle.db"), sqlite.Options{})
-	defer db.Close()
-	// A window of 300 ms: the old ticker woke 6 times in it (every 50 ms).
-	w0 := db.MaintenanceWakes()
-	time.Sleep(300 * time.Millisecond)
-	if n := db.MaintenanceWakes() - w0; n != 0 {
-		t.Fatalf("the maintenance goroutine of an idle store woke %d times in 300ms, want 0", n)
-	}
-	// A write wakes it, and it works until what was written is merged and
-	// checkpointed.
-	ctx := context.Background()
-	dev := &outpost.Device{ID: "idle-dev", Name: "idle", CreatedAt: time.Now()}
-	if err := db.CreateDevice(ctx, dev, outpost.HashSecret("x")); err != nil {
-		t.Fatal(err)
-	}
-	storetest.MustAppend(t, db, &outpost.Batch{DeviceID: dev.ID, ID: "b1", Readings: []outpost.Reading{{Feed: "f0", TS: 1000, Value: []byte("1")}}})
-	deadline := time.Now().Add(30 * time.Second)
-	for db.MaintenanceWakes() == w0 {
-		if time.Now().After(deadline) {
+	dir := t.TempDir()
+	// On fake time (synctest): a minute passes at once when every goroutine
+	// of the store waits, so the check neither takes a minute nor depends
+	// on the machine's speed. The old ticker woke 1,200 times in it.
+	synctest.Test(t, func(t *testing.T) {
+		db := mustOpenWith(t, filepath.Join(dir, "idle.db"), sqlite.Options{})
+		defer db.Close()
+		w0 := db.MaintenanceWakes()
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if n := db.MaintenanceWakes() - w0; n != 0 {
+			t.Fatalf("the maintenance goroutine of an idle store woke %d times in a minute, want 0", n)
+		}
+		// A write wakes it, and it works until what was written is merged
+		// and checkpointed.
+		ctx := context.Background()
+		dev := &outpost.Device{ID: "idle-dev", Name: "idle", CreatedAt: time.Now()}
+		if err := db.CreateDevice(ctx, dev, outpost.HashSecret("x")); err != nil {
+			t.Fatal(err)
+		}
+		storetest.MustAppend(t, db, &outpost.Batch{DeviceID: dev.ID, ID: "b1", Readings: []outpost.Reading{{Feed: "f0", TS: 1000, Value: []byte("1")}}})
+		synctest.Wait()
+		if db.MaintenanceWakes() == w0 {
 			t.Fatal("a write did not wake the maintenance goroutine")
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	})
 }
